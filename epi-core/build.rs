@@ -1,0 +1,40 @@
+//! Records which compiler and target built this copy of `epi`.
+//!
+//! A host and a plugin exchange Rust values by pointer, which is only sound when both were
+//! compiled by the same rustc for the same target with the same panic strategy. Each side
+//! embeds this build string; the loader refuses a plugin whose string differs from the host's.
+
+use std::process::Command;
+
+fn main() {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let verbose = Command::new(&rustc)
+        .arg("-vV")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .unwrap_or_default();
+    let field = |key: &str| {
+        verbose
+            .lines()
+            .find_map(|line| line.strip_prefix(key))
+            .map(str::trim)
+            .unwrap_or("unknown")
+            .to_owned()
+    };
+    let target = std::env::var("TARGET").unwrap_or_default();
+    let panic = std::env::var("CARGO_CFG_PANIC").unwrap_or_default();
+    let build = format!(
+        "epi {} abi; rustc {} ({}); target {}; panic={}",
+        std::env::var("CARGO_PKG_VERSION_MAJOR").unwrap_or_default()
+            + "."
+            + &std::env::var("CARGO_PKG_VERSION_MINOR").unwrap_or_default(),
+        field("release:"),
+        field("commit-hash:"),
+        target,
+        panic,
+    );
+    println!("cargo:rustc-env=EPI_BUILD_INFO={build}");
+    println!("cargo:rerun-if-env-changed=RUSTC");
+    println!("cargo:rerun-if-changed=build.rs");
+}

@@ -1,0 +1,209 @@
+//! Calls by name with JSON values, for the CLI, HTTP and tests. Each provider decodes its
+//! arguments from JSON text and encodes its result; slower than typed calls, same semantics.
+
+use std::ffi::c_void;
+
+use serde_json::Value;
+
+use crate::abi::STATUS_OK;
+use crate::dispatch::{failure, provider_error, refuse_for_decide, run_concurrent, Opts};
+use crate::error::{Error, Failure, ProviderError};
+use crate::plugin::Decision;
+use crate::registry::Registry;
+use crate::snapshot::ProviderCall;
+
+/// One provider's answer in a dynamic `apply`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reply {
+    /// The plugin's app name.
+    pub plugin: String,
+    /// The provider's label.
+    pub provider: String,
+    /// Its value or its failure.
+    pub result: Result<Value, ProviderError>,
+}
+
+/// What a dynamic `apply` returns.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Applied {
+    /// Without `pipe`: one reply per provider called, in provider order.
+    Each(Vec<Reply>),
+    /// With `pipe`: the last provider's output (the input when there are no providers).
+    Piped(Value),
+}
+
+impl Applied {
+    /// The values as JSON: an array of values, or (with `ignore_errors`) of
+    /// `{"plugin", "provider", "ok" | "error"}` objects; for a pipe, the piped value.
+    pub fn to_json(&self, detailed: bool) -> Value {
+        match self {
+            Applied::Piped(value) => value.clone(),
+            Applied::Each(replies) if !detailed => Value::Array(
+                replies
+                    .iter()
+                    .filter_map(|reply| reply.result.as_ref().ok().cloned())
+                    .collect(),
+            ),
+            Applied::Each(replies) => Value::Array(
+                replies
+                    .iter()
+                    .map(|reply| {
+                        let mut object = serde_json::Map::new();
+                        object.insert("plugin".into(), reply.plugin.clone().into());
+                        object.insert("provider".into(), reply.provider.clone().into());
+                        match &reply.result {
+                            Ok(value) => object.insert("ok".into(), value.clone()),
+                            Err(err) => object.insert("error".into(), err.to_string().into()),
+                        };
+                        Value::Object(object)
+                    })
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// Calls one provider's JSON shim with `input` (JSON text); returns its JSON text.
+fn call_json(provider: &ProviderCall, input: &[u8]) -> Result<Vec<u8>, ProviderError> {
+    let mut output = Vec::new();
+    let mut error = String::new();
+    // SAFETY: the JSON shim takes `*const &[u8]` and `*mut Vec<u8>`; the plugin is mapped while
+    // the snapshot lives.
+    let status = unsafe {
+        (provider.call_json)(
+            provider.instance,
+            &input as *const &[u8] as *const c_void,
+            &mut output as *mut Vec<u8> as *mut c_void,
+            &mut error,
+        )
+    };
+    if status == STATUS_OK {
+        Ok(output)
+    } else {
+        Err(failure(provider, status, error))
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    provider: &ProviderCall,
+    bytes: &[u8],
+) -> Result<T, ProviderError> {
+    serde_json::from_slice(bytes)
+        .map_err(|err| provider_error(provider, Failure::BadOutput(err.to_string())))
+}
+
+impl Registry {
+    fn providers_json<R>(
+        &self,
+        service: &str,
+        function: &str,
+        args: &Value,
+        body: impl FnOnce(&[ProviderCall], Vec<u8>) -> Result<R, Error>,
+    ) -> Result<R, Error> {
+        let handle = self.service(service);
+        let snapshot = self.shared.current.load();
+        let list = snapshot
+            .providers_by_name(crate::dispatch::service_id(&handle), function)
+            .ok_or_else(|| Error::UnknownService(service.into()))?;
+        let input = serde_json::to_vec(args).map_err(|err| Error::BadArguments {
+            service: service.into(),
+            function: function.into(),
+            reason: err.to_string(),
+        })?;
+        body(list, input)
+    }
+
+    /// `apply` by name with JSON arguments. Options as for typed calls; with `pipe`, a provider
+    /// whose input does not fit the previous output fails with a `BadInput` naming it.
+    pub fn apply_json(
+        &self,
+        service: &str,
+        function: &str,
+        args: &Value,
+        opts: Opts,
+    ) -> Result<Applied, Error> {
+        let opts = opts.check()?;
+        let _span = tracing::trace_span!("epi.apply_json", service, function).entered();
+        self.providers_json(service, function, args, |list, input| {
+            if opts.pipe {
+                return pipe_json(list, input, opts).map(Applied::Piped);
+            }
+            let one = |provider: &ProviderCall| Reply {
+                plugin: provider.plugin.to_string(),
+                provider: provider.provider.to_string(),
+                result: call_json(provider, &input).and_then(|bytes| decode(provider, &bytes)),
+            };
+            let replies = if opts.concurrent && list.len() > 1 {
+                run_concurrent(&self.shared, list, one)
+            } else {
+                let mut replies = Vec::with_capacity(list.len());
+                for provider in list {
+                    let reply = one(provider);
+                    let failed = reply.result.is_err();
+                    replies.push(reply);
+                    if failed && !opts.ignore_errors {
+                        break;
+                    }
+                }
+                replies
+            };
+            if !opts.ignore_errors {
+                if let Some(Err(err)) = replies.iter().map(|reply| &reply.result).find(|r| r.is_err()) {
+                    return Err(err.clone().into());
+                }
+            }
+            Ok(Applied::Each(replies))
+        })
+    }
+
+    /// `decide` by name with JSON arguments: each provider returns `"no_decision"` or
+    /// `{"decided": value}`.
+    pub fn decide_json(
+        &self,
+        service: &str,
+        function: &str,
+        args: &Value,
+        opts: Opts,
+    ) -> Result<Decision<Value>, Error> {
+        refuse_for_decide(opts)?;
+        let _span = tracing::trace_span!("epi.decide_json", service, function).entered();
+        self.providers_json(service, function, args, |list, input| {
+            for provider in list {
+                let answer = call_json(provider, &input)
+                    .and_then(|bytes| decode::<Decision<Value>>(provider, &bytes));
+                match answer {
+                    Ok(Decision::Decided(value)) => return Ok(Decision::Decided(value)),
+                    Ok(Decision::NoDecision) => {}
+                    Err(err) if opts.ignore_errors => tracing::debug!("{err}; no decision"),
+                    Err(err) => return Err(err.into()),
+                }
+            }
+            Ok(Decision::NoDecision)
+        })
+    }
+}
+
+fn pipe_json(list: &[ProviderCall], input: Vec<u8>, opts: Opts) -> Result<Value, Error> {
+    let mut value = input;
+    for (position, provider) in list.iter().enumerate() {
+        match call_json(provider, &value) {
+            Ok(next) => value = next,
+            Err(mut err) => {
+                if let (Failure::BadInput(reason), true) = (&err.failure, position > 0) {
+                    err.failure = Failure::BadInput(format!(
+                        "the previous provider's output does not fit this provider's input: {reason}"
+                    ));
+                }
+                if !opts.ignore_errors {
+                    return Err(err.into());
+                }
+                tracing::debug!("{err}; value passed on unchanged");
+            }
+        }
+    }
+    serde_json::from_slice(&value).map_err(|err| Error::BadArguments {
+        service: list.first().map(|p| p.service.clone()).unwrap_or_else(|| "?".into()),
+        function: list.first().map(|p| p.function.clone()).unwrap_or_else(|| "?".into()),
+        reason: format!("the pipe's result is not JSON: {err}"),
+    })
+}

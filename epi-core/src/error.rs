@@ -1,0 +1,189 @@
+//! Error types: why a plugin file was refused ([`LoadError`]), why a call failed ([`Error`]),
+//! and what one provider did wrong ([`ProviderError`]).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Why a plugin file was not loaded. Every variant names the file; the host keeps running with
+/// what it had.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file or its directory could not be read.
+    #[error("{path}: cannot read the plugin file: {source}")]
+    Io {
+        /// The plugin file.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The file or its directory may be modified by other users (as sshd's StrictModes).
+    #[error("{path}: refusing an untrusted plugin: {reason}")]
+    Untrusted {
+        /// The plugin file.
+        path: PathBuf,
+        /// What is wrong with its ownership or permissions.
+        reason: String,
+    },
+    /// Not a complete shared library for this machine (empty, text, truncated, wrong kind).
+    #[error("{path}: not a loadable shared library: {reason}")]
+    NotALibrary {
+        /// The plugin file.
+        path: PathBuf,
+        /// What the ELF check found.
+        reason: String,
+    },
+    /// The dynamic loader refused the library.
+    #[error("{path}: the dynamic loader refused it: {reason}")]
+    Dlopen {
+        /// The plugin file.
+        path: PathBuf,
+        /// The `dlerror` text.
+        reason: String,
+    },
+    /// The library has no epi entry symbol.
+    #[error("{path}: not an epi plugin: it exports no `{symbol}` symbol")]
+    NoEntry {
+        /// The plugin file.
+        path: PathBuf,
+        /// The symbol looked for.
+        symbol: &'static str,
+    },
+    /// The entry symbol does not start with epi's magic bytes.
+    #[error("{path}: `{symbol}` is not an epi plugin entry (magic {found:?})")]
+    BadMagic {
+        /// The plugin file.
+        path: PathBuf,
+        /// The symbol read.
+        symbol: &'static str,
+        /// The bytes found instead of the magic.
+        found: [u8; 8],
+    },
+    /// The plugin was built against another version of the binary contract.
+    #[error("{path}: built against epi ABI version {found}, this host expects ABI version {expected}")]
+    AbiMismatch {
+        /// The plugin file.
+        path: PathBuf,
+        /// The host's ABI version.
+        expected: u32,
+        /// The plugin's ABI version.
+        found: u32,
+    },
+    /// The plugin was built by another compiler or for another target.
+    #[error("{path}: built by an incompatible toolchain: expected `{expected}`, found `{found}`")]
+    BuildMismatch {
+        /// The plugin file.
+        path: PathBuf,
+        /// The host's build string.
+        expected: String,
+        /// The plugin's build string.
+        found: String,
+    },
+    /// The plugin was built with `panic = "abort"`: a panicking provider would take the host down.
+    #[error("{path}: built with panic=abort; epi requires panic=unwind so that a panicking provider cannot abort the host")]
+    PanicAbort {
+        /// The plugin file.
+        path: PathBuf,
+    },
+    /// The plugin's `init` returned an error or panicked.
+    #[error("{path}: the plugin failed to initialise: {message}")]
+    Init {
+        /// The plugin file.
+        path: PathBuf,
+        /// Its error or panic message.
+        message: String,
+    },
+    /// The plugin describes itself inconsistently.
+    #[error("{path}: invalid plugin `{app}`: {reason}")]
+    Invalid {
+        /// The plugin file.
+        path: PathBuf,
+        /// Its app name.
+        app: String,
+        /// What is inconsistent.
+        reason: String,
+    },
+    /// Another loaded plugin already has this app name.
+    #[error("{path}: a plugin named `{app}` is already loaded from {existing}")]
+    DuplicateApp {
+        /// The plugin file.
+        path: PathBuf,
+        /// The clashing app name.
+        app: String,
+        /// The file the loaded one came from.
+        existing: PathBuf,
+    },
+}
+
+/// How one provider failed during a call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The provider returned an error.
+    Failed(String),
+    /// The provider panicked; the panic was caught in the plugin.
+    Panicked(String),
+    /// The provider could not decode its (JSON) input.
+    BadInput(String),
+    /// The provider's argument or output type differs from the call's.
+    TypeMismatch {
+        /// What the caller uses.
+        expected: String,
+        /// What the provider declares.
+        found: String,
+    },
+    /// The provider's output could not be read (dynamic calls).
+    BadOutput(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Failed(message) => write!(f, "failed: {message}"),
+            Failure::Panicked(message) => write!(f, "panicked: {message}"),
+            Failure::BadInput(message) => write!(f, "rejected its input: {message}"),
+            Failure::TypeMismatch { expected, found } => {
+                write!(f, "has another signature: the call uses {expected}, the provider declares {found}")
+            }
+            Failure::BadOutput(message) => write!(f, "returned unreadable output: {message}"),
+        }
+    }
+}
+
+/// One provider's failure, naming plugin, provider, service and function.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("plugin `{plugin}` provider `{provider}`: {service}.{function} {failure}")]
+pub struct ProviderError {
+    /// The plugin's app name.
+    pub plugin: Arc<str>,
+    /// The provider's label.
+    pub provider: Arc<str>,
+    /// The service called.
+    pub service: Arc<str>,
+    /// The function called.
+    pub function: Arc<str>,
+    /// What went wrong.
+    pub failure: Failure,
+}
+
+/// Why a call (`apply`, `decide`, ...) failed as a whole.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// No loaded plugin defines the service.
+    #[error("unknown service `{0}`: no loaded plugin defines it")]
+    UnknownService(Arc<str>),
+    /// The options cannot be combined.
+    #[error("incompatible options: {0}")]
+    IncompatibleOptions(&'static str),
+    /// A provider failed and `ignore_errors` was not set.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    /// The arguments of a dynamic call could not be encoded.
+    #[error("bad arguments for {service}.{function}: {reason}")]
+    BadArguments {
+        /// The service called.
+        service: Arc<str>,
+        /// The function called.
+        function: Arc<str>,
+        /// Why.
+        reason: String,
+    },
+}

@@ -1,0 +1,304 @@
+//! Turns a plugin file into a [`LoadedPlugin`]: trust check, ELF check, private copy, `dlopen`,
+//! entry check, `init`.
+//!
+//! Each load goes through its own private copy of the file, so several builds of one plugin can
+//! be mapped at once (glibc returns the already-loaded handle for the same path or inode) and an
+//! operator overwriting the original never rewrites a mapped library.
+
+mod elf;
+pub(crate) mod host;
+mod trust;
+
+use std::ffi::c_void;
+use std::io::Read;
+use std::mem::MaybeUninit;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
+
+use crate::abi::{
+    DropFn, FunctionEntry, PluginDescriptor, PluginEntry, StrRef, ABI_VERSION, BUILD_INFO,
+    ENTRY_SYMBOL, MAGIC, STATUS_OK,
+};
+use crate::error::LoadError;
+
+/// What a host knows about a loaded plugin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PluginInfo {
+    /// Application name.
+    pub app: String,
+    /// Version string.
+    pub version: String,
+    /// The file it was loaded from.
+    pub file: PathBuf,
+    /// xxh3 hash of the file's bytes.
+    pub content_hash: u64,
+    /// Default priority of its providers (after the host's configuration).
+    pub priority: i32,
+    /// Services it defines.
+    pub services: Vec<String>,
+}
+
+/// A provider of a loaded plugin, with names copied into host memory.
+pub(crate) struct LoadedProvider {
+    pub(crate) label: Arc<str>,
+    pub(crate) service: Arc<str>,
+    pub(crate) priority: Option<i32>,
+    pub(crate) instance: *mut c_void,
+    drop_instance: DropFn,
+    pub(crate) functions: Vec<FunctionEntry>,
+}
+
+/// A plugin library mapped into the process, with the objects its `init` created.
+///
+/// Dropping it releases the provider objects and the plugin object (in the plugin's own code)
+/// and then closes the library.
+pub struct LoadedPlugin {
+    pub(crate) info: PluginInfo,
+    pub(crate) app: Arc<str>,
+    pub(crate) providers: Vec<LoadedProvider>,
+    instance: *mut c_void,
+    drop_instance: DropFn,
+    library: Option<Library>,
+}
+
+// SAFETY: provider and plugin objects are `Send + Sync` (required by `Provides` and `Plugin`);
+// the raw pointers are only dereferenced by the plugin's own shims.
+unsafe impl Send for LoadedPlugin {}
+unsafe impl Sync for LoadedPlugin {}
+
+impl Drop for LoadedPlugin {
+    fn drop(&mut self) {
+        for provider in &self.providers {
+            // SAFETY: created by this plugin's `Provider::new`; released once, here.
+            unsafe { (provider.drop_instance)(provider.instance) };
+        }
+        // SAFETY: created by this plugin's `init`; released once, here.
+        unsafe { (self.drop_instance)(self.instance) };
+        if let Some(library) = self.library.take() {
+            if let Err(err) = library.close() {
+                tracing::warn!(app = %self.info.app, "dlclose failed: {err:?}");
+            }
+        }
+        tracing::debug!(app = %self.info.app, version = %self.info.version, "plugin unloaded");
+    }
+}
+
+/// Where private copies go and how they are named.
+pub(crate) struct CopyDir {
+    pub(crate) dir: PathBuf,
+}
+
+impl CopyDir {
+    fn copy_path(&self, original: &Path, sequence: u64) -> PathBuf {
+        let stem = original
+            .file_stem()
+            .map(|stem| stem.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "plugin".into());
+        self.dir
+            .join(format!("{stem}.{}.{sequence}.so", std::process::id()))
+    }
+}
+
+/// Reads and checks a plugin file, then loads it from a private copy and initialises it.
+pub(crate) fn load(
+    path: &Path,
+    copies: &CopyDir,
+    sequence: u64,
+    config: &str,
+) -> Result<LoadedPlugin, LoadError> {
+    let io = |source| LoadError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    trust::check(path, &meta).map_err(|reason| LoadError::Untrusted {
+        path: path.to_owned(),
+        reason,
+    })?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.read_to_end(&mut bytes).map_err(io)?;
+    elf::validate(&bytes).map_err(|reason| LoadError::NotALibrary {
+        path: path.to_owned(),
+        reason,
+    })?;
+    let content_hash = xxhash_rust::xxh3::xxh3_64(&bytes);
+
+    // Load what was checked: the private copy holds exactly these bytes.
+    let copy = copies.copy_path(path, sequence);
+    write_private_copy(&copy, &bytes).map_err(io)?;
+    // SAFETY: the bytes are a complete ELF shared object (checked above); running its
+    // initialisers is the point of loading a plugin the operator installed.
+    let opened = unsafe { Library::open(Some(&copy), RTLD_NOW | RTLD_LOCAL) };
+    // The mapping keeps the inode alive; the name is no longer needed.
+    let _ = std::fs::remove_file(&copy);
+    let library = opened.map_err(|err| LoadError::Dlopen {
+        path: path.to_owned(),
+        reason: dl_reason(&err),
+    })?;
+
+    let entry = read_entry(path, &library)?;
+    let descriptor = initialise(path, entry, config)?;
+    let plugin = LoadedPlugin {
+        app: Arc::from(descriptor.app.as_str()),
+        info: PluginInfo {
+            app: descriptor.app,
+            version: descriptor.version,
+            file: path.to_owned(),
+            content_hash,
+            priority: descriptor.priority,
+            services: descriptor.services,
+        },
+        providers: descriptor
+            .providers
+            .into_iter()
+            .map(|provider| LoadedProvider {
+                label: Arc::from(provider.label.as_str()),
+                service: Arc::from(provider.service.as_str()),
+                priority: provider.priority,
+                instance: provider.instance,
+                drop_instance: provider.drop_instance,
+                functions: provider.functions,
+            })
+            .collect(),
+        instance: descriptor.instance,
+        drop_instance: descriptor.drop_instance,
+        library: Some(library),
+    };
+    validate_descriptor(path, &plugin)?;
+    tracing::info!(
+        app = %plugin.info.app,
+        version = %plugin.info.version,
+        file = %path.display(),
+        "plugin loaded"
+    );
+    Ok(plugin)
+}
+
+fn write_private_copy(copy: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o500)
+        .open(copy)?;
+    file.write_all(bytes)?;
+    file.sync_data()
+}
+
+/// libloading's `Display` is only "dlopen failed"; the loader's text is in the source chain.
+fn dl_reason(err: &libloading::Error) -> String {
+    let mut reason = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(inner) = source {
+        reason = format!("{reason}: {inner}");
+        source = inner.source();
+    }
+    reason
+}
+
+/// Reads the entry as plain data and checks it. Runs no plugin code.
+fn read_entry(path: &Path, library: &Library) -> Result<&'static PluginEntry, LoadError> {
+    let symbol_name = format!("{ENTRY_SYMBOL}\0");
+    // SAFETY: the symbol's address is the address of the exported static; we only read it as a
+    // pointer here and check the fields below before trusting anything else.
+    let address: *const c_void = unsafe {
+        match library.get::<*const c_void>(symbol_name.as_bytes()) {
+            Ok(symbol) => symbol.into_raw(),
+            Err(_) => {
+                return Err(LoadError::NoEntry {
+                    path: path.to_owned(),
+                    symbol: ENTRY_SYMBOL,
+                })
+            }
+        }
+    };
+    // SAFETY: the leading fields (magic, ABI version) have the same layout in every ABI version;
+    // we read only those before the version check.
+    let magic = unsafe { (address as *const [u8; 8]).read_unaligned() };
+    if magic != MAGIC {
+        return Err(LoadError::BadMagic {
+            path: path.to_owned(),
+            symbol: ENTRY_SYMBOL,
+            found: magic,
+        });
+    }
+    let abi_version = unsafe { (address as *const u8).add(8).cast::<u32>().read_unaligned() };
+    if abi_version != ABI_VERSION {
+        return Err(LoadError::AbiMismatch {
+            path: path.to_owned(),
+            expected: ABI_VERSION,
+            found: abi_version,
+        });
+    }
+    // SAFETY: same ABI version, so the whole entry has this layout. The library stays mapped as
+    // long as the `LoadedPlugin` that owns it, which outlives every use of the entry.
+    let entry: &'static PluginEntry = unsafe { &*(address as *const PluginEntry) };
+    if entry.panic_unwind != 1 {
+        return Err(LoadError::PanicAbort {
+            path: path.to_owned(),
+        });
+    }
+    // SAFETY: a static string in the plugin (ABI checked); invalid UTF-8 is replaced.
+    let found = unsafe { entry.build_info.to_string_lossy() };
+    if found != BUILD_INFO {
+        return Err(LoadError::BuildMismatch {
+            path: path.to_owned(),
+            expected: BUILD_INFO.to_owned(),
+            found,
+        });
+    }
+    Ok(entry)
+}
+
+/// Calls the plugin's `init` (the first plugin code that runs).
+fn initialise(
+    path: &Path,
+    entry: &PluginEntry,
+    config: &str,
+) -> Result<PluginDescriptor, LoadError> {
+    let mut descriptor = MaybeUninit::<PluginDescriptor>::uninit();
+    let mut error = String::new();
+    // SAFETY: every check passed: same ABI, compiler, target and panic strategy. `init` catches
+    // its own panics and writes the descriptor only on success.
+    let status = unsafe {
+        (entry.init)(
+            &host::HOST_VTABLE,
+            StrRef::new(config),
+            descriptor.as_mut_ptr(),
+            &mut error,
+        )
+    };
+    if status != STATUS_OK {
+        return Err(LoadError::Init {
+            path: path.to_owned(),
+            message: error,
+        });
+    }
+    // SAFETY: `init` returned OK, so it wrote the descriptor.
+    Ok(unsafe { descriptor.assume_init() })
+}
+
+fn validate_descriptor(path: &Path, plugin: &LoadedPlugin) -> Result<(), LoadError> {
+    let invalid = |reason: String| LoadError::Invalid {
+        path: path.to_owned(),
+        app: plugin.info.app.clone(),
+        reason,
+    };
+    if plugin.info.app.trim().is_empty() {
+        return Err(invalid("the app name is empty".into()));
+    }
+    let mut labels = std::collections::HashSet::new();
+    for provider in &plugin.providers {
+        if !labels.insert(&*provider.label) {
+            return Err(invalid(format!(
+                "two providers are labelled `{}`",
+                provider.label
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,254 @@
+//! The registry: loads and unloads plugins and publishes a new [`Snapshot`] after each change.
+//!
+//! Writers (load, unload) are serialised by a mutex and never block callers: a call loads the
+//! current snapshot from an `ArcSwap` and keeps using it until it returns, so a plugin removed
+//! meanwhile stays mapped until its last call finished.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+
+use crate::dispatch::{Function, ServiceHandle};
+use crate::error::LoadError;
+use crate::loader::{self, CopyDir, LoadedPlugin, PluginInfo};
+use crate::snapshot::{self, Interner, Snapshot};
+
+/// How a registry orders and runs plugins.
+#[derive(Clone, Debug, Default)]
+pub struct RegistryConfig {
+    /// Plugin app names in dispatch order; plugins not listed follow, sorted by app name.
+    pub order: Vec<String>,
+    /// Priority per app name, overriding what the plugin declares (higher runs first).
+    pub priorities: BTreeMap<String, i32>,
+    /// Worker threads for `concurrent` calls (default: the number of CPUs).
+    pub concurrency: Option<usize>,
+    /// Where private copies of plugin files are made (default: the system temp directory).
+    pub runtime_dir: Option<PathBuf>,
+}
+
+/// A service and its providers, in call order (for inspection).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceInfo {
+    /// Service name.
+    pub name: String,
+    /// Whether a loaded plugin defines it.
+    pub declared: bool,
+    /// `(function, [(plugin, provider)])` sorted by function name, providers in call order.
+    pub functions: Vec<(String, Vec<(String, String)>)>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) current: ArcSwap<Snapshot>,
+    interner: Mutex<Interner>,
+    /// Loaded plugins in load order; holding this lock serialises every change.
+    loaded: Mutex<Vec<Arc<LoadedPlugin>>>,
+    config: RegistryConfig,
+    copies: CopyDir,
+    _copies_dir: tempfile::TempDir,
+    sequence: AtomicU64,
+    pub(crate) pool: rayon::ThreadPool,
+}
+
+/// Loads plugins and hands out handles to call them. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Registry {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Registry {
+    /// A registry with no plugins.
+    pub fn new(config: RegistryConfig) -> std::io::Result<Self> {
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("epi-plugins-");
+        let copies_dir = match &config.runtime_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)?;
+                builder.tempdir_in(dir)?
+            }
+            None => builder.tempdir()?,
+        };
+        let threads = config.concurrency.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(usize::from)
+                .unwrap_or(2)
+        });
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(|index| format!("epi-concurrent-{index}"))
+            .build()
+            .map_err(std::io::Error::other)?;
+        Ok(Registry {
+            shared: Arc::new(Shared {
+                current: ArcSwap::from_pointee(Snapshot::default()),
+                interner: Mutex::new(Interner::default()),
+                loaded: Mutex::new(Vec::new()),
+                copies: CopyDir {
+                    dir: copies_dir.path().to_owned(),
+                },
+                _copies_dir: copies_dir,
+                config,
+                sequence: AtomicU64::new(0),
+                pool,
+            }),
+        })
+    }
+
+    /// Loads the plugin in `path` and publishes a snapshot that includes it.
+    pub fn load(&self, path: impl AsRef<Path>) -> Result<PluginInfo, LoadError> {
+        self.load_with_config(path, &serde_json::Value::Null)
+    }
+
+    /// Loads a plugin, handing it `config` (see [`crate::PluginContext::config`]).
+    pub fn load_with_config(
+        &self,
+        path: impl AsRef<Path>,
+        config: &serde_json::Value,
+    ) -> Result<PluginInfo, LoadError> {
+        let path = path.as_ref();
+        let config_text = if config.is_null() {
+            String::new()
+        } else {
+            config.to_string()
+        };
+        let sequence = self.shared.sequence.fetch_add(1, Ordering::Relaxed);
+        let plugin = loader::load(path, &self.shared.copies, sequence, &config_text)?;
+        let mut loaded = self.shared.loaded.lock();
+        if let Some(existing) = loaded.iter().find(|other| other.info.app == plugin.info.app) {
+            return Err(LoadError::DuplicateApp {
+                path: path.to_owned(),
+                app: plugin.info.app.clone(),
+                existing: existing.info.file.clone(),
+            });
+        }
+        let mut info = plugin.info.clone();
+        info.priority = snapshot::plugin_priority(&self.shared.config, &plugin);
+        loaded.push(Arc::new(plugin));
+        self.publish(&loaded);
+        Ok(info)
+    }
+
+    /// Loads every `*.so` file of `dir`, in file name order. Returns one result per file; a file
+    /// that fails does not stop the others.
+    pub fn load_dir(
+        &self,
+        dir: impl AsRef<Path>,
+    ) -> std::io::Result<Vec<(PathBuf, Result<PluginInfo, LoadError>)>> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir.as_ref())?
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|path| is_plugin_file(path))
+            .collect();
+        files.sort();
+        Ok(files
+            .into_iter()
+            .map(|path| {
+                let result = self.load(&path);
+                if let Err(err) = &result {
+                    tracing::warn!("{err}");
+                }
+                (path, result)
+            })
+            .collect())
+    }
+
+    /// Removes a plugin from dispatch. Calls already running finish on it; its library is
+    /// closed when the last of them returns. Returns false when no such plugin is loaded.
+    pub fn unload(&self, app: &str) -> bool {
+        let mut loaded = self.shared.loaded.lock();
+        let before = loaded.len();
+        loaded.retain(|plugin| plugin.info.app != app);
+        let removed = loaded.len() != before;
+        if removed {
+            self.publish(&loaded);
+        }
+        removed
+    }
+
+    /// Loaded plugins in dispatch order.
+    pub fn plugins(&self) -> Vec<PluginInfo> {
+        let snapshot = self.shared.current.load();
+        snapshot
+            .plugins
+            .iter()
+            .map(|plugin| {
+                let mut info = plugin.info.clone();
+                info.priority = snapshot::plugin_priority(&self.shared.config, plugin);
+                info
+            })
+            .collect()
+    }
+
+    /// Every service named by a loaded plugin, sorted by name, with providers in call order.
+    pub fn services(&self) -> Vec<ServiceInfo> {
+        let snapshot = self.shared.current.load();
+        let interner = self.shared.interner.lock();
+        let mut services: Vec<ServiceInfo> = snapshot
+            .services
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| slot.declared || !slot.functions.is_empty())
+            .map(|(id, slot)| {
+                let mut functions: Vec<(String, Vec<(String, String)>)> = slot
+                    .functions
+                    .iter()
+                    .map(|(name, &function)| {
+                        let providers = snapshot.functions[function as usize]
+                            .iter()
+                            .map(|call| (call.plugin.to_string(), call.provider.to_string()))
+                            .collect();
+                        (name.to_string(), providers)
+                    })
+                    .collect();
+                functions.sort();
+                ServiceInfo {
+                    name: interner.service_name(id as u32).to_string(),
+                    declared: slot.declared,
+                    functions,
+                }
+            })
+            .collect();
+        services.sort_by(|a, b| a.name.cmp(&b.name));
+        services
+    }
+
+    /// A handle to call a service's functions. Resolve it once and reuse it: it stays valid
+    /// across loads, unloads and reloads.
+    pub fn service(&self, name: &str) -> ServiceHandle {
+        let (id, name) = self.shared.interner.lock().service(name);
+        ServiceHandle::new(self.shared.clone(), id, name)
+    }
+
+    /// A handle to one function with its argument and output types: the fastest way to call.
+    pub fn function<A, O>(&self, service: &str, function: &str) -> Function<A, O> {
+        self.service(service).function(function)
+    }
+
+    pub(crate) fn intern_function(
+        shared: &Shared,
+        service: u32,
+        name: &str,
+    ) -> (u32, Arc<str>) {
+        shared.interner.lock().function(service, name)
+    }
+
+    fn publish(&self, loaded: &[Arc<LoadedPlugin>]) {
+        let generation = self.shared.current.load().generation + 1;
+        let snapshot = {
+            let mut interner = self.shared.interner.lock();
+            snapshot::build(generation, loaded, &self.shared.config, &mut interner)
+        };
+        self.shared.current.store(Arc::new(snapshot));
+        tracing::debug!(generation, plugins = loaded.len(), "dispatch table published");
+    }
+}
+
+/// Whether `path` names a plugin library (not a dotfile, not a temporary name).
+pub fn is_plugin_file(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|name| name.to_str()) else {
+        return false;
+    };
+    !name.starts_with('.') && name.ends_with(".so") && path.is_file()
+}

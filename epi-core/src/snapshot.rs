@@ -1,0 +1,234 @@
+//! The immutable dispatch table calls read without a lock, and how it is built.
+//!
+//! Services and functions are interned to dense ids that never change for the life of a
+//! registry, so handles resolved once stay valid across every later snapshot: a call indexes
+//! `functions[id]` and finds the providers already in order.
+
+use std::cmp::Reverse;
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+
+use crate::abi::{CallFn, TypeKey};
+use crate::loader::LoadedPlugin;
+use crate::registry::RegistryConfig;
+
+/// Dense id of a service name.
+pub(crate) type ServiceId = u32;
+/// Dense id of a `(service, function)` pair.
+pub(crate) type FunctionId = u32;
+
+/// Names to ids. Grows only; guarded by the registry's mutex, never touched by calls.
+#[derive(Default)]
+pub(crate) struct Interner {
+    services: FxHashMap<String, ServiceId>,
+    service_names: Vec<Arc<str>>,
+    functions: FxHashMap<(ServiceId, String), FunctionId>,
+    function_names: Vec<Arc<str>>,
+}
+
+impl Interner {
+    pub(crate) fn service(&mut self, name: &str) -> (ServiceId, Arc<str>) {
+        if let Some(&id) = self.services.get(name) {
+            return (id, self.service_names[id as usize].clone());
+        }
+        let id = self.service_names.len() as ServiceId;
+        let shared: Arc<str> = Arc::from(name);
+        self.services.insert(name.to_owned(), id);
+        self.service_names.push(shared.clone());
+        (id, shared)
+    }
+
+    pub(crate) fn service_name(&self, id: ServiceId) -> &Arc<str> {
+        &self.service_names[id as usize]
+    }
+
+    pub(crate) fn function(&mut self, service: ServiceId, name: &str) -> (FunctionId, Arc<str>) {
+        if let Some(&id) = self.functions.get(&(service, name.to_owned())) {
+            return (id, self.function_names[id as usize].clone());
+        }
+        let id = self.function_names.len() as FunctionId;
+        let shared: Arc<str> = Arc::from(name);
+        self.functions.insert((service, name.to_owned()), id);
+        self.function_names.push(shared.clone());
+        (id, shared)
+    }
+}
+
+/// One provider function as a call sees it.
+pub(crate) struct ProviderCall {
+    pub(crate) plugin: Arc<str>,
+    pub(crate) provider: Arc<str>,
+    pub(crate) service: Arc<str>,
+    pub(crate) function: Arc<str>,
+    pub(crate) instance: *const c_void,
+    pub(crate) call: CallFn,
+    pub(crate) call_json: CallFn,
+    pub(crate) args: TypeKey,
+    pub(crate) output: TypeKey,
+}
+
+// SAFETY: provider objects are `Send + Sync` (required by `Provides`); their plugin stays
+// loaded while the snapshot holding this entry lives.
+unsafe impl Send for ProviderCall {}
+unsafe impl Sync for ProviderCall {}
+
+/// Per service: whether a plugin defines it and its functions that have providers.
+#[derive(Default)]
+pub(crate) struct ServiceSlot {
+    pub(crate) declared: bool,
+    pub(crate) functions: FxHashMap<Box<str>, FunctionId>,
+}
+
+/// An immutable view of every loaded plugin. Published with `arc-swap`.
+#[derive(Default)]
+pub(crate) struct Snapshot {
+    /// Increases with every published snapshot.
+    pub(crate) generation: u64,
+    /// Loaded plugins in dispatch order. Keeps their libraries mapped.
+    pub(crate) plugins: Vec<Arc<LoadedPlugin>>,
+    /// Indexed by `ServiceId`.
+    pub(crate) services: Vec<ServiceSlot>,
+    /// Indexed by `FunctionId`: providers in call order.
+    pub(crate) functions: Vec<Box<[ProviderCall]>>,
+}
+
+impl Snapshot {
+    /// Whether a loaded plugin defines the service.
+    pub(crate) fn is_declared(&self, service: ServiceId) -> bool {
+        self.services
+            .get(service as usize)
+            .is_some_and(|slot| slot.declared)
+    }
+
+    /// Providers of a function, or `None` when no loaded plugin defines the service.
+    #[inline]
+    pub(crate) fn providers(
+        &self,
+        service: ServiceId,
+        function: FunctionId,
+    ) -> Option<&[ProviderCall]> {
+        match self.services.get(service as usize) {
+            Some(slot) if slot.declared => Some(
+                self.functions
+                    .get(function as usize)
+                    .map(|list| &list[..])
+                    .unwrap_or(&[]),
+            ),
+            _ => None,
+        }
+    }
+
+    /// Providers of a function named at call time.
+    #[inline]
+    pub(crate) fn providers_by_name(
+        &self,
+        service: ServiceId,
+        function: &str,
+    ) -> Option<&[ProviderCall]> {
+        match self.services.get(service as usize) {
+            Some(slot) if slot.declared => Some(
+                slot.functions
+                    .get(function)
+                    .and_then(|&id| self.functions.get(id as usize))
+                    .map(|list| &list[..])
+                    .unwrap_or(&[]),
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// Position of a plugin in the configured order: listed plugins first, in list order, then the
+/// rest by app name.
+fn plugin_rank(config: &RegistryConfig, app: &str) -> (usize, String) {
+    let listed = config.order.iter().position(|name| name == app);
+    (listed.unwrap_or(usize::MAX), app.to_owned())
+}
+
+/// The priority a plugin's providers take unless they set their own.
+pub(crate) fn plugin_priority(config: &RegistryConfig, plugin: &LoadedPlugin) -> i32 {
+    config
+        .priorities
+        .get(&plugin.info.app)
+        .copied()
+        .unwrap_or(plugin.info.priority)
+}
+
+/// Builds the snapshot for `loaded`, interning every name it mentions.
+pub(crate) fn build(
+    generation: u64,
+    loaded: &[Arc<LoadedPlugin>],
+    config: &RegistryConfig,
+    interner: &mut Interner,
+) -> Snapshot {
+    let mut plugins = loaded.to_vec();
+    plugins.sort_by_cached_key(|plugin| plugin_rank(config, &plugin.info.app));
+
+    let mut services: Vec<ServiceSlot> = Vec::new();
+    let slot = |services: &mut Vec<ServiceSlot>, id: ServiceId| -> usize {
+        let index = id as usize;
+        if services.len() <= index {
+            services.resize_with(index + 1, ServiceSlot::default);
+        }
+        index
+    };
+
+    // (priority, plugin position, declaration position) orders providers; collect then sort.
+    type Key = (Reverse<i32>, usize, usize);
+    let mut lists: FxHashMap<FunctionId, Vec<(Key, ProviderCall)>> = FxHashMap::default();
+    for (position, plugin) in plugins.iter().enumerate() {
+        for service in &plugin.info.services {
+            let (id, _) = interner.service(service);
+            let index = slot(&mut services, id);
+            services[index].declared = true;
+        }
+        let default_priority = plugin_priority(config, plugin);
+        let mut declaration = 0;
+        for provider in &plugin.providers {
+            let (service_id, service_name) = interner.service(&provider.service);
+            let index = slot(&mut services, service_id);
+            let priority = provider.priority.unwrap_or(default_priority);
+            for function in &provider.functions {
+                let (function_id, function_name) = interner.function(service_id, &function.name);
+                services[index]
+                    .functions
+                    .insert(function.name.as_str().into(), function_id);
+                let key = (Reverse(priority), position, declaration);
+                declaration += 1;
+                lists.entry(function_id).or_default().push((
+                    key,
+                    ProviderCall {
+                        plugin: plugin.app.clone(),
+                        provider: provider.label.clone(),
+                        service: service_name.clone(),
+                        function: function_name,
+                        instance: provider.instance,
+                        call: function.call,
+                        call_json: function.call_json,
+                        args: function.args.clone(),
+                        output: function.output.clone(),
+                    },
+                ));
+            }
+        }
+    }
+
+    let mut functions: Vec<Box<[ProviderCall]>> = Vec::new();
+    for (id, mut list) in lists {
+        list.sort_by_key(|(key, _)| *key);
+        let index = id as usize;
+        if functions.len() <= index {
+            functions.resize_with(index + 1, Default::default);
+        }
+        functions[index] = list.into_iter().map(|(_, call)| call).collect();
+    }
+
+    Snapshot {
+        generation,
+        plugins,
+        services,
+        functions,
+    }
+}

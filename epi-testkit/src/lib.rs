@@ -1,0 +1,84 @@
+//! Test and benchmark helpers: build the workspace's plugin libraries (once per process, with
+//! the same profile as the running test or bench) and lay out plugin directories.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// Plugin crates of this workspace that tests load.
+pub const PLUGINS: &[&str] = &[
+    "epi-plugin-hello",
+    "epi-plugin-greeter-fr",
+    "epi-plugin-testplug",
+    "epi-plugin-no-entry",
+];
+
+/// The `target/<profile>` directory the running executable was built into.
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current executable");
+    let mut dir = exe.parent().expect("executable directory").to_owned();
+    if dir.file_name().is_some_and(|name| name == "deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// Builds every plugin in [`PLUGINS`] with the running executable's profile (once per
+/// process) and returns the directory holding the libraries.
+pub fn build_plugins() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dir = profile_dir();
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut command = Command::new(cargo);
+        command.current_dir(workspace).arg("build").arg("--quiet");
+        if dir.file_name().is_some_and(|name| name == "release") {
+            command.arg("--release");
+        }
+        if let Some(target) = dir.parent() {
+            command.env("CARGO_TARGET_DIR", target);
+        }
+        for plugin in PLUGINS {
+            command.args(["-p", plugin]);
+        }
+        let status = command.status().expect("run cargo build for the plugins");
+        assert!(status.success(), "building the plugin libraries failed");
+        dir
+    })
+}
+
+/// Path of the built library of a plugin crate (e.g. `epi-plugin-hello`).
+pub fn plugin_library(crate_name: &str) -> PathBuf {
+    build_plugins().join(format!("lib{}.so", crate_name.replace('-', "_")))
+}
+
+/// A fresh plugin directory (mode 0755) that is removed when dropped.
+pub fn plugin_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("epi-test-plugins-")
+        .tempdir()
+        .expect("temporary plugin directory");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod plugin directory");
+    dir
+}
+
+/// Copies a built plugin into `dir` under `file_name` (mode 0644); returns the new path.
+pub fn install(dir: &Path, crate_name: &str, file_name: &str) -> PathBuf {
+    let target = dir.join(file_name);
+    std::fs::copy(plugin_library(crate_name), &target).expect("copy plugin library");
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644))
+        .expect("chmod plugin library");
+    target
+}
+
+/// Writes `bytes` as a file in `dir` (mode 0644); returns its path.
+pub fn write_file(dir: &Path, file_name: &str, bytes: &[u8]) -> PathBuf {
+    let target = dir.join(file_name);
+    std::fs::write(&target, bytes).expect("write file");
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644))
+        .expect("chmod file");
+    target
+}

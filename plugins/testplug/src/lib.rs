@@ -1,0 +1,243 @@
+//! A plugin for tests and benchmarks: one library, configured per load.
+//!
+//! Configuration (all keys optional):
+//! ```json
+//! {"app": "alpha", "version": "2", "priority": 0, "services": ["math"],
+//!  "providers": [{"label": "a", "service": "math", "priority": 5, "add": 1,
+//!                 "behaviour": "ok|fail|panic", "decides": true, "truth": true,
+//!                 "kind": "number|text"}]}
+//! ```
+//! A `number` provider's `value` returns `x + add`; a `text` provider's returns a string (to
+//! test signature mismatches and wrong-shaped pipe outputs).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use epi::{Decision, Plugin, PluginContext, Provider};
+use serde::Deserialize;
+
+/// What a configured provider does when called.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Behaviour {
+    /// Answers normally.
+    #[default]
+    Ok,
+    /// Returns an error.
+    Fail,
+    /// Panics.
+    Panic,
+}
+
+/// The shape of a provider's `value` function.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// `value(i64) -> i64`.
+    #[default]
+    Number,
+    /// `value(i64) -> String`.
+    Text,
+}
+
+/// One provider's configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    label: String,
+    #[serde(default = "default_service")]
+    service: String,
+    #[serde(default)]
+    priority: Option<i32>,
+    #[serde(default)]
+    add: i64,
+    #[serde(default)]
+    behaviour: Behaviour,
+    #[serde(default)]
+    decides: bool,
+    #[serde(default)]
+    truth: bool,
+    #[serde(default)]
+    kind: Kind,
+}
+
+fn default_service() -> String {
+    "math".into()
+}
+
+/// The plugin's configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_app")]
+    app: String,
+    #[serde(default)]
+    version: Option<String>,
+    #[serde(default)]
+    priority: i32,
+    #[serde(default = "default_services")]
+    services: Vec<String>,
+    #[serde(default)]
+    providers: Vec<ProviderConfig>,
+}
+
+fn default_app() -> String {
+    "testplug".into()
+}
+
+fn default_services() -> Vec<String> {
+    vec!["math".into()]
+}
+
+/// The plugin object.
+pub struct TestPlug {
+    config: Config,
+}
+
+impl TestPlug {
+    /// Builds the plugin from the host's configuration; panics on a bad one (tests rely on the
+    /// loader reporting a panicking `init`).
+    pub fn from_context(context: &PluginContext) -> Self {
+        let value = if context.config.is_null() {
+            serde_json::json!({})
+        } else {
+            context.config.clone()
+        };
+        let config: Config = serde_json::from_value(value).expect("invalid testplug configuration");
+        TestPlug { config }
+    }
+}
+
+impl Plugin for TestPlug {
+    fn app(&self) -> String {
+        self.config.app.clone()
+    }
+
+    fn version(&self) -> Option<String> {
+        self.config.version.clone()
+    }
+
+    fn priority(&self) -> i32 {
+        self.config.priority
+    }
+
+    fn services(&self) -> Vec<String> {
+        self.config.services.clone()
+    }
+
+    fn providers(&self) -> Vec<Provider> {
+        self.config
+            .providers
+            .iter()
+            .map(|config| {
+                let provider = match config.kind {
+                    Kind::Number => Provider::new(config.service.clone(), Scripted::new(config)),
+                    Kind::Text => Provider::new(config.service.clone(), Texty::new(config)),
+                };
+                let provider = provider.label(config.label.clone());
+                match config.priority {
+                    Some(priority) => provider.priority(priority),
+                    None => provider,
+                }
+            })
+            .collect()
+    }
+}
+
+/// A provider doing what its configuration says.
+pub struct Scripted {
+    config: ProviderConfig,
+    calls: AtomicU64,
+}
+
+impl Scripted {
+    fn new(config: &ProviderConfig) -> Self {
+        Scripted {
+            config: config.clone(),
+            calls: AtomicU64::new(0),
+        }
+    }
+
+    fn act(&self) -> Result<(), String> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        match self.config.behaviour {
+            Behaviour::Ok => Ok(()),
+            Behaviour::Fail => Err(format!("{} refused", self.config.label)),
+            Behaviour::Panic => panic!("{} panicked on purpose", self.config.label),
+        }
+    }
+}
+
+#[epi::provider]
+impl Scripted {
+    /// `x + add`.
+    pub fn value(&self, x: &i64) -> Result<i64, String> {
+        self.act()?;
+        Ok(x + self.config.add)
+    }
+
+    /// Decides its label when configured to decide.
+    pub fn decide(&self, _x: &i64) -> Result<Decision<String>, String> {
+        self.act()?;
+        Ok(if self.config.decides {
+            Decision::Decided(self.config.label.clone())
+        } else {
+            Decision::NoDecision
+        })
+    }
+
+    /// Its configured truth, for `any` and `all`.
+    pub fn check(&self, _x: &i64) -> Result<bool, String> {
+        self.act()?;
+        Ok(self.config.truth)
+    }
+
+    /// Its label.
+    pub fn label(&self) -> String {
+        self.config.label.clone()
+    }
+
+    /// Sleeps `ms` milliseconds and returns its label.
+    pub fn sleep(&self, ms: &u64) -> String {
+        std::thread::sleep(Duration::from_millis(*ms));
+        self.config.label.clone()
+    }
+
+    /// How many scripted calls it received.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    /// Two arguments: `a * b + add`.
+    pub fn scale(&self, a: i64, b: &i64) -> i64 {
+        a * b + self.config.add
+    }
+}
+
+/// A provider whose `value` returns text instead of a number.
+pub struct Texty {
+    label: String,
+}
+
+impl Texty {
+    fn new(config: &ProviderConfig) -> Self {
+        Texty {
+            label: config.label.clone(),
+        }
+    }
+}
+
+#[epi::provider]
+impl Texty {
+    /// Its label and the input, as text.
+    pub fn value(&self, x: &i64) -> String {
+        format!("{}:{x}", self.label)
+    }
+
+    /// Its label.
+    pub fn label(&self) -> String {
+        self.label.clone()
+    }
+}
+
+epi::export_plugin!(TestPlug, TestPlug::from_context);
