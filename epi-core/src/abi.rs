@@ -177,7 +177,11 @@ impl TypeKey {
 
 impl std::fmt::Display for TypeKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (size {}, align {})", self.name, self.size, self.align)
+        write!(
+            f,
+            "{} (size {}, align {})",
+            self.name, self.size, self.align
+        )
     }
 }
 

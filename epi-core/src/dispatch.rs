@@ -145,7 +145,11 @@ impl ServiceHandle {
             .is_some_and(|list| !list.is_empty())
     }
 
-    fn list<'s>(&self, snapshot: &'s Snapshot, function: &str) -> Result<&'s [ProviderCall], Error> {
+    fn list<'s>(
+        &self,
+        snapshot: &'s Snapshot,
+        function: &str,
+    ) -> Result<&'s [ProviderCall], Error> {
         snapshot
             .providers_by_name(self.id, function)
             .ok_or_else(|| Error::UnknownService(self.name.clone()))
@@ -206,13 +210,23 @@ impl ServiceHandle {
     }
 
     /// True when some provider returned `true` (couch_epi's `any`).
-    pub fn any<A: Sync + 'static>(&self, function: &str, args: &A, opts: Opts) -> Result<bool, Error> {
+    pub fn any<A: Sync + 'static>(
+        &self,
+        function: &str,
+        args: &A,
+        opts: Opts,
+    ) -> Result<bool, Error> {
         let results = self.apply_with::<A, bool>(function, args, opts)?;
         Ok(results.iter().any(|result| matches!(result, Ok(true))))
     }
 
     /// True when there are providers and every one returned `true` (couch_epi's `all`).
-    pub fn all<A: Sync + 'static>(&self, function: &str, args: &A, opts: Opts) -> Result<bool, Error> {
+    pub fn all<A: Sync + 'static>(
+        &self,
+        function: &str,
+        args: &A,
+        opts: Opts,
+    ) -> Result<bool, Error> {
         let results = self.apply_with::<A, bool>(function, args, opts)?;
         Ok(!results.is_empty() && results.iter().all(|result| matches!(result, Ok(true))))
     }
@@ -263,7 +277,9 @@ impl<A: Sync + 'static, O: Send + 'static> Function<A, O> {
     /// Calls every provider in order; results in provider order; the first error stops the
     /// call and is returned.
     pub fn apply(&self, args: &A) -> Result<Vec<O>, Error> {
-        let _span = tracing::trace_span!("epi.apply", service = %self.service_name, function = %self.name).entered();
+        let _span =
+            tracing::trace_span!("epi.apply", service = %self.service_name, function = %self.name)
+                .entered();
         let snapshot = self.shared.current.load();
         let (list, _) = self.resolve(&snapshot, false)?;
         apply_values(list, args)
@@ -271,7 +287,9 @@ impl<A: Sync + 'static, O: Send + 'static> Function<A, O> {
 
     /// `apply` with options (see [`ServiceHandle::apply_with`]).
     pub fn apply_with(&self, args: &A, opts: Opts) -> Result<Vec<Result<O, ProviderError>>, Error> {
-        let _span = tracing::trace_span!("epi.apply", service = %self.service_name, function = %self.name).entered();
+        let _span =
+            tracing::trace_span!("epi.apply", service = %self.service_name, function = %self.name)
+                .entered();
         let snapshot = self.shared.current.load();
         let (list, all_match) = self.resolve(&snapshot, opts.ignore_errors)?;
         apply_results(&self.shared, list, args, opts, all_match)
@@ -295,7 +313,9 @@ impl<A: Sync + 'static> Function<A, bool> {
 impl<A: 'static, T: 'static> Function<A, Decision<T>> {
     /// Asks providers in order until one returns `Decided`; none → `NoDecision`.
     pub fn decide(&self, args: &A, opts: Opts) -> Result<Decision<T>, Error> {
-        let _span = tracing::trace_span!("epi.decide", service = %self.service_name, function = %self.name).entered();
+        let _span =
+            tracing::trace_span!("epi.decide", service = %self.service_name, function = %self.name)
+                .entered();
         let snapshot = self.shared.current.load();
         let (list, all_match) = self.resolve(&snapshot, opts.ignore_errors)?;
         decide_list(list, args, opts, all_match)
@@ -305,7 +325,9 @@ impl<A: 'static, T: 'static> Function<A, Decision<T>> {
 impl<T: 'static> Function<T, T> {
     /// Passes `input` through every provider in order (see [`ServiceHandle::pipe`]).
     pub fn pipe(&self, input: T, opts: Opts) -> Result<T, Error> {
-        let _span = tracing::trace_span!("epi.pipe", service = %self.service_name, function = %self.name).entered();
+        let _span =
+            tracing::trace_span!("epi.pipe", service = %self.service_name, function = %self.name)
+                .entered();
         let snapshot = self.shared.current.load();
         let (list, all_match) = self.resolve(&snapshot, opts.ignore_errors)?;
         pipe_list(list, input, opts, all_match)
@@ -392,7 +414,11 @@ fn precheck<A, O>(list: &[ProviderCall], ignore_errors: bool) -> Result<bool, Er
 
 /// Calls one provider, checking its types first unless all were checked.
 #[inline]
-fn checked_call<A, O>(provider: &ProviderCall, args: &A, all_match: bool) -> Result<O, ProviderError> {
+fn checked_call<A, O>(
+    provider: &ProviderCall,
+    args: &A,
+    all_match: bool,
+) -> Result<O, ProviderError> {
     if !all_match {
         type_check::<A, O>(provider)?;
     }
@@ -422,7 +448,9 @@ fn apply_results<A: Sync, O: Send>(
         ));
     }
     let results = if opts.concurrent && list.len() > 1 {
-        run_concurrent(shared, list, |provider| checked_call(provider, args, all_match))
+        run_concurrent(shared, list, |provider| {
+            checked_call(provider, args, all_match)
+        })
     } else {
         let mut results = Vec::with_capacity(list.len());
         for provider in list {
@@ -438,7 +466,11 @@ fn apply_results<A: Sync, O: Send>(
     if !opts.ignore_errors {
         if let Some(position) = results.iter().position(Result::is_err) {
             let mut results = results;
-            return Err(results.swap_remove(position).err().expect("an error").into());
+            return Err(results
+                .swap_remove(position)
+                .err()
+                .expect("an error")
+                .into());
         }
     }
     Ok(results)

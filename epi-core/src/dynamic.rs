@@ -148,7 +148,11 @@ impl Registry {
                 replies
             };
             if !opts.ignore_errors {
-                if let Some(Err(err)) = replies.iter().map(|reply| &reply.result).find(|r| r.is_err()) {
+                if let Some(Err(err)) = replies
+                    .iter()
+                    .map(|reply| &reply.result)
+                    .find(|r| r.is_err())
+                {
                     return Err(err.clone().into());
                 }
             }
@@ -202,8 +206,14 @@ fn pipe_json(list: &[ProviderCall], input: Vec<u8>, opts: Opts) -> Result<Value,
         }
     }
     serde_json::from_slice(&value).map_err(|err| Error::BadArguments {
-        service: list.first().map(|p| p.service.clone()).unwrap_or_else(|| "?".into()),
-        function: list.first().map(|p| p.function.clone()).unwrap_or_else(|| "?".into()),
+        service: list
+            .first()
+            .map(|p| p.service.clone())
+            .unwrap_or_else(|| "?".into()),
+        function: list
+            .first()
+            .map(|p| p.function.clone())
+            .unwrap_or_else(|| "?".into()),
         reason: format!("the pipe's result is not JSON: {err}"),
     })
 }

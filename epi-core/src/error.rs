@@ -59,7 +59,9 @@ pub enum LoadError {
         found: [u8; 8],
     },
     /// The plugin was built against another version of the binary contract.
-    #[error("{path}: built against epi ABI version {found}, this host expects ABI version {expected}")]
+    #[error(
+        "{path}: built against epi ABI version {found}, this host expects ABI version {expected}"
+    )]
     AbiMismatch {
         /// The plugin file.
         path: PathBuf,

@@ -117,7 +117,10 @@ impl Registry {
         let sequence = self.shared.sequence.fetch_add(1, Ordering::Relaxed);
         let plugin = loader::load(path, &self.shared.copies, sequence, &config_text)?;
         let mut loaded = self.shared.loaded.lock();
-        if let Some(existing) = loaded.iter().find(|other| other.info.app == plugin.info.app) {
+        if let Some(existing) = loaded
+            .iter()
+            .find(|other| other.info.app == plugin.info.app)
+        {
             return Err(LoadError::DuplicateApp {
                 path: path.to_owned(),
                 app: plugin.info.app.clone(),
@@ -226,11 +229,7 @@ impl Registry {
         self.service(service).function(function)
     }
 
-    pub(crate) fn intern_function(
-        shared: &Shared,
-        service: u32,
-        name: &str,
-    ) -> (u32, Arc<str>) {
+    pub(crate) fn intern_function(shared: &Shared, service: u32, name: &str) -> (u32, Arc<str>) {
         shared.interner.lock().function(service, name)
     }
 
@@ -241,7 +240,11 @@ impl Registry {
             snapshot::build(generation, loaded, &self.shared.config, &mut interner)
         };
         self.shared.current.store(Arc::new(snapshot));
-        tracing::debug!(generation, plugins = loaded.len(), "dispatch table published");
+        tracing::debug!(
+            generation,
+            plugins = loaded.len(),
+            "dispatch table published"
+        );
     }
 }
 

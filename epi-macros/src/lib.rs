@@ -111,7 +111,9 @@ fn parameter(ty: &Type, access: Tokens) -> syn::Result<(Tokens, Tokens)> {
 /// The output type and how to turn the method's return value into `Result<Output, String>`.
 fn output(ret: &ReturnType, call: Tokens) -> (Tokens, Tokens) {
     let ty = match ret {
-        ReturnType::Default => return (quote!(()), quote!({ #call; ::std::result::Result::Ok(()) })),
+        ReturnType::Default => {
+            return (quote!(()), quote!({ #call; ::std::result::Result::Ok(()) }))
+        }
         ReturnType::Type(_, ty) => ty,
     };
     if let Type::Path(path) = &**ty {

@@ -30,7 +30,9 @@ pub fn build_plugins() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
         let dir = profile_dir();
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace");
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("workspace");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut command = Command::new(cargo);
         command.current_dir(workspace).arg("build").arg("--quiet");
@@ -78,7 +80,6 @@ pub fn install(dir: &Path, crate_name: &str, file_name: &str) -> PathBuf {
 pub fn write_file(dir: &Path, file_name: &str, bytes: &[u8]) -> PathBuf {
     let target = dir.join(file_name);
     std::fs::write(&target, bytes).expect("write file");
-    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644))
-        .expect("chmod file");
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).expect("chmod file");
     target
 }

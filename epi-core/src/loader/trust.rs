@@ -35,7 +35,11 @@ fn check_owner_and_mode(what: &str, meta: &Metadata) -> Result<(), String> {
     if mode & 0o022 != 0 && !sticky_dir {
         return Err(format!(
             "{what} is writable by {} (mode {:o}); remove that with chmod go-w",
-            if mode & 0o002 != 0 { "every user" } else { "its group" },
+            if mode & 0o002 != 0 {
+                "every user"
+            } else {
+                "its group"
+            },
             mode & 0o7777
         ));
     }

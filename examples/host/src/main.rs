@@ -11,8 +11,7 @@ use epi::{Decision, Opts, Registry, RegistryConfig};
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
     match run() {
@@ -74,7 +73,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let json = registry.apply_json("greeting", "greet", &"Grace".into(), Opts::new())?;
     println!("\ndynamic apply (JSON): {}", json.to_json(false));
 
-    let greeted = registry.function::<(), u64>("greeting", "greeted").apply(&())?;
+    let greeted = registry
+        .function::<(), u64>("greeting", "greeted")
+        .apply(&())?;
     println!("greetings given by hello's provider: {greeted:?}");
     Ok(())
 }

@@ -10,8 +10,9 @@
 //! A `number` provider's `value` returns `x + add`; a `text` provider's returns a string (to
 //! test signature mismatches and wrong-shaped pipe outputs).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use epi::{Decision, Plugin, PluginContext, Provider};
 use serde::Deserialize;
@@ -92,6 +93,8 @@ fn default_services() -> Vec<String> {
 /// The plugin object.
 pub struct TestPlug {
     config: Config,
+    /// Arrivals at `rendezvous`, shared by all providers of this plugin.
+    arrivals: Arc<AtomicU32>,
 }
 
 impl TestPlug {
@@ -104,7 +107,10 @@ impl TestPlug {
             context.config.clone()
         };
         let config: Config = serde_json::from_value(value).expect("invalid testplug configuration");
-        TestPlug { config }
+        TestPlug {
+            config,
+            arrivals: Arc::default(),
+        }
     }
 }
 
@@ -131,7 +137,10 @@ impl Plugin for TestPlug {
             .iter()
             .map(|config| {
                 let provider = match config.kind {
-                    Kind::Number => Provider::new(config.service.clone(), Scripted::new(config)),
+                    Kind::Number => Provider::new(
+                        config.service.clone(),
+                        Scripted::new(config, self.arrivals.clone()),
+                    ),
                     Kind::Text => Provider::new(config.service.clone(), Texty::new(config)),
                 };
                 let provider = provider.label(config.label.clone());
@@ -148,13 +157,15 @@ impl Plugin for TestPlug {
 pub struct Scripted {
     config: ProviderConfig,
     calls: AtomicU64,
+    arrivals: Arc<AtomicU32>,
 }
 
 impl Scripted {
-    fn new(config: &ProviderConfig) -> Self {
+    fn new(config: &ProviderConfig, arrivals: Arc<AtomicU32>) -> Self {
         Scripted {
             config: config.clone(),
             calls: AtomicU64::new(0),
+            arrivals,
         }
     }
 
@@ -206,6 +217,21 @@ impl Scripted {
     /// How many scripted calls it received.
     pub fn calls(&self) -> u64 {
         self.calls.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `group` callers (this one included) are inside `rendezvous` at once, or
+    /// `timeout_ms` passed; true when the group met. Proves calls ran in parallel.
+    pub fn rendezvous(&self, group: u32, timeout_ms: u64) -> bool {
+        let arrival = self.arrivals.fetch_add(1, Ordering::SeqCst) + 1;
+        let target = arrival.div_ceil(group) * group;
+        let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+        while self.arrivals.load(Ordering::SeqCst) < target {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
     }
 
     /// Two arguments: `a * b + add`.

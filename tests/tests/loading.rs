@@ -1,0 +1,316 @@
+//! Loading real plugin libraries, and refusing every kind of bad file without harm.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::*;
+use epi::abi::{BUILD_INFO, MAGIC};
+use epi::{LoadError, Opts};
+use serde_json::json;
+
+#[test]
+fn loads_a_plugin_and_reports_what_it_is() {
+    let registry = registry(&[]);
+    let info = registry
+        .load(plugin_library("epi-plugin-hello"))
+        .expect("load hello");
+    assert_eq!(info.app, "hello");
+    assert_eq!(info.version, "1.0.0");
+    assert_eq!(info.services, vec!["greeting".to_string()]);
+    assert_ne!(info.content_hash, 0);
+    assert_eq!(registry.plugins(), vec![info]);
+    let services = registry.services();
+    assert_eq!(services.len(), 1);
+    assert_eq!(services[0].name, "greeting");
+    assert!(services[0].declared);
+    let functions: Vec<&str> = services[0]
+        .functions
+        .iter()
+        .map(|(f, _)| f.as_str())
+        .collect();
+    assert_eq!(functions, vec!["greet", "greeted", "language"]);
+}
+
+#[test]
+fn empty_file_is_refused() {
+    let dir = plugin_dir();
+    let path = write_file(dir.path(), "empty.so", b"");
+    let registry = registry(&[]);
+    let err = registry.load(&path).unwrap_err();
+    assert!(matches!(err, LoadError::NotALibrary { .. }), "{err}");
+    assert!(err.to_string().contains("empty.so"), "{err}");
+    assert!(err.to_string().contains("empty"), "{err}");
+    assert_still_serving(&registry, dir.path());
+}
+
+#[test]
+fn text_file_is_refused() {
+    let dir = plugin_dir();
+    let path = write_file(dir.path(), "notes.so", b"this is not a library\n");
+    let registry = registry(&[]);
+    let err = registry.load(&path).unwrap_err();
+    assert!(matches!(err, LoadError::NotALibrary { .. }), "{err}");
+    assert!(err.to_string().contains("not an ELF file"), "{err}");
+    assert_still_serving(&registry, dir.path());
+}
+
+#[test]
+fn truncated_libraries_are_refused_not_fatal() {
+    // dlopen of some of these kills the process with SIGBUS: the ELF check must catch them all.
+    let bytes = library_bytes("epi-plugin-hello");
+    let dir = plugin_dir();
+    let registry = registry(&[]);
+    for keep in [
+        16,
+        64,
+        1000,
+        4096,
+        bytes.len() / 2,
+        bytes.len() - 4096,
+        bytes.len() - 100,
+    ] {
+        let path = write_file(dir.path(), &format!("cut-{keep}.so"), &bytes[..keep]);
+        let err = registry.load(&path).unwrap_err();
+        assert!(
+            matches!(err, LoadError::NotALibrary { .. }),
+            "{keep} bytes: {err}"
+        );
+        assert!(err.to_string().contains(&format!("cut-{keep}.so")), "{err}");
+    }
+    assert!(registry.plugins().is_empty());
+    assert_still_serving(&registry, dir.path());
+}
+
+#[test]
+fn library_without_entry_symbol_is_refused() {
+    let dir = plugin_dir();
+    let path = install(dir.path(), "epi-plugin-no-entry", "no-entry.so");
+    let registry = registry(&[]);
+    let err = registry.load(&path).unwrap_err();
+    assert!(matches!(err, LoadError::NoEntry { .. }), "{err}");
+    assert!(err.to_string().contains("EPI_PLUGIN_ENTRY"), "{err}");
+    assert_still_serving(&registry, dir.path());
+}
+
+/// The entry's magic followed by ABI version 1 and panic=unwind (little-endian).
+fn entry_prefix(abi: u32, unwind: u32) -> Vec<u8> {
+    let mut prefix = MAGIC.to_vec();
+    prefix.extend_from_slice(&abi.to_le_bytes());
+    prefix.extend_from_slice(&unwind.to_le_bytes());
+    prefix
+}
+
+#[test]
+fn plugin_built_against_another_abi_is_refused_before_running_it() {
+    let mut bytes = library_bytes("epi-plugin-hello");
+    assert_eq!(
+        patch(&mut bytes, &entry_prefix(1, 1), &entry_prefix(7, 1)),
+        1
+    );
+    let dir = plugin_dir();
+    let path = write_file(dir.path(), "old-abi.so", &bytes);
+    let registry = registry(&[]);
+    let err = registry.load(&path).unwrap_err();
+    match &err {
+        LoadError::AbiMismatch {
+            expected, found, ..
+        } => assert_eq!((*expected, *found), (1, 7)),
+        other => panic!("expected an ABI mismatch, got {other}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains("old-abi.so") && text.contains("version 7") && text.contains("version 1"),
+        "{text}"
+    );
+    assert_still_serving(&registry, dir.path());
+}
+
+#[test]
+fn plugin_built_by_another_compiler_is_refused() {
+    let mut bytes = library_bytes("epi-plugin-hello");
+    let rustc = BUILD_INFO.find("rustc ").expect("rustc in build info") + 6;
+    let mut other = BUILD_INFO.as_bytes().to_vec();
+    other[rustc] = if other[rustc] == b'9' { b'8' } else { b'9' };
+    assert!(patch(&mut bytes, BUILD_INFO.as_bytes(), &other) >= 1);
+    let dir = plugin_dir();
+    let path = write_file(dir.path(), "other-rustc.so", &bytes);
+    let registry = registry(&[]);
+    let err = registry.load(&path).unwrap_err();
+    match &err {
+        LoadError::BuildMismatch {
+            expected, found, ..
+        } => {
+            assert_eq!(expected, BUILD_INFO);
+            assert_eq!(found.as_bytes(), &other[..]);
+        }
+        other => panic!("expected a build mismatch, got {other}"),
+    }
+    assert_still_serving(&registry, dir.path());
+}
+
+#[test]
+fn plugin_built_with_panic_abort_is_refused() {
+    let mut bytes = library_bytes("epi-plugin-hello");
+    assert_eq!(
+        patch(&mut bytes, &entry_prefix(1, 1), &entry_prefix(1, 0)),
+        1
+    );
+    let dir = plugin_dir();
+    let path = write_file(dir.path(), "aborts.so", &bytes);
+    let registry = registry(&[]);
+    let err = registry.load(&path).unwrap_err();
+    assert!(matches!(err, LoadError::PanicAbort { .. }), "{err}");
+    assert!(err.to_string().contains("panic=abort"), "{err}");
+}
+
+#[test]
+fn duplicate_app_name_is_refused_and_the_first_keeps_serving() {
+    let dir = plugin_dir();
+    let first = install(dir.path(), "epi-plugin-hello", "hello.so");
+    let second = install(dir.path(), "epi-plugin-hello", "hello-again.so");
+    let registry = registry(&[]);
+    registry.load(&first).unwrap();
+    let err = registry.load(&second).unwrap_err();
+    match &err {
+        LoadError::DuplicateApp { app, existing, .. } => {
+            assert_eq!(app, "hello");
+            assert_eq!(existing, &first);
+        }
+        other => panic!("expected a duplicate, got {other}"),
+    }
+    assert!(err.to_string().contains("hello-again.so"), "{err}");
+    assert_eq!(registry.plugins().len(), 1);
+    let replies = registry
+        .function::<String, String>("greeting", "greet")
+        .apply(&"x".to_string())
+        .unwrap();
+    assert_eq!(replies, vec!["Hello, x!".to_string()]);
+}
+
+#[test]
+fn files_writable_by_others_are_refused() {
+    let dir = plugin_dir();
+    let path = install(dir.path(), "epi-plugin-hello", "hello.so");
+    let registry = registry(&[]);
+
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let err = registry.load(&path).unwrap_err();
+    assert!(matches!(err, LoadError::Untrusted { .. }), "{err}");
+    assert!(err.to_string().contains("writable by every user"), "{err}");
+
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o664)).unwrap();
+    let err = registry.load(&path).unwrap_err();
+    assert!(err.to_string().contains("writable by its group"), "{err}");
+
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = registry.load(&path).unwrap_err();
+    assert!(matches!(err, LoadError::Untrusted { .. }), "{err}");
+    assert!(err.to_string().contains("its directory"), "{err}");
+
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    registry.load(&path).expect("trusted again");
+}
+
+#[test]
+fn missing_file_is_an_io_error_naming_it() {
+    let registry = registry(&[]);
+    let err = registry.load("/nonexistent/plugin.so").unwrap_err();
+    assert!(matches!(err, LoadError::Io { .. }), "{err}");
+    assert!(err.to_string().contains("/nonexistent/plugin.so"), "{err}");
+}
+
+#[test]
+fn panicking_init_is_reported_and_contained() {
+    let registry = registry(&[]);
+    let err = registry
+        .load_with_config(testplug(), &json!({"providers": "not a list"}))
+        .unwrap_err();
+    assert!(matches!(err, LoadError::Init { .. }), "{err}");
+    assert!(
+        err.to_string().contains("invalid testplug configuration"),
+        "{err}"
+    );
+    let dir = plugin_dir();
+    assert_still_serving(&registry, dir.path());
+}
+
+#[test]
+fn several_builds_of_one_library_are_loaded_side_by_side() {
+    // Same file, three loads: each from its own private copy, each with its own state.
+    let registry = registry(&["one", "two", "three"]);
+    for (app, add) in [("one", 1), ("two", 2), ("three", 3)] {
+        load_testplug(&registry, app, json!([{"label": app, "add": add}]));
+    }
+    let value = registry.function::<i64, i64>("math", "value");
+    assert_eq!(value.apply(&10).unwrap(), vec![11, 12, 13]);
+    let calls = registry.function::<(), u64>("math", "calls");
+    assert_eq!(calls.apply(&()).unwrap(), vec![1, 1, 1]);
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let copies: std::collections::BTreeSet<&str> = maps
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .filter(|path| path.contains("libepi_plugin_testplug."))
+        .collect();
+    assert!(
+        copies.len() >= 3,
+        "expected three mapped copies: {copies:?}"
+    );
+}
+
+#[test]
+fn unloading_removes_providers_and_closes_the_library() {
+    let runtime = tempfile::tempdir().unwrap();
+    let registry = registry_with(epi::RegistryConfig {
+        runtime_dir: Some(runtime.path().to_owned()),
+        ..Default::default()
+    });
+    let mapped = || {
+        std::fs::read_to_string("/proc/self/maps")
+            .unwrap()
+            .lines()
+            .filter(|line| line.contains(runtime.path().to_str().unwrap()))
+            .count()
+    };
+    load_testplug(&registry, "solo", json!([{"label": "s", "add": 1}]));
+    let value = registry.function::<i64, i64>("math", "value");
+    assert_eq!(value.apply(&1).unwrap(), vec![2]);
+    assert!(mapped() > 0, "the private copy is mapped while loaded");
+    assert!(registry.unload("solo"));
+    assert!(!registry.unload("solo"));
+    assert_eq!(mapped(), 0, "the library is unmapped once unloaded");
+    let err = value.apply(&1).unwrap_err();
+    assert!(matches!(err, epi::Error::UnknownService(_)), "{err}");
+    // The handle resolved before works again once a provider is back.
+    load_testplug(&registry, "solo", json!([{"label": "s", "add": 5}]));
+    assert_eq!(value.apply(&1).unwrap(), vec![6]);
+    let _ = Opts::new();
+}
+
+#[test]
+fn load_dir_loads_good_files_and_reports_bad_ones() {
+    let dir = plugin_dir();
+    install(dir.path(), "epi-plugin-hello", "a-hello.so");
+    install(dir.path(), "epi-plugin-greeter-fr", "b-fr.so");
+    write_file(dir.path(), "c-broken.so", b"garbage");
+    write_file(dir.path(), ".hidden.so", b"garbage");
+    write_file(dir.path(), "readme.txt", b"not a plugin");
+    let registry = registry(&[]);
+    let results = registry.load_dir(dir.path()).unwrap();
+    let names: Vec<String> = results
+        .iter()
+        .map(|(path, result)| {
+            format!(
+                "{}:{}",
+                path.file_name().unwrap().to_string_lossy(),
+                result.is_ok()
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        vec!["a-hello.so:true", "b-fr.so:true", "c-broken.so:false"]
+    );
+    assert_eq!(registry.plugins().len(), 2);
+}
