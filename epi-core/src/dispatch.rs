@@ -338,6 +338,19 @@ impl<T: 'static> Function<T, T> {
 #[inline]
 fn call<A, O>(provider: &ProviderCall, args: &A) -> Result<O, ProviderError> {
     let mut output = MaybeUninit::<O>::uninit();
+    call_into(provider, args, &mut output)?;
+    // SAFETY: `call_into` returned OK, so the shim wrote the output.
+    Ok(unsafe { output.assume_init() })
+}
+
+/// Calls one provider's typed shim, leaving the output in `output` (initialised on `Ok`), so a
+/// caller can inspect it in place instead of moving it.
+#[inline]
+fn call_into<A, O>(
+    provider: &ProviderCall,
+    args: &A,
+    output: &mut MaybeUninit<O>,
+) -> Result<(), ProviderError> {
     let mut error = String::new();
     // SAFETY: the provider's declared types match `A` and `O` (checked by the caller), its
     // plugin is mapped while the snapshot lives, and the shim writes `output` only on OK.
@@ -350,8 +363,7 @@ fn call<A, O>(provider: &ProviderCall, args: &A) -> Result<O, ProviderError> {
         )
     };
     if status == STATUS_OK {
-        // SAFETY: written by the shim on OK.
-        Ok(unsafe { output.assume_init() })
+        Ok(())
     } else {
         Err(failure(provider, status, error))
     }
@@ -502,10 +514,22 @@ fn decide_list<A, T>(
     all_match: bool,
 ) -> Result<Decision<T>, Error> {
     refuse_for_decide(opts)?;
+    let mut output = MaybeUninit::<Decision<T>>::uninit();
     for provider in list {
-        match checked_call::<A, Decision<T>>(provider, args, all_match) {
-            Ok(Decision::Decided(value)) => return Ok(Decision::Decided(value)),
-            Ok(Decision::NoDecision) => {}
+        let answered = if all_match {
+            call_into(provider, args, &mut output)
+        } else {
+            type_check::<A, Decision<T>>(provider)
+                .and_then(|()| call_into(provider, args, &mut output))
+        };
+        match answered {
+            // Look at the tag in place: moving the whole value out right after the plugin wrote
+            // it stalls on store forwarding, and most providers do not decide.
+            // SAFETY: `call_into` returned OK, so the output is initialised.
+            Ok(()) => match unsafe { output.assume_init_ref() } {
+                Decision::Decided(_) => return Ok(unsafe { output.assume_init_read() }),
+                Decision::NoDecision => unsafe { output.assume_init_drop() },
+            },
             Err(err) if opts.ignore_errors => {
                 tracing::debug!("{err}; counted as no decision");
             }

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! # epi: an extensible plugin interface runtime
 //!
 //! A host loads plugins, native shared libraries built from ordinary Rust crates, into a

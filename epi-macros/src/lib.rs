@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! Procedural macros of epi. Use them through the `epi` crate: `#[epi::provider]`.
 
 use proc_macro::TokenStream;

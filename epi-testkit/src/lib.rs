@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! Test and benchmark helpers: build the workspace's plugin libraries (once per process, with
 //! the same profile as the running test or bench) and lay out plugin directories.
 
@@ -25,10 +26,38 @@ pub fn profile_dir() -> PathBuf {
 }
 
 /// Builds every plugin in [`PLUGINS`] with the running executable's profile (once per
-/// process) and returns the directory holding the libraries.
+/// process) and stages the libraries in a private directory (mode 0755, files 0644, so the
+/// loader's trust check passes whatever the build's umask). Returns that directory.
 pub fn build_plugins() -> &'static Path {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {
+    static STAGED: OnceLock<tempfile::TempDir> = OnceLock::new();
+    STAGED
+        .get_or_init(|| {
+            let built = build_with_cargo();
+            let staged = plugin_dir();
+            for plugin in PLUGINS {
+                let name = library_name(plugin);
+                install_from(&built.join(&name), staged.path(), &name);
+            }
+            staged
+        })
+        .path()
+}
+
+/// File name of a plugin crate's library.
+fn library_name(crate_name: &str) -> String {
+    format!("lib{}.so", crate_name.replace('-', "_"))
+}
+
+fn install_from(source: &Path, dir: &Path, file_name: &str) -> PathBuf {
+    let target = dir.join(file_name);
+    std::fs::copy(source, &target).unwrap_or_else(|err| panic!("copy {}: {err}", source.display()));
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644))
+        .expect("chmod plugin library");
+    target
+}
+
+fn build_with_cargo() -> PathBuf {
+    {
         let dir = profile_dir();
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
@@ -48,12 +77,12 @@ pub fn build_plugins() -> &'static Path {
         let status = command.status().expect("run cargo build for the plugins");
         assert!(status.success(), "building the plugin libraries failed");
         dir
-    })
+    }
 }
 
 /// Path of the built library of a plugin crate (e.g. `epi-plugin-hello`).
 pub fn plugin_library(crate_name: &str) -> PathBuf {
-    build_plugins().join(format!("lib{}.so", crate_name.replace('-', "_")))
+    build_plugins().join(library_name(crate_name))
 }
 
 /// A fresh plugin directory (mode 0755) that is removed when dropped.
@@ -69,11 +98,7 @@ pub fn plugin_dir() -> tempfile::TempDir {
 
 /// Copies a built plugin into `dir` under `file_name` (mode 0644); returns the new path.
 pub fn install(dir: &Path, crate_name: &str, file_name: &str) -> PathBuf {
-    let target = dir.join(file_name);
-    std::fs::copy(plugin_library(crate_name), &target).expect("copy plugin library");
-    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644))
-        .expect("chmod plugin library");
-    target
+    install_from(&plugin_library(crate_name), dir, file_name)
 }
 
 /// Writes `bytes` as a file in `dir` (mode 0644); returns its path.

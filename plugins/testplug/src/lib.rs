@@ -234,6 +234,16 @@ impl Scripted {
         true
     }
 
+    /// Benchmark body: `x + add` (the same body the native baseline runs).
+    pub fn inc(&self, x: &u64) -> u64 {
+        x.wrapping_add(self.config.add as u64)
+    }
+
+    /// Benchmark body: never decides.
+    pub fn pass(&self, _x: &u64) -> Decision<u64> {
+        Decision::NoDecision
+    }
+
     /// Two arguments: `a * b + add`.
     pub fn scale(&self, a: i64, b: &i64) -> i64 {
         a * b + self.config.add
