@@ -215,6 +215,43 @@ pub struct ProviderDescriptor {
     pub functions: Vec<FunctionEntry>,
 }
 
+/// Produces a callback data source's current data as JSON text appended to `output`.
+pub type DataFn =
+    unsafe extern "C" fn(instance: *const c_void, output: *mut Vec<u8>, error: *mut String) -> u32;
+
+/// Delivers a [`crate::Notification`] (JSON text in `input`, a `*const &[u8]`) to the plugin.
+pub type NotifyFn =
+    unsafe extern "C" fn(plugin: *const c_void, input: *const c_void, error: *mut String) -> u32;
+
+/// Where a data provider's data comes from.
+pub enum DataSourceDescriptor {
+    /// A JSON or TOML file; a relative path is relative to the plugin file's directory.
+    File(String),
+    /// Data compiled into the plugin, as JSON text (or why it could not be encoded).
+    Static(Result<String, String>),
+    /// A plugin function re-read at every interval.
+    Callback {
+        /// The callback object.
+        instance: *mut c_void,
+        /// Calls it.
+        call: DataFn,
+        /// Releases it.
+        drop_instance: DropFn,
+    },
+}
+
+/// One `(service, key) → source` a plugin contributes.
+pub struct DataProviderDescriptor {
+    /// The service the data belongs to.
+    pub service: String,
+    /// The key; a trailing `*` makes it a prefix wildcard.
+    pub key: String,
+    /// Where the data comes from.
+    pub source: DataSourceDescriptor,
+    /// How often to re-check it, in milliseconds (`None`: the default for the source kind).
+    pub interval_ms: Option<u64>,
+}
+
 /// A plugin as its `init` describes it. Ownership moves to the host.
 pub struct PluginDescriptor {
     /// Application name, unique among loaded plugins.
@@ -227,6 +264,12 @@ pub struct PluginDescriptor {
     pub services: Vec<String>,
     /// Providers in declaration order.
     pub providers: Vec<ProviderDescriptor>,
+    /// Data the plugin contributes, in declaration order.
+    pub data_providers: Vec<DataProviderDescriptor>,
+    /// `(service, key)` pairs the plugin wants to be notified about.
+    pub data_subscriptions: Vec<(String, String)>,
+    /// Delivers notifications to the plugin object.
+    pub notify: NotifyFn,
     /// The plugin object.
     pub instance: *mut c_void,
     /// Releases the plugin object.

@@ -189,6 +189,50 @@ pub unsafe extern "C" fn json_shim<M: Method>(
     }
 }
 
+/// A callback data source as the plugin stores it: returns JSON text or an error message.
+pub type BoxedCallback = Box<dyn Fn() -> Result<Vec<u8>, String> + Send + Sync>;
+
+/// Calls a callback data source.
+///
+/// # Safety
+/// `instance` is a `BoxedCallback` created by this plugin, `output` a `Vec<u8>`, `error` a
+/// live `String`.
+pub unsafe extern "C" fn data_shim(
+    instance: *const c_void,
+    output: *mut Vec<u8>,
+    error: *mut String,
+) -> u32 {
+    unsafe {
+        guarded(error, || {
+            let callback = &*(instance as *const BoxedCallback);
+            let json = callback().map_err(|message| (STATUS_FAILED, message))?;
+            (*output).extend_from_slice(&json);
+            Ok(())
+        })
+    }
+}
+
+/// Delivers a notification (JSON text) to the plugin object `P`.
+///
+/// # Safety
+/// `plugin` is the `P` this plugin's `init` created, `input` a `&[u8]`, `error` a live `String`.
+pub unsafe extern "C" fn notify_shim<P: Plugin>(
+    plugin: *const c_void,
+    input: *const c_void,
+    error: *mut String,
+) -> u32 {
+    unsafe {
+        guarded(error, || {
+            let plugin = &*(plugin as *const P);
+            let text: &[u8] = *(input as *const &[u8]);
+            let notification = serde_json::from_slice(text)
+                .map_err(|err| (STATUS_BAD_INPUT, format!("unreadable notification: {err}")))?;
+            plugin.notify(&notification);
+            Ok(())
+        })
+    }
+}
+
 /// Releases a boxed `T` created by this plugin, catching a panicking `Drop`.
 ///
 /// # Safety
@@ -245,6 +289,13 @@ pub unsafe extern "C" fn init<E: Export>(
                     .into_iter()
                     .map(crate::plugin::Provider::into_descriptor)
                     .collect(),
+                data_providers: plugin
+                    .data_providers()
+                    .into_iter()
+                    .map(crate::plugin::DataProvider::into_descriptor)
+                    .collect(),
+                data_subscriptions: plugin.data_subscriptions(),
+                notify: notify_shim::<E::Plugin>,
                 app,
                 instance: Box::into_raw(Box::new(plugin)) as *mut c_void,
                 drop_instance: drop_shim::<E::Plugin>,

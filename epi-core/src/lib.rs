@@ -18,6 +18,7 @@
 //! itself with [`export_plugin!`]. See `ARCHITECTURE.md` for how the pieces fit.
 
 pub mod abi;
+mod data;
 mod dispatch;
 mod dynamic;
 mod error;
@@ -27,12 +28,16 @@ mod plugin;
 mod registry;
 mod snapshot;
 
+pub use data::{DataEntry, DataHandle, DataStatus, SourceKind};
 pub use dispatch::{Function, Opts, ServiceHandle};
 pub use dynamic::{Applied, Reply};
 pub use epi_macros::provider;
 pub use error::{Error, Failure, LoadError, ProviderError};
 pub use loader::PluginInfo;
-pub use plugin::{Decision, Plugin, PluginContext, Provider, Provides};
+pub use plugin::{
+    DataProvider, Decision, Notification, Plugin, PluginContext, Provider, ProviderVersion,
+    Provides, SourcedValue,
+};
 pub use registry::{is_plugin_file, Registry, RegistryConfig, ServiceInfo};
 
 /// Logging from plugin code: records go to the host's `tracing` subscriber.

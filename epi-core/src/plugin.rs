@@ -1,10 +1,11 @@
 //! What a plugin author implements: the [`Plugin`] trait and the values it returns.
 
 use std::ffi::c_void;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::abi::{FunctionEntry, ProviderDescriptor};
+use crate::abi::{DataProviderDescriptor, DataSourceDescriptor, FunctionEntry, ProviderDescriptor};
 
 /// The answer of a provider called through `decide`: the first `Decided` wins.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +66,173 @@ pub trait Plugin: Send + Sync + 'static {
     /// Providers: objects whose public methods implement a service's functions. Called once.
     fn providers(&self) -> Vec<Provider> {
         Vec::new()
+    }
+
+    /// Data this plugin contributes under `(service, key)`. Called once.
+    fn data_providers(&self) -> Vec<DataProvider> {
+        Vec::new()
+    }
+
+    /// `(service, key)` pairs this plugin wants [`Plugin::notify`] calls for (a key ending in
+    /// `*` matches by prefix). Called once.
+    fn data_subscriptions(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    /// Called after the host published a change this plugin subscribes to, provides, or (for
+    /// provider changes) whose service it defines. A panic here is caught and logged.
+    fn notify(&self, notification: &Notification) {
+        let _ = notification;
+    }
+}
+
+/// One source's value for a key, as notifications carry it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SourcedValue {
+    /// The app name of the plugin that provides it.
+    pub source: String,
+    /// The data.
+    pub value: serde_json::Value,
+}
+
+/// A provider as provider-change notifications describe it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderVersion {
+    /// The plugin's app name.
+    pub plugin: String,
+    /// The provider's label.
+    pub provider: String,
+    /// The plugin's version.
+    pub version: String,
+}
+
+/// What changed, delivered to [`Plugin::notify`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Notification {
+    /// The data under `(service, key)` changed. `old` is empty on first load, `new` empty when
+    /// the last source went away. Values in plugin order.
+    Data {
+        /// The service.
+        service: String,
+        /// The key, as the providers declare it (wildcards keep their `*`).
+        key: String,
+        /// Every source's value before the change.
+        old: Vec<SourcedValue>,
+        /// Every source's value after the change.
+        new: Vec<SourcedValue>,
+    },
+    /// The providers of a service this plugin defines changed (added, removed or upgraded).
+    Providers {
+        /// The service.
+        service: String,
+        /// Providers before, in call order.
+        old: Vec<ProviderVersion>,
+        /// Providers after, in call order.
+        new: Vec<ProviderVersion>,
+    },
+}
+
+/// Data a plugin contributes, returned from [`Plugin::data_providers`].
+pub struct DataProvider {
+    descriptor: Option<DataProviderDescriptor>,
+}
+
+impl DataProvider {
+    fn with_source(
+        service: impl Into<String>,
+        key: impl Into<String>,
+        source: DataSourceDescriptor,
+    ) -> Self {
+        DataProvider {
+            descriptor: Some(DataProviderDescriptor {
+                service: service.into(),
+                key: key.into(),
+                source,
+                interval_ms: None,
+            }),
+        }
+    }
+
+    /// Data read from a JSON (`.json`) or TOML (`.toml`) file. A relative path is relative to
+    /// the directory of the plugin's library file. The file is watched and also re-read at
+    /// the interval (default 5 s).
+    pub fn file(
+        service: impl Into<String>,
+        key: impl Into<String>,
+        path: impl Into<String>,
+    ) -> Self {
+        Self::with_source(service, key, DataSourceDescriptor::File(path.into()))
+    }
+
+    /// Data compiled into the plugin: it changes when the plugin is upgraded.
+    pub fn value<T: Serialize>(
+        service: impl Into<String>,
+        key: impl Into<String>,
+        data: &T,
+    ) -> Self {
+        let json = serde_json::to_string(data).map_err(|err| err.to_string());
+        Self::with_source(service, key, DataSourceDescriptor::Static(json))
+    }
+
+    /// Data returned by `callback`, called again at every interval (default 5 s); a change is
+    /// detected by content hash. An `Err` or a panic keeps the previous data.
+    pub fn callback<F, V, E>(
+        service: impl Into<String>,
+        key: impl Into<String>,
+        callback: F,
+    ) -> Self
+    where
+        F: Fn() -> Result<V, E> + Send + Sync + 'static,
+        V: Serialize,
+        E: std::fmt::Display,
+    {
+        let boxed: crate::export::BoxedCallback = Box::new(move || match callback() {
+            Ok(value) => serde_json::to_vec(&value).map_err(|err| err.to_string()),
+            Err(err) => Err(err.to_string()),
+        });
+        let instance = Box::into_raw(Box::new(boxed)) as *mut c_void;
+        Self::with_source(
+            service,
+            key,
+            DataSourceDescriptor::Callback {
+                instance,
+                call: crate::export::data_shim,
+                drop_instance: crate::export::drop_shim::<crate::export::BoxedCallback>,
+            },
+        )
+    }
+
+    /// How often the source is re-checked. A key is re-checked at the shortest interval of
+    /// its providers.
+    pub fn interval(mut self, interval: Duration) -> Self {
+        if let Some(descriptor) = &mut self.descriptor {
+            descriptor.interval_ms = Some(interval.as_millis() as u64);
+        }
+        self
+    }
+
+    pub(crate) fn into_descriptor(mut self) -> DataProviderDescriptor {
+        self.descriptor.take().expect("data provider taken twice")
+    }
+}
+
+impl Drop for DataProvider {
+    fn drop(&mut self) {
+        if let Some(DataProviderDescriptor {
+            source:
+                DataSourceDescriptor::Callback {
+                    instance,
+                    drop_instance,
+                    ..
+                },
+            ..
+        }) = self.descriptor.take()
+        {
+            // SAFETY: created by `DataProvider::callback` with this drop function and not
+            // handed to anyone.
+            unsafe { drop_instance(instance) };
+        }
     }
 }
 

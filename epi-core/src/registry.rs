@@ -12,9 +12,11 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
+use crate::data::{self, DataHandle, DataHub, DataStatus, DataWorker};
 use crate::dispatch::{Function, ServiceHandle};
 use crate::error::LoadError;
 use crate::loader::{self, CopyDir, LoadedPlugin, PluginInfo};
+use crate::plugin::{Notification, ProviderVersion};
 use crate::snapshot::{self, Interner, Snapshot};
 
 /// How a registry orders and runs plugins.
@@ -43,7 +45,10 @@ pub struct ServiceInfo {
 
 pub(crate) struct Shared {
     pub(crate) current: ArcSwap<Snapshot>,
-    interner: Mutex<Interner>,
+    interner: Arc<Mutex<Interner>>,
+    data: Arc<DataHub>,
+    /// Stops the data thread when the registry goes away.
+    _data_worker: DataWorker,
     /// Loaded plugins in load order; holding this lock serialises every change.
     loaded: Mutex<Vec<Arc<LoadedPlugin>>>,
     config: RegistryConfig,
@@ -81,10 +86,14 @@ impl Registry {
             .thread_name(|index| format!("epi-concurrent-{index}"))
             .build()
             .map_err(std::io::Error::other)?;
+        let interner = Arc::new(Mutex::new(Interner::default()));
+        let (data, data_worker) = DataHub::start(interner.clone());
         Ok(Registry {
             shared: Arc::new(Shared {
                 current: ArcSwap::from_pointee(Snapshot::default()),
-                interner: Mutex::new(Interner::default()),
+                interner,
+                data,
+                _data_worker: data_worker,
                 loaded: Mutex::new(Vec::new()),
                 copies: CopyDir {
                     dir: copies_dir.path().to_owned(),
@@ -130,7 +139,9 @@ impl Registry {
         let mut info = plugin.info.clone();
         info.priority = snapshot::plugin_priority(&self.shared.config, &plugin);
         loaded.push(Arc::new(plugin));
-        self.publish(&loaded);
+        let deliveries = self.publish(&loaded);
+        drop(loaded);
+        data::deliver(deliveries);
         Ok(info)
     }
 
@@ -165,7 +176,9 @@ impl Registry {
         loaded.retain(|plugin| plugin.info.app != app);
         let removed = loaded.len() != before;
         if removed {
-            self.publish(&loaded);
+            let deliveries = self.publish(&loaded);
+            drop(loaded);
+            data::deliver(deliveries);
         }
         removed
     }
@@ -233,19 +246,90 @@ impl Registry {
         shared.interner.lock().function(service, name)
     }
 
-    fn publish(&self, loaded: &[Arc<LoadedPlugin>]) {
-        let generation = self.shared.current.load().generation + 1;
+    /// Data contributed under `service`: lock-free queries. Resolve once and reuse.
+    pub fn data(&self, service: &str) -> DataHandle {
+        let (id, name) = self.shared.interner.lock().service(service);
+        DataHandle::new(self.shared.data.clone(), id, name)
+    }
+
+    /// Re-reads every data source now, publishes what changed and notifies; returns how many
+    /// notifications were delivered.
+    pub fn reload_data(&self) -> usize {
+        let deliveries = self.shared.data.reload_all();
+        let count = deliveries.len();
+        data::deliver(deliveries);
+        count
+    }
+
+    /// Every data source with its last error, hash and schedule, in plugin order.
+    pub fn data_status(&self) -> Vec<DataStatus> {
+        self.shared.data.status()
+    }
+
+    /// Publishes the dispatch table for `loaded`, then syncs data. Returns the notifications to
+    /// deliver once the caller released its locks.
+    fn publish(&self, loaded: &[Arc<LoadedPlugin>]) -> Vec<(Arc<LoadedPlugin>, Notification)> {
+        let old = self.shared.current.load_full();
+        let generation = old.generation + 1;
         let snapshot = {
             let mut interner = self.shared.interner.lock();
             snapshot::build(generation, loaded, &self.shared.config, &mut interner)
         };
-        self.shared.current.store(Arc::new(snapshot));
+        let snapshot = Arc::new(snapshot);
+        self.shared.current.store(snapshot.clone());
         tracing::debug!(
             generation,
             plugins = loaded.len(),
             "dispatch table published"
         );
+        let mut deliveries = provider_changes(&old, &snapshot);
+        deliveries.extend(self.shared.data.sync(&snapshot.plugins));
+        deliveries
     }
+}
+
+/// Providers of each service in plugin order, with versions.
+fn providers_by_service(snapshot: &Snapshot) -> BTreeMap<String, Vec<ProviderVersion>> {
+    let mut services: BTreeMap<String, Vec<ProviderVersion>> = BTreeMap::new();
+    for plugin in &snapshot.plugins {
+        for provider in &plugin.providers {
+            services
+                .entry(provider.service.to_string())
+                .or_default()
+                .push(ProviderVersion {
+                    plugin: plugin.info.app.clone(),
+                    provider: provider.label.to_string(),
+                    version: plugin.info.version.clone(),
+                });
+        }
+    }
+    services
+}
+
+/// Notifications to the plugins defining each service whose providers changed.
+fn provider_changes(old: &Snapshot, new: &Snapshot) -> Vec<(Arc<LoadedPlugin>, Notification)> {
+    let before = providers_by_service(old);
+    let after = providers_by_service(new);
+    let services: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    let mut deliveries = Vec::new();
+    for service in services {
+        let old_providers = before.get(service).cloned().unwrap_or_default();
+        let new_providers = after.get(service).cloned().unwrap_or_default();
+        if old_providers == new_providers {
+            continue;
+        }
+        let notification = Notification::Providers {
+            service: service.clone(),
+            old: old_providers,
+            new: new_providers,
+        };
+        for plugin in &new.plugins {
+            if plugin.info.services.contains(service) {
+                deliveries.push((plugin.clone(), notification.clone()));
+            }
+        }
+    }
+    deliveries
 }
 
 /// Whether `path` names a plugin library (not a dotfile, not a temporary name).

@@ -18,10 +18,11 @@ use std::sync::Arc;
 use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 
 use crate::abi::{
-    DropFn, FunctionEntry, PluginDescriptor, PluginEntry, StrRef, ABI_VERSION, BUILD_INFO,
-    ENTRY_SYMBOL, MAGIC, STATUS_OK,
+    DataProviderDescriptor, DataSourceDescriptor, DropFn, FunctionEntry, NotifyFn,
+    PluginDescriptor, PluginEntry, StrRef, ABI_VERSION, BUILD_INFO, ENTRY_SYMBOL, MAGIC, STATUS_OK,
 };
 use crate::error::LoadError;
+use crate::plugin::Notification;
 
 /// What a host knows about a loaded plugin.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,6 +59,9 @@ pub struct LoadedPlugin {
     pub(crate) info: PluginInfo,
     pub(crate) app: Arc<str>,
     pub(crate) providers: Vec<LoadedProvider>,
+    pub(crate) data_providers: Vec<DataProviderDescriptor>,
+    pub(crate) data_subscriptions: Vec<(String, String)>,
+    notify: NotifyFn,
     instance: *mut c_void,
     drop_instance: DropFn,
     library: Option<Library>,
@@ -68,11 +72,74 @@ pub struct LoadedPlugin {
 unsafe impl Send for LoadedPlugin {}
 unsafe impl Sync for LoadedPlugin {}
 
+impl LoadedPlugin {
+    /// Reads the callback data source `index` of `data_providers`: its JSON text or an error.
+    pub(crate) fn read_callback(&self, index: usize) -> Result<Vec<u8>, String> {
+        let Some(DataProviderDescriptor {
+            source: DataSourceDescriptor::Callback { instance, call, .. },
+            ..
+        }) = self.data_providers.get(index)
+        else {
+            return Err(format!("data provider {index} is not a callback"));
+        };
+        let mut output = Vec::new();
+        let mut error = String::new();
+        // SAFETY: the callback object belongs to this plugin, which is mapped while `self`
+        // lives; the shim catches panics and writes the output only on OK.
+        let status = unsafe { call(*instance, &mut output, &mut error) };
+        match status {
+            STATUS_OK => Ok(output),
+            crate::abi::STATUS_PANICKED => Err(format!("the callback panicked: {error}")),
+            _ => Err(error),
+        }
+    }
+
+    /// Delivers a notification; a failure or panic in the plugin is logged, never propagated.
+    pub(crate) fn notify(&self, notification: &Notification) {
+        let text = match serde_json::to_vec(notification) {
+            Ok(text) => text,
+            Err(err) => {
+                tracing::error!(app = %self.info.app, "cannot encode a notification: {err}");
+                return;
+            }
+        };
+        let input: &[u8] = &text;
+        let mut error = String::new();
+        // SAFETY: the plugin object lives as long as `self`; the shim catches panics.
+        let status = unsafe {
+            (self.notify)(
+                self.instance,
+                &input as *const &[u8] as *const c_void,
+                &mut error,
+            )
+        };
+        if status != STATUS_OK {
+            tracing::warn!(app = %self.info.app, "notify failed: {error}");
+        }
+    }
+
+    /// The directory of the file the plugin was loaded from.
+    pub(crate) fn directory(&self) -> &Path {
+        self.info.file.parent().unwrap_or(Path::new("."))
+    }
+}
+
 impl Drop for LoadedPlugin {
     fn drop(&mut self) {
         for provider in &self.providers {
             // SAFETY: created by this plugin's `Provider::new`; released once, here.
             unsafe { (provider.drop_instance)(provider.instance) };
+        }
+        for data in &self.data_providers {
+            if let DataSourceDescriptor::Callback {
+                instance,
+                drop_instance,
+                ..
+            } = data.source
+            {
+                // SAFETY: created by this plugin's `DataProvider::callback`; released once.
+                unsafe { drop_instance(instance) };
+            }
         }
         // SAFETY: created by this plugin's `init`; released once, here.
         unsafe { (self.drop_instance)(self.instance) };
@@ -163,6 +230,9 @@ pub(crate) fn load(
                 functions: provider.functions,
             })
             .collect(),
+        data_providers: descriptor.data_providers,
+        data_subscriptions: descriptor.data_subscriptions,
+        notify: descriptor.notify,
         instance: descriptor.instance,
         drop_instance: descriptor.drop_instance,
         library: Some(library),
@@ -185,8 +255,8 @@ fn write_private_copy(copy: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .create_new(true)
         .mode(0o500)
         .open(copy)?;
-    file.write_all(bytes)?;
-    file.sync_data()
+    // No fsync: the copy only has to outlive the `dlopen` that follows, not a crash.
+    file.write_all(bytes)
 }
 
 /// libloading's `Display` is only "dlopen failed"; the loader's text is in the source chain.

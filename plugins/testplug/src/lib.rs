@@ -9,13 +9,20 @@
 //! ```
 //! A `number` provider's `value` returns `x + add`; a `text` provider's returns a string (to
 //! test signature mismatches and wrong-shaped pipe outputs).
+//!
+//! Data: `"data": [{"service": "cfg", "key": "k", "file": "a.json" | "static": <json> |
+//! "callback": true, "interval_ms": 50}]`, `"subscriptions": [["cfg", "k"]]`,
+//! `"notify_panics": true`. Every load also defines and provides the `probe` service:
+//! `notifications()` returns what `notify` received, `set_callback(value)` and
+//! `set_callback_behaviour("ok|fail|panic")` drive the callback sources.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use epi::{Decision, Plugin, PluginContext, Provider};
+use epi::{DataProvider, Decision, Notification, Plugin, PluginContext, Provider};
 use serde::Deserialize;
+use serde_json::Value;
 
 /// What a configured provider does when called.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -66,10 +73,32 @@ fn default_service() -> String {
     "math".into()
 }
 
+/// One data source's configuration: exactly one of `file`, `static`, `callback`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    service: String,
+    key: String,
+    #[serde(default)]
+    file: Option<String>,
+    #[serde(default, rename = "static")]
+    static_value: Option<Value>,
+    #[serde(default)]
+    callback: bool,
+    #[serde(default)]
+    interval_ms: Option<u64>,
+}
+
 /// The plugin's configuration.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    #[serde(default)]
+    data: Vec<DataConfig>,
+    #[serde(default)]
+    subscriptions: Vec<(String, String)>,
+    #[serde(default)]
+    notify_panics: bool,
     #[serde(default = "default_app")]
     app: String,
     #[serde(default)]
@@ -90,11 +119,21 @@ fn default_services() -> Vec<String> {
     vec!["math".into()]
 }
 
+/// What the callback data sources return, changed through the `probe` service.
+#[derive(Default)]
+pub struct CallbackState {
+    value: Value,
+    behaviour: Behaviour,
+}
+
 /// The plugin object.
 pub struct TestPlug {
     config: Config,
     /// Arrivals at `rendezvous`, shared by all providers of this plugin.
     arrivals: Arc<AtomicU32>,
+    /// Notifications received, newest last.
+    received: Arc<Mutex<Vec<Notification>>>,
+    callback: Arc<Mutex<CallbackState>>,
 }
 
 impl TestPlug {
@@ -110,6 +149,8 @@ impl TestPlug {
         TestPlug {
             config,
             arrivals: Arc::default(),
+            received: Arc::default(),
+            callback: Arc::default(),
         }
     }
 }
@@ -128,28 +169,113 @@ impl Plugin for TestPlug {
     }
 
     fn services(&self) -> Vec<String> {
-        self.config.services.clone()
+        let mut services = self.config.services.clone();
+        services.push("probe".into());
+        services
     }
 
-    fn providers(&self) -> Vec<Provider> {
+    fn data_providers(&self) -> Vec<DataProvider> {
         self.config
-            .providers
+            .data
             .iter()
-            .map(|config| {
-                let provider = match config.kind {
-                    Kind::Number => Provider::new(
-                        config.service.clone(),
-                        Scripted::new(config, self.arrivals.clone()),
-                    ),
-                    Kind::Text => Provider::new(config.service.clone(), Texty::new(config)),
+            .map(|data| {
+                let provider = if let Some(path) = &data.file {
+                    DataProvider::file(data.service.clone(), data.key.clone(), path.clone())
+                } else if let Some(value) = &data.static_value {
+                    DataProvider::value(data.service.clone(), data.key.clone(), value)
+                } else if data.callback {
+                    let state = self.callback.clone();
+                    DataProvider::callback(data.service.clone(), data.key.clone(), move || {
+                        // Release the lock before panicking, so the state is not poisoned.
+                        let (behaviour, value) = {
+                            let state = state.lock().unwrap();
+                            (state.behaviour, state.value.clone())
+                        };
+                        match behaviour {
+                            Behaviour::Ok => Ok(value),
+                            Behaviour::Fail => Err("the callback refused".to_string()),
+                            Behaviour::Panic => panic!("the callback panicked on purpose"),
+                        }
+                    })
+                } else {
+                    panic!("data source without file, static or callback")
                 };
-                let provider = provider.label(config.label.clone());
-                match config.priority {
-                    Some(priority) => provider.priority(priority),
+                match data.interval_ms {
+                    Some(ms) => provider.interval(Duration::from_millis(ms)),
                     None => provider,
                 }
             })
             .collect()
+    }
+
+    fn data_subscriptions(&self) -> Vec<(String, String)> {
+        self.config.subscriptions.clone()
+    }
+
+    fn notify(&self, notification: &Notification) {
+        if self.config.notify_panics {
+            panic!("notify panicked on purpose");
+        }
+        self.received.lock().unwrap().push(notification.clone());
+    }
+
+    fn providers(&self) -> Vec<Provider> {
+        let probe = Probe {
+            received: self.received.clone(),
+            callback: self.callback.clone(),
+        };
+        std::iter::once(Provider::new("probe", probe))
+            .chain(
+                self.config
+                    .providers
+                    .iter()
+                    .map(|config| self.configured(config)),
+            )
+            .collect()
+    }
+}
+
+impl TestPlug {
+    fn configured(&self, config: &ProviderConfig) -> Provider {
+        let provider = match config.kind {
+            Kind::Number => Provider::new(
+                config.service.clone(),
+                Scripted::new(config, self.arrivals.clone()),
+            ),
+            Kind::Text => Provider::new(config.service.clone(), Texty::new(config)),
+        };
+        let provider = provider.label(config.label.clone());
+        match config.priority {
+            Some(priority) => provider.priority(priority),
+            None => provider,
+        }
+    }
+}
+
+/// Lets tests see and drive the plugin's data side.
+pub struct Probe {
+    received: Arc<Mutex<Vec<Notification>>>,
+    callback: Arc<Mutex<CallbackState>>,
+}
+
+#[epi::provider]
+impl Probe {
+    /// Every notification received so far.
+    pub fn notifications(&self) -> Vec<Notification> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Sets what callback sources return.
+    pub fn set_callback(&self, value: &Value) {
+        self.callback.lock().unwrap().value = value.clone();
+    }
+
+    /// Sets whether callback sources answer, fail or panic.
+    pub fn set_callback_behaviour(&self, behaviour: &str) -> Result<(), String> {
+        let behaviour = serde_json::from_value(Value::String(behaviour.to_owned()))
+            .map_err(|err| err.to_string())?;
+        self.callback.lock().unwrap().behaviour = behaviour;
+        Ok(())
     }
 }
 

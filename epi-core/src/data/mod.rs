@@ -1,0 +1,342 @@
+//! Data providers and subscriptions: configuration data plugins contribute under
+//! `(service, key)`, queried without a lock, with `notify` on real changes.
+//!
+//! [`DataHub`] owns the current [`table::DataTable`] (published with `arc-swap`) and the
+//! mutable [`state::DataState`]. A background thread re-reads sources when they are due and
+//! when a watched file is written; the registry syncs the hub whenever plugins change.
+
+mod source;
+mod state;
+mod table;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+use notify::{EventKind, RecursiveMode, Watcher};
+use parking_lot::Mutex;
+use serde_json::Value;
+
+use crate::loader::LoadedPlugin;
+use crate::snapshot::{Interner, ServiceId};
+use state::{DataState, Delivery, KeyRef};
+pub use state::{DataStatus, SourceKind};
+use table::DataTable;
+
+/// What the background thread is asked to do.
+enum Command {
+    /// Files were written or renamed into place.
+    Files(Vec<PathBuf>),
+    /// Schedules changed: recompute the next wake-up.
+    Wake,
+    /// The registry is going away.
+    Stop,
+}
+
+/// Owns the data table and the sources behind it.
+pub(crate) struct DataHub {
+    pub(crate) current: ArcSwap<DataTable>,
+    state: Mutex<DataState>,
+    interner: Arc<Mutex<Interner>>,
+    watcher: Mutex<Option<(notify::RecommendedWatcher, BTreeSet<PathBuf>)>>,
+    commands: Mutex<Sender<Command>>,
+}
+
+/// The background thread of a hub; stops it when dropped.
+pub(crate) struct DataWorker {
+    commands: Sender<Command>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for DataWorker {
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::Stop);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl DataHub {
+    /// A hub with no sources and its running background thread.
+    pub(crate) fn start(interner: Arc<Mutex<Interner>>) -> (Arc<DataHub>, DataWorker) {
+        let (commands, receiver) = mpsc::channel();
+        let events = commands.clone();
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if let Ok(event) = event {
+                if is_finished_write(&event.kind) {
+                    let _ = events.send(Command::Files(event.paths));
+                }
+            }
+        });
+        let watcher = match watcher {
+            Ok(watcher) => Some((watcher, BTreeSet::new())),
+            Err(err) => {
+                tracing::warn!("cannot watch data files, polling only: {err}");
+                None
+            }
+        };
+        let hub = Arc::new(DataHub {
+            current: ArcSwap::from_pointee(DataTable::default()),
+            state: Mutex::new(DataState::default()),
+            interner,
+            watcher: Mutex::new(watcher),
+            commands: Mutex::new(commands.clone()),
+        });
+        let worker_hub = hub.clone();
+        let thread = std::thread::Builder::new()
+            .name("epi-data".into())
+            .spawn(move || worker_hub.run(receiver))
+            .expect("spawn the epi-data thread");
+        (
+            hub,
+            DataWorker {
+                commands,
+                thread: Some(thread),
+            },
+        )
+    }
+
+    fn run(&self, commands: mpsc::Receiver<Command>) {
+        loop {
+            let next = self.state.lock().next_due();
+            let wait = next
+                .map(|due| due.saturating_duration_since(Instant::now()))
+                .unwrap_or(Duration::from_secs(3600));
+            let deliveries = match commands.recv_timeout(wait) {
+                Ok(Command::Files(paths)) => self.change(|state| state.files_changed(&paths)),
+                Ok(Command::Wake) => continue,
+                Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Timeout) => self.change(DataState::poll_due),
+            };
+            deliver(deliveries);
+        }
+    }
+
+    /// Applies a change to the sources; publishes a new table when content changed and returns
+    /// the notifications to deliver (after every lock is released).
+    fn change(&self, apply: impl FnOnce(&mut DataState) -> BTreeSet<KeyRef>) -> Vec<Delivery> {
+        let mut state = self.state.lock();
+        let changed = apply(&mut state);
+        if changed.is_empty() {
+            return Vec::new();
+        }
+        let mut interner = self.interner.lock();
+        let old = self.current.load_full();
+        let new = Arc::new(state.table(&mut interner));
+        self.current.store(new.clone());
+        state.notifications(&changed, &old, &new, &mut interner)
+    }
+
+    /// Follows the loaded plugins (in dispatch order).
+    pub(crate) fn sync(&self, plugins: &[Arc<LoadedPlugin>]) -> Vec<Delivery> {
+        let deliveries = self.change(|state| state.sync(plugins));
+        self.update_watches();
+        let _ = self.commands.lock().send(Command::Wake);
+        deliveries
+    }
+
+    /// Re-reads every source now; returns the notifications to deliver.
+    pub(crate) fn reload_all(&self) -> Vec<Delivery> {
+        self.change(DataState::reload_all)
+    }
+
+    /// Every source's status.
+    pub(crate) fn status(&self) -> Vec<DataStatus> {
+        self.state.lock().status()
+    }
+
+    fn update_watches(&self) {
+        let wanted = self.state.lock().watched_dirs();
+        let mut guard = self.watcher.lock();
+        let Some((watcher, watched)) = guard.as_mut() else {
+            return;
+        };
+        for dir in wanted.difference(&watched.clone()) {
+            match watcher.watch(dir, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    watched.insert(dir.clone());
+                }
+                Err(err) => tracing::warn!(dir = %dir.display(), "cannot watch: {err}"),
+            }
+        }
+        for dir in watched.clone().difference(&wanted) {
+            let _ = watcher.unwatch(dir);
+            watched.remove(dir);
+        }
+    }
+}
+
+/// A writer finished: closed after writing, or renamed into place. Opens and reads (including
+/// the runtime's own) and partial writes are ignored.
+fn is_finished_write(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+            | EventKind::Remove(_)
+    )
+}
+
+/// Delivers notifications, one plugin call each; failures are logged by the plugin wrapper.
+pub(crate) fn deliver(deliveries: Vec<Delivery>) {
+    for (plugin, notification) in deliveries {
+        plugin.notify(&notification);
+    }
+}
+
+/// A service's data: lock-free queries over the current table. Cheap to clone; valid across
+/// reloads.
+///
+/// Values are `Arc<serde_json::Value>`: a query clones pointers, never data. "Plugin order" is
+/// the dispatch order of the plugins providing the data.
+#[derive(Clone)]
+pub struct DataHandle {
+    hub: Arc<DataHub>,
+    service: ServiceId,
+    name: Arc<str>,
+}
+
+/// One `(source, key, value)` of [`DataHandle::all`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct DataEntry {
+    /// App name of the providing plugin.
+    pub source: Arc<str>,
+    /// The declared key.
+    pub key: Arc<str>,
+    /// The value.
+    pub value: Arc<Value>,
+}
+
+impl DataHandle {
+    pub(crate) fn new(hub: Arc<DataHub>, service: ServiceId, name: Arc<str>) -> Self {
+        DataHandle { hub, service, name }
+    }
+
+    /// The service's name.
+    pub fn service(&self) -> &str {
+        &self.name
+    }
+
+    fn with<R>(&self, empty: R, query: impl FnOnce(&table::ServiceData) -> R) -> R {
+        let table = self.hub.current.load();
+        match table.service(self.service) {
+            Some(data) => query(data),
+            None => empty,
+        }
+    }
+
+    /// Declared keys, sorted and unique (wildcard keys keep their `*`).
+    pub fn keys(&self) -> Arc<[Arc<str>]> {
+        self.with(Arc::from(Vec::new()), |data| data.keys.clone())
+    }
+
+    /// App names of the plugins providing data for this service, in plugin order.
+    pub fn subscribers(&self) -> Arc<[Arc<str>]> {
+        self.with(Arc::from(Vec::new()), |data| data.sources.clone())
+    }
+
+    /// `source`'s value for `key`: its exact key if it declares one, else its longest
+    /// matching wildcard. Allocates nothing.
+    #[inline]
+    pub fn get_value(&self, source: &str, key: &str) -> Option<Arc<Value>> {
+        let table = self.hub.current.load();
+        table.service(self.service)?.get_value(source, key).cloned()
+    }
+
+    /// Every source's value for `key`, in plugin order (per source: exact key beats wildcard,
+    /// longest prefix wins).
+    pub fn get(&self, key: &str) -> Vec<Arc<Value>> {
+        self.with(Vec::new(), |data| {
+            data.resolve(key)
+                .into_iter()
+                .map(|item| item.value.clone())
+                .collect()
+        })
+    }
+
+    /// `[(source, value)]` for `key`, resolved as [`DataHandle::get`], in plugin order.
+    pub fn by_key(&self, key: &str) -> Vec<(Arc<str>, Arc<Value>)> {
+        self.with(Vec::new(), |data| {
+            data.resolve(key)
+                .into_iter()
+                .map(|item| (item.source.clone(), item.value.clone()))
+                .collect()
+        })
+    }
+
+    /// Every declared key with `[(source, value)]`: keys sorted, sources in plugin order.
+    pub fn by_key_all(&self) -> Vec<(Arc<str>, Vec<(Arc<str>, Arc<Value>)>)> {
+        self.with(Vec::new(), |data| {
+            data.declared
+                .iter()
+                .map(|(key, items)| {
+                    let values = items
+                        .iter()
+                        .map(|item| (item.source.clone(), item.value.clone()))
+                        .collect();
+                    (key.clone(), values)
+                })
+                .collect()
+        })
+    }
+
+    /// `[(key, value)]` provided by `source`, keys sorted.
+    pub fn by_source(&self, source: &str) -> Vec<(Arc<str>, Arc<Value>)> {
+        self.with(Vec::new(), |data| {
+            data.items
+                .iter()
+                .filter(|item| &*item.source == source)
+                .map(|item| (item.key.clone(), item.value.clone()))
+                .collect()
+        })
+    }
+
+    /// Every source with its `[(key, value)]`: sources in plugin order, keys sorted.
+    pub fn by_source_all(&self) -> Vec<(Arc<str>, Vec<(Arc<str>, Arc<Value>)>)> {
+        self.with(Vec::new(), |data| {
+            data.sources
+                .iter()
+                .map(|source| {
+                    let pairs = data
+                        .items
+                        .iter()
+                        .filter(|item| item.source == *source)
+                        .map(|item| (item.key.clone(), item.value.clone()))
+                        .collect();
+                    (source.clone(), pairs)
+                })
+                .collect()
+        })
+    }
+
+    /// Every `(source, key, value)`: plugin order, then keys sorted.
+    pub fn all(&self) -> Vec<DataEntry> {
+        self.with(Vec::new(), |data| {
+            data.items
+                .iter()
+                .map(|item| DataEntry {
+                    source: item.source.clone(),
+                    key: item.key.clone(),
+                    value: item.value.clone(),
+                })
+                .collect()
+        })
+    }
+
+    /// Content hash of all this service's data; `None` when there is none. Equal data gives
+    /// an equal version.
+    pub fn version(&self) -> Option<u64> {
+        self.with(None, |data| Some(data.version))
+    }
+
+    /// Content hash of one source's data for this service; `None` when it provides none.
+    pub fn version_of(&self, source: &str) -> Option<u64> {
+        self.with(None, |data| data.source_version(source))
+    }
+}

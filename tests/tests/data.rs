@@ -1,0 +1,523 @@
+//! Data providers, subscriptions, the data queries and notify, over real plugin libraries,
+//! real files and the real file watcher.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use epi::{Applied, Notification, Opts, Registry, SourceKind, SourcedValue};
+use serde_json::{json, Value};
+
+/// Waits for something the background thread does (file events, polling); fails after 10 s.
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Loads the test plugin from `dir` (so relative data files resolve there).
+fn load_in(registry: &Registry, dir: &Path, file: &str, config: Value) {
+    let path = if dir.join(file).exists() {
+        dir.join(file)
+    } else {
+        install(dir, "epi-plugin-testplug", file)
+    };
+    registry.load_with_config(path, &config).expect("load");
+}
+
+/// Notifications a plugin received, through its `probe` provider.
+fn received(registry: &Registry, app: &str) -> Vec<Notification> {
+    let Applied::Each(replies) = registry
+        .apply_json("probe", "notifications", &Value::Null, Opts::new())
+        .unwrap()
+    else {
+        unreachable!()
+    };
+    let reply = replies
+        .into_iter()
+        .find(|r| r.plugin == app)
+        .expect("plugin");
+    serde_json::from_value(reply.result.unwrap()).unwrap()
+}
+
+fn data_notes(notes: &[Notification], key: &str) -> Vec<(Vec<SourcedValue>, Vec<SourcedValue>)> {
+    notes
+        .iter()
+        .filter_map(|note| match note {
+            Notification::Data {
+                key: k, old, new, ..
+            } if k == key => Some((old.clone(), new.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn sv(source: &str, value: Value) -> SourcedValue {
+    SourcedValue {
+        source: source.into(),
+        value,
+    }
+}
+
+/// Writes a file the way operators should: to a temporary name, then rename into place.
+fn publish(dir: &Path, name: &str, text: &str) {
+    let temp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&temp, text).unwrap();
+    std::fs::rename(&temp, dir.join(name)).unwrap();
+}
+
+fn v(value: Value) -> Arc<Value> {
+    Arc::new(value)
+}
+
+#[test]
+fn every_query_shape_over_static_data() {
+    let registry = registry(&["a", "b"]);
+    registry
+        .load_with_config(
+            testplug(),
+            &json!({"app": "a", "data": [
+                {"service": "cfg", "key": "colour", "static": "red"},
+                {"service": "cfg", "key": "size", "static": {"w": 1}}]}),
+        )
+        .unwrap();
+    registry
+        .load_with_config(
+            testplug(),
+            &json!({"app": "b", "data": [{"service": "cfg", "key": "colour", "static": "blue"}]}),
+        )
+        .unwrap();
+    let cfg = registry.data("cfg");
+    assert_eq!(cfg.service(), "cfg");
+    let keys: Vec<String> = cfg.keys().iter().map(|k| k.to_string()).collect();
+    assert_eq!(keys, vec!["colour", "size"]);
+    let sources: Vec<String> = cfg.subscribers().iter().map(|k| k.to_string()).collect();
+    assert_eq!(sources, vec!["a", "b"]);
+    assert_eq!(cfg.get("colour"), vec![v(json!("red")), v(json!("blue"))]);
+    assert_eq!(cfg.get_value("b", "colour"), Some(v(json!("blue"))));
+    assert_eq!(cfg.get_value("b", "size"), None);
+    assert_eq!(cfg.get_value("nobody", "colour"), None);
+    assert_eq!(
+        cfg.by_key("colour"),
+        vec![
+            ("a".into(), v(json!("red"))),
+            ("b".into(), v(json!("blue")))
+        ]
+    );
+    let by_key = cfg.by_key_all();
+    assert_eq!(by_key.len(), 2);
+    assert_eq!(&*by_key[1].0, "size");
+    assert_eq!(by_key[1].1, vec![("a".into(), v(json!({"w": 1})))]);
+    assert_eq!(
+        cfg.by_source("a"),
+        vec![
+            ("colour".into(), v(json!("red"))),
+            ("size".into(), v(json!({"w": 1})))
+        ]
+    );
+    let by_source = cfg.by_source_all();
+    assert_eq!(by_source.len(), 2);
+    assert_eq!(&*by_source[1].0, "b");
+    let all = cfg.all();
+    let flat: Vec<(String, String)> = all
+        .iter()
+        .map(|e| (e.source.to_string(), e.key.to_string()))
+        .collect();
+    assert_eq!(
+        flat,
+        vec![
+            ("a".into(), "colour".into()),
+            ("a".into(), "size".into()),
+            ("b".into(), "colour".into())
+        ]
+    );
+    let version = cfg.version().expect("a version");
+    assert_ne!(cfg.version_of("a"), cfg.version_of("b"));
+    assert_eq!(cfg.version_of("nobody"), None);
+    // Reloading identical data keeps the version.
+    registry.reload_data();
+    assert_eq!(cfg.version(), Some(version));
+    // Unloading a source removes its data.
+    registry.unload("b");
+    assert_eq!(cfg.get("colour"), vec![v(json!("red"))]);
+}
+
+#[test]
+fn a_subscription_without_provider_gives_empty_answers() {
+    let registry = registry(&[]);
+    registry
+        .load_with_config(
+            testplug(),
+            &json!({"app": "lonely", "subscriptions": [["nothing", "here"]]}),
+        )
+        .unwrap();
+    let data = registry.data("nothing");
+    assert!(data.keys().is_empty());
+    assert!(data.subscribers().is_empty());
+    assert!(data.get("here").is_empty());
+    assert_eq!(data.get_value("lonely", "here"), None);
+    assert!(data.by_key("here").is_empty() && data.by_key_all().is_empty());
+    assert!(data.by_source("lonely").is_empty() && data.by_source_all().is_empty());
+    assert!(data.all().is_empty());
+    assert_eq!(data.version(), None);
+}
+
+#[test]
+fn wildcard_keys_match_by_prefix_exact_first_longest_prefix_wins() {
+    let registry = registry(&["a", "b"]);
+    registry
+        .load_with_config(
+            testplug(),
+            &json!({"app": "a", "data": [
+                {"service": "w", "key": "pre*", "static": "short"},
+                {"service": "w", "key": "prefix*", "static": "long"},
+                {"service": "w", "key": "prefixed", "static": "exact"}]}),
+        )
+        .unwrap();
+    registry
+        .load_with_config(
+            testplug(),
+            &json!({"app": "b", "data": [{"service": "w", "key": "prefix", "static": "b-exact"}]}),
+        )
+        .unwrap();
+    let w = registry.data("w");
+    assert_eq!(
+        w.get_value("a", "pre"),
+        Some(v(json!("short"))),
+        "pre* matches pre"
+    );
+    assert_eq!(w.get_value("a", "prelude"), Some(v(json!("short"))));
+    assert_eq!(w.get_value("a", "pr"), None, "pre* does not match pr");
+    assert_eq!(
+        w.get_value("a", "prefix"),
+        Some(v(json!("long"))),
+        "longest prefix wins"
+    );
+    assert_eq!(w.get_value("a", "prefixes"), Some(v(json!("long"))));
+    assert_eq!(
+        w.get_value("a", "prefixed"),
+        Some(v(json!("exact"))),
+        "exact beats wildcard"
+    );
+    assert_eq!(w.get_value("b", "prefixes"), None);
+    assert_eq!(w.get("prefix"), vec![v(json!("long")), v(json!("b-exact"))]);
+    assert_eq!(w.get("prefixes"), vec![v(json!("long"))]);
+    let keys: Vec<String> = w.keys().iter().map(|k| k.to_string()).collect();
+    assert_eq!(keys, vec!["pre*", "prefix", "prefix*", "prefixed"]);
+}
+
+#[test]
+fn file_sources_json_and_toml_relative_to_the_plugin() {
+    let dir = plugin_dir();
+    write_file(dir.path(), "settings.json", br#"{"level": "info"}"#);
+    write_file(dir.path(), "limits.toml", b"[http]\nmax_body = 1024\n");
+    let registry = registry(&[]);
+    load_in(
+        &registry,
+        dir.path(),
+        "files.so",
+        json!({"app": "files", "data": [
+            {"service": "cfg", "key": "settings", "file": "settings.json"},
+            {"service": "cfg", "key": "limits", "file": "limits.toml"}]}),
+    );
+    let cfg = registry.data("cfg");
+    assert_eq!(
+        cfg.get_value("files", "settings"),
+        Some(v(json!({"level": "info"})))
+    );
+    assert_eq!(
+        cfg.get_value("files", "limits"),
+        Some(v(json!({"http": {"max_body": 1024}})))
+    );
+    let status = registry.data_status();
+    assert_eq!(status.len(), 2);
+    assert!(status
+        .iter()
+        .all(|s| s.kind == SourceKind::File && s.error.is_none()));
+    assert_eq!(
+        status[0].path.as_deref(),
+        Some(dir.path().join("settings.json").as_path())
+    );
+}
+
+#[test]
+fn a_changed_file_is_picked_up_at_once_and_notified() {
+    let dir = plugin_dir();
+    write_file(dir.path(), "feature.json", br#"{"on": false}"#);
+    let registry = registry(&["owner", "watcher"]);
+    // A long interval: only the file watcher can explain a prompt update.
+    load_in(
+        &registry,
+        dir.path(),
+        "owner.so",
+        json!({"app": "owner", "data": [
+            {"service": "cfg", "key": "feature", "file": "feature.json", "interval_ms": 600000}]}),
+    );
+    load_in(
+        &registry,
+        dir.path(),
+        "watcher.so",
+        json!({"app": "watcher", "subscriptions": [["cfg", "feature"]]}),
+    );
+    let cfg = registry.data("cfg");
+    // Rename into place.
+    publish(dir.path(), "feature.json", r#"{"on": true}"#);
+    wait_for("the renamed file", || {
+        cfg.get_value("owner", "feature") == Some(v(json!({"on": true})))
+    });
+    wait_for("the notification", || {
+        data_notes(&received(&registry, "watcher"), "feature").len() == 1
+    });
+    let notes = data_notes(&received(&registry, "watcher"), "feature");
+    assert_eq!(notes[0].0, vec![sv("owner", json!({"on": false}))]);
+    assert_eq!(notes[0].1, vec![sv("owner", json!({"on": true}))]);
+    // Plain rewrite in place (cp over).
+    std::fs::write(dir.path().join("feature.json"), r#"{"on": "maybe"}"#).unwrap();
+    wait_for("the rewritten file", || {
+        cfg.get_value("owner", "feature") == Some(v(json!({"on": "maybe"})))
+    });
+    // The provider is notified as well (it provides the key), first load included.
+    wait_for("the provider's notifications", || {
+        data_notes(&received(&registry, "owner"), "feature").len() == 3
+    });
+    let owner = data_notes(&received(&registry, "owner"), "feature");
+    assert!(owner[0].0.is_empty(), "old is empty on first load");
+}
+
+#[test]
+fn an_identical_rewrite_is_not_a_change() {
+    let dir = plugin_dir();
+    write_file(dir.path(), "same.json", br#"{"a": 1, "b": 2}"#);
+    let registry = registry(&[]);
+    load_in(
+        &registry,
+        dir.path(),
+        "same.so",
+        json!({"app": "same", "data": [{"service": "cfg", "key": "same", "file": "same.json", "interval_ms": 20}]}),
+    );
+    let cfg = registry.data("cfg");
+    let version = cfg.version();
+    assert_eq!(
+        data_notes(&received(&registry, "same"), "same").len(),
+        1,
+        "first load"
+    );
+    // Same content, other formatting and key order, published twice; then let polling run.
+    publish(dir.path(), "same.json", "{\n  \"b\": 2,\n  \"a\": 1\n}\n");
+    publish(dir.path(), "same.json", r#"{"a":1,"b":2}"#);
+    let status_checked = |registry: &Registry| registry.data_status()[0].checked_at;
+    let before = status_checked(&registry);
+    wait_for("a few polls", || status_checked(&registry) != before);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(cfg.version(), version);
+    assert_eq!(data_notes(&received(&registry, "same"), "same").len(), 1);
+    assert_eq!(
+        registry.reload_data(),
+        0,
+        "a manual reload finds nothing new"
+    );
+}
+
+#[test]
+fn callbacks_are_polled_and_changes_detected_by_hash() {
+    let registry = registry(&[]);
+    registry
+        .load_with_config(
+            testplug(),
+            &json!({"app": "cb", "data": [{"service": "cfg", "key": "live", "callback": true, "interval_ms": 20}]}),
+        )
+        .unwrap();
+    let cfg = registry.data("cfg");
+    assert_eq!(cfg.get_value("cb", "live"), Some(v(Value::Null)));
+    let probe = registry.service("probe");
+    probe
+        .apply::<Value, ()>("set_callback", &json!({"n": 1}))
+        .unwrap();
+    wait_for("the polled callback", || {
+        cfg.get_value("cb", "live") == Some(v(json!({"n": 1})))
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let notes = data_notes(&received(&registry, "cb"), "live");
+    assert_eq!(
+        notes.len(),
+        2,
+        "first load and one change, not one per poll: {notes:?}"
+    );
+}
+
+#[test]
+fn manual_reload_reads_every_source_at_once() {
+    let registry = registry(&[]);
+    registry
+        .load_with_config(
+            testplug(),
+            &json!({"app": "slow", "data": [{"service": "cfg", "key": "k", "callback": true, "interval_ms": 600000}]}),
+        )
+        .unwrap();
+    registry
+        .service("probe")
+        .apply::<Value, ()>("set_callback", &json!("fresh"))
+        .unwrap();
+    assert_eq!(
+        registry.data("cfg").get_value("slow", "k"),
+        Some(v(Value::Null))
+    );
+    assert_eq!(
+        registry.reload_data(),
+        1,
+        "one notification: the provider's"
+    );
+    assert_eq!(
+        registry.data("cfg").get_value("slow", "k"),
+        Some(v(json!("fresh")))
+    );
+    let notes = data_notes(&received(&registry, "slow"), "k");
+    assert_eq!(notes.last().unwrap().1, vec![sv("slow", json!("fresh"))]);
+}
+
+#[test]
+fn a_malformed_file_keeps_the_previous_data_and_reports_file_and_line() {
+    let dir = plugin_dir();
+    write_file(dir.path(), "conf.json", br#"{"good": true}"#);
+    write_file(dir.path(), "conf.toml", b"good = true\n");
+    let registry = registry(&[]);
+    load_in(
+        &registry,
+        dir.path(),
+        "bad.so",
+        json!({"app": "bad", "data": [
+            {"service": "cfg", "key": "json", "file": "conf.json", "interval_ms": 600000},
+            {"service": "cfg", "key": "toml", "file": "conf.toml", "interval_ms": 600000}]}),
+    );
+    publish(dir.path(), "conf.json", "{\n  \"good\": @\n}");
+    publish(dir.path(), "conf.toml", "good = true\nbad = = 1\n");
+    wait_for("both errors in the status", || {
+        registry.data_status().iter().all(|s| s.error.is_some())
+    });
+    let status = registry.data_status();
+    let json_error = status[0].error.clone().unwrap();
+    assert!(
+        json_error.contains("conf.json") && json_error.contains("line 2"),
+        "{json_error}"
+    );
+    let toml_error = status[1].error.clone().unwrap();
+    assert!(
+        toml_error.contains("conf.toml") && toml_error.contains("line 2"),
+        "{toml_error}"
+    );
+    let cfg = registry.data("cfg");
+    assert_eq!(cfg.get_value("bad", "json"), Some(v(json!({"good": true}))));
+    assert_eq!(cfg.get_value("bad", "toml"), Some(v(json!({"good": true}))));
+    // Fixed: served again, error cleared.
+    publish(dir.path(), "conf.json", r#"{"good": "again"}"#);
+    wait_for("recovery", || {
+        cfg.get_value("bad", "json") == Some(v(json!({"good": "again"})))
+    });
+    assert!(registry.data_status()[0].error.is_none());
+}
+
+#[test]
+fn a_missing_file_is_an_error_not_a_failure_to_load() {
+    let dir = plugin_dir();
+    let registry = registry(&[]);
+    load_in(
+        &registry,
+        dir.path(),
+        "missing.so",
+        json!({"app": "missing", "data": [{"service": "cfg", "key": "k", "file": "absent.json"}]}),
+    );
+    assert_eq!(registry.data("cfg").get_value("missing", "k"), None);
+    let error = registry.data_status()[0].error.clone().unwrap();
+    assert!(error.contains("absent.json"), "{error}");
+    // It appears later: the watcher picks it up.
+    publish(dir.path(), "absent.json", "42");
+    wait_for("the late file", || {
+        registry.data("cfg").get_value("missing", "k") == Some(v(json!(42)))
+    });
+}
+
+#[test]
+fn a_failing_or_panicking_callback_keeps_the_previous_data() {
+    let registry = registry(&[]);
+    registry
+        .load_with_config(
+            testplug(),
+            &json!({"app": "flaky", "data": [{"service": "cfg", "key": "k", "callback": true, "interval_ms": 600000}]}),
+        )
+        .unwrap();
+    let probe = registry.service("probe");
+    probe
+        .apply::<Value, ()>("set_callback", &json!("good"))
+        .unwrap();
+    registry.reload_data();
+    let cfg = registry.data("cfg");
+    for (behaviour, expected) in [
+        ("fail", "the callback refused"),
+        ("panic", "panicked on purpose"),
+    ] {
+        probe
+            .apply::<String, ()>("set_callback_behaviour", &behaviour.to_string())
+            .unwrap();
+        probe
+            .apply::<Value, ()>("set_callback", &json!("never served"))
+            .unwrap();
+        assert_eq!(registry.reload_data(), 0);
+        assert_eq!(cfg.get_value("flaky", "k"), Some(v(json!("good"))));
+        let error = registry.data_status()[0].error.clone().unwrap();
+        assert!(error.contains(expected), "{error}");
+    }
+    probe
+        .apply::<String, ()>("set_callback_behaviour", &"ok".to_string())
+        .unwrap();
+    registry.reload_data();
+    assert_eq!(cfg.get_value("flaky", "k"), Some(v(json!("never served"))));
+    assert!(registry.data_status()[0].error.is_none());
+}
+
+#[test]
+fn a_panicking_notify_is_contained() {
+    let registry = registry(&[]);
+    registry
+        .load_with_config(
+            testplug(),
+            &json!({"app": "grumpy", "notify_panics": true,
+                    "data": [{"service": "cfg", "key": "k", "static": 1}]}),
+        )
+        .unwrap();
+    assert_eq!(
+        registry.data("cfg").get_value("grumpy", "k"),
+        Some(v(json!(1)))
+    );
+    registry.load(plugin_library("epi-plugin-hello")).unwrap();
+    assert_eq!(registry.plugins().len(), 2);
+}
+
+#[test]
+fn service_definers_are_notified_when_providers_change() {
+    let registry = registry(&["definer", "extra"]);
+    registry
+        .load_with_config(testplug(), &json!({"app": "definer", "services": ["math"]}))
+        .unwrap();
+    registry
+        .load_with_config(
+            testplug(),
+            &json!({"app": "extra", "services": [], "providers": [{"label": "x"}]}),
+        )
+        .unwrap();
+    registry.unload("extra");
+    let changes: Vec<(usize, usize)> = received(&registry, "definer")
+        .into_iter()
+        .filter_map(|note| match note {
+            Notification::Providers { service, old, new } if service == "math" => {
+                Some((old.len(), new.len()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(changes, vec![(0, 1), (1, 0)]);
+}
