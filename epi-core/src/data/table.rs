@@ -2,10 +2,36 @@
 //! current value of every source.
 
 use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
+use hashbrown::HashTable;
+use rustc_hash::{FxBuildHasher, FxHashMap};
 use serde_json::Value;
+
+/// Byte equality inlined for short strings (keys and app names are short): libc's `memcmp`
+/// call cost more than the rest of a lookup.
+#[inline(always)]
+fn short_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let len = a.len();
+    let word = |bytes: &[u8], at: usize| u64::from_ne_bytes(bytes[at..at + 8].try_into().unwrap());
+    let half = |bytes: &[u8], at: usize| u32::from_ne_bytes(bytes[at..at + 4].try_into().unwrap());
+    match len {
+        0 => true,
+        1..=3 => a.iter().zip(b).all(|(x, y)| x == y),
+        4..=7 => half(a, 0) == half(b, 0) && half(a, len - 4) == half(b, len - 4),
+        8..=16 => word(a, 0) == word(b, 0) && word(a, len - 8) == word(b, len - 8),
+        _ => a == b,
+    }
+}
+
+#[inline(always)]
+fn hash_key(key: &str) -> u64 {
+    FxBuildHasher.hash_one(key)
+}
 
 /// One source's current value for one declared key.
 #[derive(Clone, Debug)]
@@ -24,8 +50,8 @@ pub(crate) struct Item {
 /// All data of one service.
 #[derive(Default)]
 pub(crate) struct ServiceData {
-    /// Exact keys → items in plugin order.
-    exact: FxHashMap<Box<str>, Box<[Item]>>,
+    /// Exact keys → items in plugin order (hashed with Fx, compared with `short_eq`).
+    exact: HashTable<(Box<str>, Box<[Item]>)>,
     /// Wildcard prefixes (without `*`) with their items: longest prefix first, then plugin order.
     wildcards: Box<[(Box<str>, Item)]>,
     /// Declared keys, sorted, with items in plugin order.
@@ -44,8 +70,12 @@ impl ServiceData {
     /// `source`'s value for `key`: its exact key, else its longest matching wildcard.
     #[inline]
     pub(crate) fn get_value(&self, source: &str, key: &str) -> Option<&Arc<Value>> {
-        if let Some(items) = self.exact.get(key) {
-            if let Some(item) = items.iter().find(|item| &*item.source == source) {
+        if let Some(items) = self.exact_items(key) {
+            let source = source.as_bytes();
+            if let Some(item) = items
+                .iter()
+                .find(|item| short_eq(item.source.as_bytes(), source))
+            {
                 return Some(&item.value);
             }
         }
@@ -55,12 +85,21 @@ impl ServiceData {
             .map(|(_, item)| &item.value)
     }
 
+    /// Items under exactly `key`, in plugin order.
+    #[inline(always)]
+    fn exact_items(&self, key: &str) -> Option<&[Item]> {
+        self.exact
+            .find(hash_key(key), |(candidate, _)| {
+                short_eq(candidate.as_bytes(), key.as_bytes())
+            })
+            .map(|(_, items)| &items[..])
+    }
+
     /// Every source's value for `key` (exact key beats wildcard, longest prefix wins, per
     /// source), in plugin order.
     pub(crate) fn resolve(&self, key: &str) -> Vec<&Item> {
         let mut found: Vec<&Item> = self
-            .exact
-            .get(key)
+            .exact_items(key)
             .map(|items| items.iter().collect())
             .unwrap_or_default();
         let exact_sources = found.len();
@@ -154,11 +193,14 @@ pub(crate) fn build(items: Vec<(u32, Item)>) -> DataTable {
             push_item_hash(&mut hasher, item);
         }
         wildcards.sort_by(|(a, x), (b, y)| b.len().cmp(&a.len()).then(x.rank.cmp(&y.rank)));
+        let mut table_exact = HashTable::with_capacity(exact.len());
+        for (key, items) in exact {
+            table_exact.insert_unique(hash_key(&key), (key, items.into_boxed_slice()), |(k, _)| {
+                hash_key(k)
+            });
+        }
         let data = ServiceData {
-            exact: exact
-                .into_iter()
-                .map(|(key, items)| (key, items.into_boxed_slice()))
-                .collect(),
+            exact: table_exact,
             wildcards: wildcards.into_boxed_slice(),
             keys: declared.keys().cloned().collect(),
             declared: declared
