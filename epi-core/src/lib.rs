@@ -28,7 +28,7 @@ mod plugin;
 mod registry;
 mod snapshot;
 
-pub use data::{DataEntry, DataHandle, DataStatus, SourceKind};
+pub use data::{DataEntry, DataHandle, DataStatus, Group, Named, SourceKind};
 pub use dispatch::{Function, Opts, ServiceHandle};
 pub use dynamic::{Applied, Reply};
 pub use epi_macros::provider;

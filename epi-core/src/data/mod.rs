@@ -202,6 +202,13 @@ pub struct DataHandle {
     name: Arc<str>,
 }
 
+/// A name (a source's app name or a key) with a value.
+pub type Named = (Arc<str>, Arc<Value>);
+
+/// A name with its `[(name, value)]`: a key with its sources' values, or a source with its
+/// keys' values.
+pub type Group = (Arc<str>, Vec<Named>);
+
 /// One `(source, key, value)` of [`DataHandle::all`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct DataEntry {
@@ -261,7 +268,7 @@ impl DataHandle {
     }
 
     /// `[(source, value)]` for `key`, resolved as [`DataHandle::get`], in plugin order.
-    pub fn by_key(&self, key: &str) -> Vec<(Arc<str>, Arc<Value>)> {
+    pub fn by_key(&self, key: &str) -> Vec<Named> {
         self.with(Vec::new(), |data| {
             data.resolve(key)
                 .into_iter()
@@ -271,7 +278,7 @@ impl DataHandle {
     }
 
     /// Every declared key with `[(source, value)]`: keys sorted, sources in plugin order.
-    pub fn by_key_all(&self) -> Vec<(Arc<str>, Vec<(Arc<str>, Arc<Value>)>)> {
+    pub fn by_key_all(&self) -> Vec<Group> {
         self.with(Vec::new(), |data| {
             data.declared
                 .iter()
@@ -287,7 +294,7 @@ impl DataHandle {
     }
 
     /// `[(key, value)]` provided by `source`, keys sorted.
-    pub fn by_source(&self, source: &str) -> Vec<(Arc<str>, Arc<Value>)> {
+    pub fn by_source(&self, source: &str) -> Vec<Named> {
         self.with(Vec::new(), |data| {
             data.items
                 .iter()
@@ -298,7 +305,7 @@ impl DataHandle {
     }
 
     /// Every source with its `[(key, value)]`: sources in plugin order, keys sorted.
-    pub fn by_source_all(&self) -> Vec<(Arc<str>, Vec<(Arc<str>, Arc<Value>)>)> {
+    pub fn by_source_all(&self) -> Vec<Group> {
         self.with(Vec::new(), |data| {
             data.sources
                 .iter()

@@ -47,6 +47,9 @@ pub(crate) struct Item {
     pub(crate) rank: u32,
 }
 
+/// A declared key with its items in plugin order.
+pub(crate) type Declared = (Arc<str>, Box<[Item]>);
+
 /// All data of one service.
 #[derive(Default)]
 pub(crate) struct ServiceData {
@@ -55,7 +58,7 @@ pub(crate) struct ServiceData {
     /// Wildcard prefixes (without `*`) with their items: longest prefix first, then plugin order.
     wildcards: Box<[(Box<str>, Item)]>,
     /// Declared keys, sorted, with items in plugin order.
-    pub(crate) declared: Box<[(Arc<str>, Box<[Item]>)]>,
+    pub(crate) declared: Box<[Declared]>,
     /// Declared keys, sorted and unique.
     pub(crate) keys: Arc<[Arc<str>]>,
     /// Sources in plugin order, unique.
