@@ -223,6 +223,15 @@ pub type DataFn =
 pub type NotifyFn =
     unsafe extern "C" fn(plugin: *const c_void, input: *const c_void, error: *mut String) -> u32;
 
+/// Writes the plugin's exported state (JSON of `Option<PluginState>`) into `output`.
+pub type ExportStateFn =
+    unsafe extern "C" fn(plugin: *const c_void, output: *mut Vec<u8>, error: *mut String) -> u32;
+
+/// Hands the plugin the state its previous version exported (JSON text in `input`, a
+/// `*const &[u8]`).
+pub type ImportStateFn =
+    unsafe extern "C" fn(plugin: *const c_void, input: *const c_void, error: *mut String) -> u32;
+
 /// Where a data provider's data comes from.
 pub enum DataSourceDescriptor {
     /// A JSON or TOML file; a relative path is relative to the plugin file's directory.
@@ -270,6 +279,10 @@ pub struct PluginDescriptor {
     pub data_subscriptions: Vec<(String, String)>,
     /// Delivers notifications to the plugin object.
     pub notify: NotifyFn,
+    /// Exports the plugin's state before an upgrade retires it.
+    pub export_state: ExportStateFn,
+    /// Imports the state of the version it replaces.
+    pub import_state: ImportStateFn,
     /// The plugin object.
     pub instance: *mut c_void,
     /// Releases the plugin object.

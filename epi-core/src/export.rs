@@ -233,6 +233,47 @@ pub unsafe extern "C" fn notify_shim<P: Plugin>(
     }
 }
 
+/// Exports the state of plugin object `P` as JSON of `Option<PluginState>`.
+///
+/// # Safety
+/// `plugin` is the `P` this plugin's `init` created, `output` a `Vec<u8>`, `error` a live
+/// `String`.
+pub unsafe extern "C" fn export_state_shim<P: Plugin>(
+    plugin: *const c_void,
+    output: *mut Vec<u8>,
+    error: *mut String,
+) -> u32 {
+    unsafe {
+        guarded(error, || {
+            let plugin = &*(plugin as *const P);
+            let state = plugin.export_state();
+            serde_json::to_writer(&mut *output, &state)
+                .map_err(|err| (STATUS_FAILED, format!("cannot encode the state: {err}")))
+        })
+    }
+}
+
+/// Imports a state (JSON of `PluginState`) into plugin object `P`.
+///
+/// # Safety
+/// `plugin` is the `P` this plugin's `init` created, `input` a `&[u8]`, `error` a live `String`.
+pub unsafe extern "C" fn import_state_shim<P: Plugin>(
+    plugin: *const c_void,
+    input: *const c_void,
+    error: *mut String,
+) -> u32 {
+    unsafe {
+        guarded(error, || {
+            let plugin = &*(plugin as *const P);
+            let text: &[u8] = *(input as *const &[u8]);
+            let state = serde_json::from_slice(text)
+                .map_err(|err| (STATUS_BAD_INPUT, format!("unreadable state: {err}")))?;
+            plugin.import_state(state);
+            Ok(())
+        })
+    }
+}
+
 /// Releases a boxed `T` created by this plugin, catching a panicking `Drop`.
 ///
 /// # Safety
@@ -296,6 +337,8 @@ pub unsafe extern "C" fn init<E: Export>(
                     .collect(),
                 data_subscriptions: plugin.data_subscriptions(),
                 notify: notify_shim::<E::Plugin>,
+                export_state: export_state_shim::<E::Plugin>,
+                import_state: import_state_shim::<E::Plugin>,
                 app,
                 instance: Box::into_raw(Box::new(plugin)) as *mut c_void,
                 drop_instance: drop_shim::<E::Plugin>,

@@ -35,10 +35,13 @@ pub use epi_macros::provider;
 pub use error::{Error, Failure, LoadError, ProviderError};
 pub use loader::PluginInfo;
 pub use plugin::{
-    DataProvider, Decision, Notification, Plugin, PluginContext, Provider, ProviderVersion,
-    Provides, SourcedValue,
+    DataProvider, Decision, Notification, Plugin, PluginContext, PluginState, Provider,
+    ProviderVersion, Provides, SourcedValue,
 };
-pub use registry::{is_plugin_file, Registry, RegistryConfig, ServiceInfo};
+pub use registry::{
+    is_plugin_file, FileStatus, Registry, RegistryConfig, RegistryStatus, RetirePolicy,
+    ServiceInfo, Upgrade,
+};
 
 /// Logging from plugin code: records go to the host's `tracing` subscriber.
 pub mod log {

@@ -79,11 +79,33 @@ pub trait Plugin: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Called on the running version just before an upgrade replaces it: the state to hand
+    /// to the new version (counters, caches, bookkeeping). `None` (the default) hands nothing.
+    fn export_state(&self) -> Option<PluginState> {
+        None
+    }
+
+    /// Called on a new version, before it serves any call, with what the version it replaces
+    /// exported. Check `state.format` and ignore formats you do not know.
+    fn import_state(&self, state: PluginState) {
+        let _ = state;
+    }
+
     /// Called after the host published a change this plugin subscribes to, provides, or (for
     /// provider changes) whose service it defines. A panic here is caught and logged.
     fn notify(&self, notification: &Notification) {
         let _ = notification;
     }
+}
+
+/// State handed from a plugin version to the one replacing it (as OTP's `code_change`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PluginState {
+    /// Version of the blob's format, chosen by the plugin, so a new version can tell what it
+    /// receives.
+    pub format: u32,
+    /// The state.
+    pub data: serde_json::Value,
 }
 
 /// One source's value for a key, as notifications carry it.

@@ -18,11 +18,12 @@ use std::sync::Arc;
 use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 
 use crate::abi::{
-    DataProviderDescriptor, DataSourceDescriptor, DropFn, FunctionEntry, NotifyFn,
-    PluginDescriptor, PluginEntry, StrRef, ABI_VERSION, BUILD_INFO, ENTRY_SYMBOL, MAGIC, STATUS_OK,
+    DataProviderDescriptor, DataSourceDescriptor, DropFn, ExportStateFn, FunctionEntry,
+    ImportStateFn, NotifyFn, PluginDescriptor, PluginEntry, StrRef, ABI_VERSION, BUILD_INFO,
+    ENTRY_SYMBOL, MAGIC, STATUS_OK,
 };
 use crate::error::LoadError;
-use crate::plugin::Notification;
+use crate::plugin::{Notification, PluginState};
 
 /// What a host knows about a loaded plugin.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,6 +63,11 @@ pub struct LoadedPlugin {
     pub(crate) data_providers: Vec<DataProviderDescriptor>,
     pub(crate) data_subscriptions: Vec<(String, String)>,
     notify: NotifyFn,
+    export_state: ExportStateFn,
+    import_state: ImportStateFn,
+    /// The private copy this instance was mapped from (its name is unlinked at once, so
+    /// `/proc/self/maps` shows it as deleted).
+    pub(crate) copy: PathBuf,
     instance: *mut c_void,
     drop_instance: DropFn,
     library: Option<Library>,
@@ -118,6 +124,43 @@ impl LoadedPlugin {
         }
     }
 
+    /// The state the plugin hands to its successor; errors and panics are logged and give
+    /// `None`.
+    pub(crate) fn export_state(&self) -> Option<PluginState> {
+        let mut output = Vec::new();
+        let mut error = String::new();
+        // SAFETY: the plugin object lives as long as `self`; the shim catches panics.
+        let status = unsafe { (self.export_state)(self.instance, &mut output, &mut error) };
+        if status != STATUS_OK {
+            tracing::warn!(app = %self.info.app, "export_state failed: {error}");
+            return None;
+        }
+        serde_json::from_slice(&output).unwrap_or_else(|err| {
+            tracing::warn!(app = %self.info.app, "export_state returned unreadable state: {err}");
+            None
+        })
+    }
+
+    /// Hands the plugin its predecessor's state; errors and panics are logged.
+    pub(crate) fn import_state(&self, state: &PluginState) {
+        let Ok(text) = serde_json::to_vec(state) else {
+            return;
+        };
+        let input: &[u8] = &text;
+        let mut error = String::new();
+        // SAFETY: as `export_state`.
+        let status = unsafe {
+            (self.import_state)(
+                self.instance,
+                &input as *const &[u8] as *const c_void,
+                &mut error,
+            )
+        };
+        if status != STATUS_OK {
+            tracing::warn!(app = %self.info.app, "import_state failed: {error}");
+        }
+    }
+
     /// The directory of the file the plugin was loaded from.
     pub(crate) fn directory(&self) -> &Path {
         self.info.file.parent().unwrap_or(Path::new("."))
@@ -168,13 +211,43 @@ impl CopyDir {
     }
 }
 
-/// Reads and checks a plugin file, then loads it from a private copy and initialises it.
-pub(crate) fn load(
-    path: &Path,
-    copies: &CopyDir,
-    sequence: u64,
-    config: &str,
-) -> Result<LoadedPlugin, LoadError> {
+/// What identifies a file's content cheaply: an unchanged identity means an unchanged file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FileIdentity {
+    device: u64,
+    inode: u64,
+    size: u64,
+    modified_ns: i128,
+}
+
+impl FileIdentity {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        FileIdentity {
+            device: meta.dev(),
+            inode: meta.ino(),
+            size: meta.size(),
+            modified_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+        }
+    }
+
+    /// The identity of the file at `path` now.
+    pub(crate) fn stat(path: &Path) -> std::io::Result<Self> {
+        std::fs::metadata(path).map(|meta| Self::of(&meta))
+    }
+}
+
+/// A plugin file that passed the trust and ELF checks, held in memory.
+pub(crate) struct CheckedFile {
+    pub(crate) path: PathBuf,
+    bytes: Vec<u8>,
+    /// xxh3 of the bytes.
+    pub(crate) hash: u64,
+    pub(crate) identity: FileIdentity,
+}
+
+/// Reads a plugin file and checks ownership, permissions and ELF structure. Runs nothing.
+pub(crate) fn check(path: &Path) -> Result<CheckedFile, LoadError> {
     let io = |source| LoadError::Io {
         path: path.to_owned(),
         source,
@@ -191,11 +264,30 @@ pub(crate) fn load(
         path: path.to_owned(),
         reason,
     })?;
-    let content_hash = xxhash_rust::xxh3::xxh3_64(&bytes);
+    Ok(CheckedFile {
+        path: path.to_owned(),
+        hash: xxhash_rust::xxh3::xxh3_64(&bytes),
+        identity: FileIdentity::of(&meta),
+        bytes,
+    })
+}
 
+/// Loads a checked file from a private copy and initialises it.
+pub(crate) fn load(
+    checked: CheckedFile,
+    copies: &CopyDir,
+    sequence: u64,
+    config: &str,
+) -> Result<LoadedPlugin, LoadError> {
+    let path = &checked.path;
+    let content_hash = checked.hash;
     // Load what was checked: the private copy holds exactly these bytes.
     let copy = copies.copy_path(path, sequence);
-    write_private_copy(&copy, &bytes).map_err(io)?;
+    write_private_copy(&copy, &checked.bytes).map_err(|source| LoadError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    drop(checked.bytes);
     // SAFETY: the bytes are a complete ELF shared object (checked above); running its
     // initialisers is the point of loading a plugin the operator installed.
     let opened = unsafe { Library::open(Some(&copy), RTLD_NOW | RTLD_LOCAL) };
@@ -213,7 +305,7 @@ pub(crate) fn load(
         info: PluginInfo {
             app: descriptor.app,
             version: descriptor.version,
-            file: path.to_owned(),
+            file: path.clone(),
             content_hash,
             priority: descriptor.priority,
             services: descriptor.services,
@@ -233,6 +325,9 @@ pub(crate) fn load(
         data_providers: descriptor.data_providers,
         data_subscriptions: descriptor.data_subscriptions,
         notify: descriptor.notify,
+        export_state: descriptor.export_state,
+        import_state: descriptor.import_state,
+        copy,
         instance: descriptor.instance,
         drop_instance: descriptor.drop_instance,
         library: Some(library),

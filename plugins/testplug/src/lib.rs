@@ -15,6 +15,10 @@
 //! `"notify_panics": true`. Every load also defines and provides the `probe` service:
 //! `notifications()` returns what `notify` received, `set_callback(value)` and
 //! `set_callback_behaviour("ok|fail|panic")` drive the callback sources.
+//!
+//! Builds: the bytes `EPIMARK:00000000` in the library are its build mark. Tests patch them to
+//! make distinct builds of one library (different content, version `0.1.0+<mark>`). `hit()`
+//! counts calls; the count is handed over to the next build on upgrade.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,6 +27,18 @@ use std::time::{Duration, Instant};
 use epi::{DataProvider, Decision, Notification, Plugin, PluginContext, Provider};
 use serde::Deserialize;
 use serde_json::Value;
+
+/// The build mark, patched in the library file by tests (see the crate docs).
+static BUILD_MARK: [u8; 16] = *b"EPIMARK:00000000";
+
+/// This build's mark (read through `black_box` so the compiler cannot fold the constant).
+fn build_mark() -> String {
+    let bytes: &[u8; 16] = std::hint::black_box(&BUILD_MARK);
+    String::from_utf8_lossy(&bytes[8..]).into_owned()
+}
+
+/// Format of the state this plugin hands over on upgrade.
+const STATE_FORMAT: u32 = 1;
 
 /// What a configured provider does when called.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -134,12 +150,17 @@ pub struct TestPlug {
     /// Notifications received, newest last.
     received: Arc<Mutex<Vec<Notification>>>,
     callback: Arc<Mutex<CallbackState>>,
+    /// Calls to `probe.hit`, across upgrades.
+    hits: Arc<AtomicU64>,
 }
 
 impl TestPlug {
     /// Builds the plugin from the host's configuration; panics on a bad one (tests rely on the
     /// loader reporting a panicking `init`).
     pub fn from_context(context: &PluginContext) -> Self {
+        if build_mark() == "99999999" {
+            panic!("build 99999999 refuses to start");
+        }
         let value = if context.config.is_null() {
             serde_json::json!({})
         } else {
@@ -151,6 +172,7 @@ impl TestPlug {
             arrivals: Arc::default(),
             received: Arc::default(),
             callback: Arc::default(),
+            hits: Arc::default(),
         }
     }
 }
@@ -161,7 +183,26 @@ impl Plugin for TestPlug {
     }
 
     fn version(&self) -> Option<String> {
-        self.config.version.clone()
+        Some(
+            self.config
+                .version
+                .clone()
+                .unwrap_or_else(|| format!("0.1.0+{}", build_mark())),
+        )
+    }
+
+    fn export_state(&self) -> Option<epi::PluginState> {
+        Some(epi::PluginState {
+            format: STATE_FORMAT,
+            data: serde_json::json!({"hits": self.hits.load(Ordering::SeqCst)}),
+        })
+    }
+
+    fn import_state(&self, state: epi::PluginState) {
+        if state.format == STATE_FORMAT {
+            let hits = state.data["hits"].as_u64().unwrap_or(0);
+            self.hits.fetch_add(hits, Ordering::SeqCst);
+        }
     }
 
     fn priority(&self) -> i32 {
@@ -223,6 +264,7 @@ impl Plugin for TestPlug {
         let probe = Probe {
             received: self.received.clone(),
             callback: self.callback.clone(),
+            hits: self.hits.clone(),
         };
         std::iter::once(Provider::new("probe", probe))
             .chain(
@@ -256,10 +298,21 @@ impl TestPlug {
 pub struct Probe {
     received: Arc<Mutex<Vec<Notification>>>,
     callback: Arc<Mutex<CallbackState>>,
+    hits: Arc<AtomicU64>,
 }
 
 #[epi::provider]
 impl Probe {
+    /// Counts a call; returns the count so far (including previous builds').
+    pub fn hit(&self) -> u64 {
+        self.hits.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// This build's mark.
+    pub fn mark(&self) -> String {
+        build_mark()
+    }
+
     /// Every notification received so far.
     pub fn notifications(&self) -> Vec<Notification> {
         self.received.lock().unwrap().clone()
@@ -332,6 +385,11 @@ impl Scripted {
     /// Its label.
     pub fn label(&self) -> String {
         self.config.label.clone()
+    }
+
+    /// The build mark of the library this provider runs in.
+    pub fn mark(&self) -> String {
+        build_mark()
     }
 
     /// Sleeps `ms` milliseconds and returns its label.

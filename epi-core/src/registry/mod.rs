@@ -1,12 +1,20 @@
-//! The registry: loads and unloads plugins and publishes a new [`Snapshot`] after each change.
+//! The registry: loads, upgrades and unloads plugins and publishes a new [`Snapshot`] after
+//! each change.
 //!
-//! Writers (load, unload) are serialised by a mutex and never block callers: a call loads the
-//! current snapshot from an `ArcSwap` and keeps using it until it returns, so a plugin removed
-//! meanwhile stays mapped until its last call finished.
+//! Writers are serialised by a mutex and never block callers: a call loads the current
+//! snapshot from an `ArcSwap` and keeps using it until it returns, so a plugin replaced or
+//! removed meanwhile stays mapped until its last call finished.
+//!
+//! `lifecycle` holds load, upgrade, unload and retirement; `watch` the plugin directory watcher.
+
+mod lifecycle;
+mod watch;
+
+pub use lifecycle::{FileStatus, RegistryStatus, Upgrade};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -14,8 +22,7 @@ use parking_lot::Mutex;
 
 use crate::data::{self, DataHandle, DataHub, DataStatus, DataWorker};
 use crate::dispatch::{Function, ServiceHandle};
-use crate::error::LoadError;
-use crate::loader::{self, CopyDir, LoadedPlugin, PluginInfo};
+use crate::loader::{CopyDir, LoadedPlugin, PluginInfo};
 use crate::plugin::{Notification, ProviderVersion};
 use crate::snapshot::{self, Interner, Snapshot};
 
@@ -30,6 +37,21 @@ pub struct RegistryConfig {
     pub concurrency: Option<usize>,
     /// Where private copies of plugin files are made (default: the system temp directory).
     pub runtime_dir: Option<PathBuf>,
+    /// What happens to a version an upgrade or unload retires.
+    pub retire: RetirePolicy,
+}
+
+/// What happens to a plugin version once an upgrade replaced it or it was unloaded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RetirePolicy {
+    /// Close its library once no call uses it (the default). A library that still has live
+    /// threads or thread-local destructors stays mapped (glibc pins it); the status counts
+    /// those.
+    #[default]
+    Unload,
+    /// Keep every version's library loaded for the life of the process, for plugins known not
+    /// to unload cleanly.
+    KeepLoaded,
 }
 
 /// A service and its providers, in call order (for inspection).
@@ -49,8 +71,10 @@ pub(crate) struct Shared {
     data: Arc<DataHub>,
     /// Stops the data thread when the registry goes away.
     _data_worker: DataWorker,
-    /// Loaded plugins in load order; holding this lock serialises every change.
-    loaded: Mutex<Vec<Arc<LoadedPlugin>>>,
+    /// Loaded plugins and files; holding this lock serialises every change.
+    state: Mutex<lifecycle::State>,
+    /// The plugin directory watcher, once `watch` was called.
+    watcher: Mutex<Option<watch::DirWatcher>>,
     config: RegistryConfig,
     copies: CopyDir,
     _copies_dir: tempfile::TempDir,
@@ -94,7 +118,8 @@ impl Registry {
                 interner,
                 data,
                 _data_worker: data_worker,
-                loaded: Mutex::new(Vec::new()),
+                state: Mutex::new(lifecycle::State::default()),
+                watcher: Mutex::new(None),
                 copies: CopyDir {
                     dir: copies_dir.path().to_owned(),
                 },
@@ -104,83 +129,6 @@ impl Registry {
                 pool,
             }),
         })
-    }
-
-    /// Loads the plugin in `path` and publishes a snapshot that includes it.
-    pub fn load(&self, path: impl AsRef<Path>) -> Result<PluginInfo, LoadError> {
-        self.load_with_config(path, &serde_json::Value::Null)
-    }
-
-    /// Loads a plugin, handing it `config` (see [`crate::PluginContext::config`]).
-    pub fn load_with_config(
-        &self,
-        path: impl AsRef<Path>,
-        config: &serde_json::Value,
-    ) -> Result<PluginInfo, LoadError> {
-        let path = path.as_ref();
-        let config_text = if config.is_null() {
-            String::new()
-        } else {
-            config.to_string()
-        };
-        let sequence = self.shared.sequence.fetch_add(1, Ordering::Relaxed);
-        let plugin = loader::load(path, &self.shared.copies, sequence, &config_text)?;
-        let mut loaded = self.shared.loaded.lock();
-        if let Some(existing) = loaded
-            .iter()
-            .find(|other| other.info.app == plugin.info.app)
-        {
-            return Err(LoadError::DuplicateApp {
-                path: path.to_owned(),
-                app: plugin.info.app.clone(),
-                existing: existing.info.file.clone(),
-            });
-        }
-        let mut info = plugin.info.clone();
-        info.priority = snapshot::plugin_priority(&self.shared.config, &plugin);
-        loaded.push(Arc::new(plugin));
-        let deliveries = self.publish(&loaded);
-        drop(loaded);
-        data::deliver(deliveries);
-        Ok(info)
-    }
-
-    /// Loads every `*.so` file of `dir`, in file name order. Returns one result per file; a file
-    /// that fails does not stop the others.
-    pub fn load_dir(
-        &self,
-        dir: impl AsRef<Path>,
-    ) -> std::io::Result<Vec<(PathBuf, Result<PluginInfo, LoadError>)>> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir.as_ref())?
-            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-            .filter(|path| is_plugin_file(path))
-            .collect();
-        files.sort();
-        Ok(files
-            .into_iter()
-            .map(|path| {
-                let result = self.load(&path);
-                if let Err(err) = &result {
-                    tracing::warn!("{err}");
-                }
-                (path, result)
-            })
-            .collect())
-    }
-
-    /// Removes a plugin from dispatch. Calls already running finish on it; its library is
-    /// closed when the last of them returns. Returns false when no such plugin is loaded.
-    pub fn unload(&self, app: &str) -> bool {
-        let mut loaded = self.shared.loaded.lock();
-        let before = loaded.len();
-        loaded.retain(|plugin| plugin.info.app != app);
-        let removed = loaded.len() != before;
-        if removed {
-            let deliveries = self.publish(&loaded);
-            drop(loaded);
-            data::deliver(deliveries);
-        }
-        removed
     }
 
     /// Loaded plugins in dispatch order.
@@ -332,10 +280,15 @@ fn provider_changes(old: &Snapshot, new: &Snapshot) -> Vec<(Arc<LoadedPlugin>, N
     deliveries
 }
 
-/// Whether `path` names a plugin library (not a dotfile, not a temporary name).
+/// Whether `path` names a plugin library: a `.so` file that is not a dotfile (writers'
+/// temporary names start with a dot or end in something else).
 pub fn is_plugin_file(path: &Path) -> bool {
-    let Some(name) = path.file_name().and_then(|name| name.to_str()) else {
-        return false;
-    };
-    !name.starts_with('.') && name.ends_with(".so") && path.is_file()
+    is_plugin_name(path) && path.is_file()
+}
+
+/// The name test of [`is_plugin_file`], for paths that may no longer exist.
+pub(crate) fn is_plugin_name(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|name| name.to_str())
+        .is_some_and(|name| !name.starts_with('.') && name.ends_with(".so"))
 }

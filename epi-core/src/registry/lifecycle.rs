@@ -1,0 +1,413 @@
+//! Plugin lifecycle: load, upgrade in place (with state hand-over), unload, retirement, and the
+//! status report.
+//!
+//! An upgrade checks and loads the new build *before* touching what serves: a bad file, an
+//! ABI mismatch or a panicking `init` leaves the running version in place and records the
+//! error for the file, to be retried when the file changes again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+use serde_json::Value;
+
+use super::{is_plugin_file, Registry, RetirePolicy};
+use crate::data;
+use crate::error::LoadError;
+use crate::loader::{self, CheckedFile, FileIdentity, LoadedPlugin, PluginInfo};
+use crate::snapshot;
+
+/// What the registry remembers about a plugin file it was asked to load.
+#[derive(Default)]
+struct FileRecord {
+    /// App name of the plugin loaded from it, while one is.
+    app: Option<String>,
+    /// Configuration handed to every build loaded from it.
+    config: Value,
+    /// Identity and hash of the file last checked.
+    identity: Option<FileIdentity>,
+    hash: Option<u64>,
+    /// Why the last attempt failed (the previous version, if any, keeps serving).
+    error: Option<String>,
+}
+
+/// A retired version, tracked until its library is unmapped.
+struct Retired {
+    copy: PathBuf,
+    plugin: Weak<LoadedPlugin>,
+}
+
+/// Everything writers change, under one lock.
+#[derive(Default)]
+pub(crate) struct State {
+    /// Loaded plugins in load order (the snapshot sorts them for dispatch).
+    pub(crate) plugins: Vec<Arc<LoadedPlugin>>,
+    files: BTreeMap<PathBuf, FileRecord>,
+    retired: Vec<Retired>,
+    /// Retired versions kept loaded by [`RetirePolicy::KeepLoaded`].
+    kept: Vec<Arc<LoadedPlugin>>,
+    /// Retired versions so far.
+    retired_total: u64,
+}
+
+/// What an upgrade did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Upgrade {
+    /// The file has the identity or content already loaded: nothing was done.
+    Unchanged,
+    /// No plugin came from this file before: it was loaded.
+    Loaded(PluginInfo),
+    /// The plugin loaded from this file was replaced.
+    Replaced {
+        /// The retired version.
+        old: PluginInfo,
+        /// The version now serving.
+        new: PluginInfo,
+    },
+    /// The file is gone: the plugin loaded from it was unloaded.
+    Removed(PluginInfo),
+}
+
+/// A plugin file as the status shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileStatus {
+    /// The file.
+    pub path: PathBuf,
+    /// App name of the plugin loaded from it, if one is.
+    pub app: Option<String>,
+    /// The last load or upgrade error; the previous version, if any, keeps serving.
+    pub error: Option<String>,
+}
+
+/// The registry's state for operators.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegistryStatus {
+    /// Loaded plugins in dispatch order.
+    pub plugins: Vec<PluginInfo>,
+    /// Every plugin file the registry was asked to load, with its last error.
+    pub files: Vec<FileStatus>,
+    /// Retired versions whose library is still mapped: calls still running on them, or
+    /// pinned by glibc (live threads or thread-local destructors of the plugin).
+    pub retired_mapped: usize,
+    /// Retired versions kept loaded by [`RetirePolicy::KeepLoaded`].
+    pub retired_kept: usize,
+    /// Versions retired since the registry started.
+    pub retired_total: u64,
+}
+
+/// Paths of the files mapped into this process, as `/proc/self/maps` lists them.
+fn mapped_files() -> BTreeSet<String> {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .map(str::to_owned)
+        .collect()
+}
+
+impl State {
+    /// Keeps only retired versions that are still referenced or still mapped.
+    fn prune_retired(&mut self) -> usize {
+        if self.retired.is_empty() {
+            return 0;
+        }
+        let mapped = mapped_files();
+        self.retired.retain(|retired| {
+            retired.plugin.strong_count() > 0 || mapped.contains(&*retired.copy.to_string_lossy())
+        });
+        self.retired.len()
+    }
+}
+
+impl Registry {
+    /// Loads the plugin in `path` and publishes a snapshot that includes it.
+    pub fn load(&self, path: impl AsRef<Path>) -> Result<PluginInfo, LoadError> {
+        self.load_with_config(path, &Value::Null)
+    }
+
+    /// Loads a plugin, handing it `config` (see [`crate::PluginContext::config`]); later
+    /// upgrades of the same file receive the same configuration.
+    pub fn load_with_config(
+        &self,
+        path: impl AsRef<Path>,
+        config: &Value,
+    ) -> Result<PluginInfo, LoadError> {
+        let path = path.as_ref();
+        let result = loader::check(path).and_then(|checked| self.install(checked, config, false));
+        match result {
+            Ok(Upgrade::Loaded(info)) => Ok(info),
+            Ok(other) => unreachable!("a fresh load cannot give {other:?}"),
+            Err(err) => {
+                self.record_error(path, config, &err);
+                Err(err)
+            }
+        }
+    }
+
+    /// Loads every `*.so` file of `dir`, in file name order. Returns one result per file; a file
+    /// that fails does not stop the others.
+    pub fn load_dir(
+        &self,
+        dir: impl AsRef<Path>,
+    ) -> std::io::Result<Vec<(PathBuf, Result<PluginInfo, LoadError>)>> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir.as_ref())?
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|path| is_plugin_file(path))
+            .collect();
+        files.sort();
+        Ok(files
+            .into_iter()
+            .map(|path| {
+                let result = self.load(&path);
+                if let Err(err) = &result {
+                    tracing::warn!("{err}");
+                }
+                (path, result)
+            })
+            .collect())
+    }
+
+    /// Brings the plugin of `path` up to date with the file: loads it if no plugin came from
+    /// it, replaces the running version if the content changed (the new version takes the
+    /// old one's place; calls in flight finish on the old one), and does nothing if the file
+    /// is unchanged. If the file is gone, the plugin loaded from it is unloaded.
+    ///
+    /// On error the running version keeps serving and the error is kept in the status until
+    /// the file changes again.
+    pub fn upgrade(&self, path: impl AsRef<Path>) -> Result<Upgrade, LoadError> {
+        let path = path.as_ref();
+        let Ok(identity) = FileIdentity::stat(path) else {
+            return Ok(match self.unload_file(path) {
+                Some(info) => Upgrade::Removed(info),
+                None => Upgrade::Unchanged,
+            });
+        };
+        let config = {
+            let state = self.shared.state.lock();
+            match state.files.get(path) {
+                // Same file as last time: loaded, or failed and not changed since.
+                Some(record) if record.identity == Some(identity) => return Ok(Upgrade::Unchanged),
+                Some(record) => record.config.clone(),
+                None => Value::Null,
+            }
+        };
+        let result = loader::check(path).and_then(|checked| {
+            if self.already_serving(&checked) {
+                return Ok(Upgrade::Unchanged);
+            }
+            self.install(checked, &config, true)
+        });
+        if let Err(err) = &result {
+            tracing::error!("upgrade refused, the running version keeps serving: {err}");
+            self.record_error(path, &config, err);
+        }
+        result
+    }
+
+    /// True when the plugin loaded from this file has this content (only the identity
+    /// changed, e.g. `touch`); records the new identity.
+    fn already_serving(&self, checked: &CheckedFile) -> bool {
+        let mut state = self.shared.state.lock();
+        let State { files, plugins, .. } = &mut *state;
+        let Some(record) = files.get_mut(&checked.path) else {
+            return false;
+        };
+        let loaded = record
+            .app
+            .as_ref()
+            .is_some_and(|app| plugins.iter().any(|p| &p.info.app == app));
+        if loaded && record.hash == Some(checked.hash) {
+            record.identity = Some(checked.identity);
+            record.error = None;
+            return true;
+        }
+        false
+    }
+
+    /// Loads a checked file and publishes it, replacing the plugin loaded from the same file
+    /// when `replace` is set.
+    fn install(
+        &self,
+        checked: CheckedFile,
+        config: &Value,
+        replace: bool,
+    ) -> Result<Upgrade, LoadError> {
+        let path = checked.path.clone();
+        let (identity, hash) = (checked.identity, checked.hash);
+        let config_text = if config.is_null() {
+            String::new()
+        } else {
+            config.to_string()
+        };
+        let sequence = self.shared.sequence.fetch_add(1, Ordering::Relaxed);
+        // The slow part (copy, dlopen, init) runs before taking the lock.
+        let plugin = loader::load(checked, &self.shared.copies, sequence, &config_text)?;
+
+        let mut state = self.shared.state.lock();
+        let previous = if replace {
+            state.plugins.iter().position(|p| p.info.file == path)
+        } else {
+            None
+        };
+        let clash =
+            state.plugins.iter().enumerate().find(|(index, other)| {
+                other.info.app == plugin.info.app && Some(*index) != previous
+            });
+        if let Some((_, existing)) = clash {
+            return Err(LoadError::DuplicateApp {
+                path,
+                app: plugin.info.app.clone(),
+                existing: existing.info.file.clone(),
+            });
+        }
+        let mut info = plugin.info.clone();
+        info.priority = snapshot::plugin_priority(&self.shared.config, &plugin);
+        let plugin = Arc::new(plugin);
+        let retired = match previous {
+            Some(index) => {
+                // Hand-over as late as possible: calls the old version answers after this
+                // point are not in the state it exported.
+                if let Some(handed) = state.plugins[index].export_state() {
+                    plugin.import_state(&handed);
+                }
+                Some(std::mem::replace(&mut state.plugins[index], plugin))
+            }
+            None => {
+                state.plugins.push(plugin);
+                None
+            }
+        };
+        state.files.insert(
+            path,
+            FileRecord {
+                app: Some(info.app.clone()),
+                config: config.clone(),
+                identity: Some(identity),
+                hash: Some(hash),
+                error: None,
+            },
+        );
+        let deliveries = self.publish(&state.plugins);
+        let outcome = match retired {
+            Some(old) => {
+                let mut old_info = old.info.clone();
+                old_info.priority = snapshot::plugin_priority(&self.shared.config, &old);
+                tracing::info!(
+                    app = %info.app,
+                    from = %old_info.version,
+                    to = %info.version,
+                    "plugin upgraded"
+                );
+                self.retire(&mut state, old);
+                Upgrade::Replaced {
+                    old: old_info,
+                    new: info,
+                }
+            }
+            None => Upgrade::Loaded(info),
+        };
+        drop(state);
+        data::deliver(deliveries);
+        Ok(outcome)
+    }
+
+    fn record_error(&self, path: &Path, config: &Value, err: &LoadError) {
+        let mut state = self.shared.state.lock();
+        let record = state.files.entry(path.to_owned()).or_default();
+        if record.app.is_none() {
+            record.config = config.clone();
+        }
+        record.identity = FileIdentity::stat(path).ok();
+        record.error = Some(err.to_string());
+    }
+
+    /// Moves a version out of service: dropped now (its library closes when the last call
+    /// using it returns) or kept, per the retire policy.
+    fn retire(&self, state: &mut State, old: Arc<LoadedPlugin>) {
+        state.retired_total += 1;
+        match self.shared.config.retire {
+            RetirePolicy::KeepLoaded => state.kept.push(old),
+            RetirePolicy::Unload => {
+                state.retired.push(Retired {
+                    copy: old.copy.clone(),
+                    plugin: Arc::downgrade(&old),
+                });
+                drop(old);
+                state.prune_retired();
+            }
+        }
+    }
+
+    /// Removes a plugin from dispatch. Calls already running finish on it; its library is
+    /// closed when the last of them returns. Returns false when no such plugin is loaded.
+    pub fn unload(&self, app: &str) -> bool {
+        self.unload_where(|plugin| plugin.info.app == app).is_some()
+    }
+
+    /// Unloads the plugin loaded from `path`, if any.
+    pub fn unload_file(&self, path: impl AsRef<Path>) -> Option<PluginInfo> {
+        let path = path.as_ref();
+        self.unload_where(|plugin| plugin.info.file == path)
+    }
+
+    fn unload_where(&self, matches: impl Fn(&LoadedPlugin) -> bool) -> Option<PluginInfo> {
+        let mut state = self.shared.state.lock();
+        let index = state.plugins.iter().position(|plugin| matches(plugin))?;
+        let old = state.plugins.remove(index);
+        state.files.remove(&old.info.file);
+        let deliveries = self.publish(&state.plugins);
+        let info = old.info.clone();
+        tracing::info!(app = %info.app, version = %info.version, "plugin unloaded");
+        self.retire(&mut state, old);
+        drop(state);
+        data::deliver(deliveries);
+        Some(info)
+    }
+
+    /// Re-checks every known plugin file and every plugin file of the watched directories:
+    /// upgrades what changed, loads new files, unloads plugins whose file is gone. Returns
+    /// what happened per file.
+    pub fn reload(&self) -> Vec<(PathBuf, Result<Upgrade, LoadError>)> {
+        let mut paths: BTreeSet<PathBuf> = self.shared.state.lock().files.keys().cloned().collect();
+        for dir in self.watched_dirs() {
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                paths.extend(
+                    entries
+                        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+                        .filter(|path| is_plugin_file(path)),
+                );
+            }
+        }
+        paths
+            .into_iter()
+            .map(|path| {
+                let result = self.upgrade(&path);
+                (path, result)
+            })
+            .collect()
+    }
+
+    /// The registry's state for operators: plugins, files with their errors, retired
+    /// versions still mapped.
+    pub fn status(&self) -> RegistryStatus {
+        let plugins = self.plugins();
+        let mut state = self.shared.state.lock();
+        let retired_mapped = state.prune_retired();
+        RegistryStatus {
+            plugins,
+            files: state
+                .files
+                .iter()
+                .map(|(path, record)| FileStatus {
+                    path: path.clone(),
+                    app: record.app.clone(),
+                    error: record.error.clone(),
+                })
+                .collect(),
+            retired_mapped,
+            retired_kept: state.kept.len(),
+            retired_total: state.retired_total,
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Watching plugin directories: a file finished by its writer, renamed into place or removed
+//! is brought up to date by [`Registry::upgrade`] on the `epi-reload` thread.
+//!
+//! Only finished writes count: close-after-write and renames (`To`, `Both`, `From`), plus
+//! removals. Opens, reads (the loader's own included) and partial writes are ignored; dotfiles
+//! and names not ending in `.so` (writers' temporary names) too. A rename reports `To` and
+//! `Both` for one file: events are drained and de-duplicated, and an unchanged file identity
+//! makes the second a no-op anyway.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Weak};
+
+use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+use notify::{EventKind, RecursiveMode, Watcher};
+
+use super::lifecycle::Upgrade;
+use super::{is_plugin_file, is_plugin_name, Registry, Shared};
+use crate::error::LoadError;
+
+/// The watcher and the directories it watches. Dropping it ends the `epi-reload` thread.
+pub(crate) struct DirWatcher {
+    watcher: notify::RecommendedWatcher,
+    dirs: BTreeSet<PathBuf>,
+}
+
+/// Whether an event means a plugin file's content may have changed.
+fn is_finished_change(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Modify(ModifyKind::Name(
+                RenameMode::To | RenameMode::Both | RenameMode::From
+            ))
+            | EventKind::Remove(_)
+    )
+}
+
+impl DirWatcher {
+    fn start(registry: Weak<Shared>) -> std::io::Result<Self> {
+        let (sender, receiver) = mpsc::channel::<Vec<PathBuf>>();
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            let Ok(event) = event else { return };
+            if !is_finished_change(&event.kind) {
+                return;
+            }
+            let paths: Vec<PathBuf> = event
+                .paths
+                .into_iter()
+                .filter(|path| is_plugin_name(path))
+                .collect();
+            if !paths.is_empty() {
+                let _ = sender.send(paths);
+            }
+        })
+        .map_err(std::io::Error::other)?;
+        std::thread::Builder::new()
+            .name("epi-reload".into())
+            .spawn(move || reload_loop(registry, receiver))?;
+        Ok(DirWatcher {
+            watcher,
+            dirs: BTreeSet::new(),
+        })
+    }
+}
+
+/// Runs until the watcher (and with it the sender) is dropped with the registry.
+fn reload_loop(registry: Weak<Shared>, receiver: mpsc::Receiver<Vec<PathBuf>>) {
+    while let Ok(first) = receiver.recv() {
+        let mut paths: BTreeSet<PathBuf> = first.into_iter().collect();
+        while let Ok(more) = receiver.try_recv() {
+            paths.extend(more);
+        }
+        for path in paths {
+            let Some(shared) = registry.upgrade() else {
+                return;
+            };
+            let registry = Registry { shared };
+            match registry.upgrade(&path) {
+                Ok(Upgrade::Unchanged) | Err(_) => {}
+                Ok(outcome) => tracing::debug!(path = %path.display(), "{outcome:?}"),
+            }
+        }
+    }
+}
+
+impl Registry {
+    /// Loads every plugin file of `dir`, then watches it: a plugin file written (closed after
+    /// writing, or renamed into place) is upgraded, a new one loaded, a removed one unloaded.
+    /// Publish by writing a temporary name and renaming it into place; `cp` over the file
+    /// works too (the running version is a private copy).
+    pub fn watch(
+        &self,
+        dir: impl AsRef<Path>,
+    ) -> std::io::Result<Vec<(PathBuf, Result<Upgrade, LoadError>)>> {
+        let dir = dir.as_ref().to_owned();
+        {
+            let mut guard = self.shared.watcher.lock();
+            if guard.is_none() {
+                *guard = Some(DirWatcher::start(Arc::downgrade(&self.shared))?);
+            }
+            let watcher = guard.as_mut().expect("just started");
+            if !watcher.dirs.contains(&dir) {
+                watcher
+                    .watcher
+                    .watch(&dir, RecursiveMode::NonRecursive)
+                    .map_err(std::io::Error::other)?;
+                watcher.dirs.insert(dir.clone());
+            }
+        }
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)?
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|path| is_plugin_file(path))
+            .collect();
+        files.sort();
+        Ok(files
+            .into_iter()
+            .map(|path| {
+                let result = self.upgrade(&path);
+                (path, result)
+            })
+            .collect())
+    }
+
+    /// Directories given to [`Registry::watch`].
+    pub fn watched_dirs(&self) -> Vec<PathBuf> {
+        self.shared
+            .watcher
+            .lock()
+            .as_ref()
+            .map(|watcher| watcher.dirs.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,427 @@
+//! Hot reload: upgrading plugins in a running registry, by hand and through the directory
+//! watcher, under load, with state hand-over, bad builds and retirement.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::*;
+use epi::{LoadError, Notification, Opts, Registry, RegistryConfig, RetirePolicy, Upgrade};
+use serde_json::{json, Value};
+
+/// The test plugin with its build mark set to `mark`: a distinct build of the same library.
+fn build(mark: u32) -> Vec<u8> {
+    static BASE: OnceLock<(Vec<u8>, usize)> = OnceLock::new();
+    let (base, offset) = BASE.get_or_init(|| {
+        let bytes = library_bytes("epi-plugin-testplug");
+        let marker = b"EPIMARK:00000000";
+        let offset = bytes
+            .windows(marker.len())
+            .position(|window| window == marker)
+            .expect("the build mark");
+        (bytes, offset + 8)
+    });
+    let mut bytes = base.clone();
+    bytes[*offset..*offset + 8].copy_from_slice(format!("{mark:08}").as_bytes());
+    bytes
+}
+
+/// Publishes by writing a temporary dotfile and renaming it into place.
+fn publish_by_rename(path: &Path, bytes: &[u8]) {
+    let dir = path.parent().unwrap();
+    let temp = write_file(
+        dir,
+        &format!(".{}.tmp", path.file_name().unwrap().to_string_lossy()),
+        bytes,
+    );
+    std::fs::rename(temp, path).unwrap();
+}
+
+/// Publishes the way `cp new old` does: truncate the existing file and write into it.
+fn publish_by_copy(path: &Path, bytes: &[u8]) {
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn marks(registry: &Registry) -> Vec<String> {
+    registry
+        .function::<(), String>("math", "mark")
+        .apply(&())
+        .unwrap()
+}
+
+fn version_of(registry: &Registry, app: &str) -> Option<String> {
+    registry
+        .plugins()
+        .into_iter()
+        .find(|plugin| plugin.app == app)
+        .map(|plugin| plugin.version)
+}
+
+/// A plugin file holding build `mark`, loaded with two `math` providers.
+fn setup(dir: &Path, mark: u32) -> (Registry, PathBuf) {
+    let path = write_file(dir, "counter.so", &build(mark));
+    let registry = registry(&[]);
+    registry
+        .load_with_config(
+            &path,
+            &json!({"app": "counter", "providers": [{"label": "one"}, {"label": "two"}]}),
+        )
+        .unwrap();
+    (registry, path)
+}
+
+#[test]
+fn upgrade_replaces_in_place_and_an_identical_file_is_a_no_op() {
+    let dir = plugin_dir();
+    let (registry, path) = setup(dir.path(), 1);
+    // Another plugin on each side, to see the order kept.
+    let registry_order = registry_with(RegistryConfig {
+        order: vec!["before".into(), "counter".into(), "after".into()],
+        ..Default::default()
+    });
+    drop(registry);
+    let registry = registry_order;
+    load_testplug(&registry, "before", json!([{"label": "b"}]));
+    registry
+        .load_with_config(
+            &path,
+            &json!({"app": "counter", "providers": [{"label": "one"}, {"label": "two"}]}),
+        )
+        .unwrap();
+    load_testplug(&registry, "after", json!([{"label": "a"}]));
+    let labels = registry.function::<(), String>("math", "label");
+    assert_eq!(labels.apply(&()).unwrap(), vec!["b", "one", "two", "a"]);
+    assert_eq!(version_of(&registry, "counter").unwrap(), "0.1.0+00000001");
+
+    publish_by_rename(&path, &build(2));
+    match registry.upgrade(&path).unwrap() {
+        Upgrade::Replaced { old, new } => {
+            assert_eq!(old.version, "0.1.0+00000001");
+            assert_eq!(new.version, "0.1.0+00000002");
+            assert_ne!(old.content_hash, new.content_hash);
+        }
+        other => panic!("expected a replacement, got {other:?}"),
+    }
+    assert_eq!(
+        labels.apply(&()).unwrap(),
+        vec!["b", "one", "two", "a"],
+        "same place"
+    );
+    let counter_marks: Vec<String> = registry
+        .apply_json("math", "mark", &Value::Null, Opts::new())
+        .unwrap()
+        .to_json(false)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(counter_marks[1..3], ["00000002", "00000002"]);
+
+    assert_eq!(registry.upgrade(&path).unwrap(), Upgrade::Unchanged);
+    // Same bytes written again (new mtime): the content hash says nothing changed.
+    publish_by_copy(&path, &build(2));
+    assert_eq!(registry.upgrade(&path).unwrap(), Upgrade::Unchanged);
+    assert_eq!(registry.status().retired_total, 1);
+}
+
+#[test]
+fn definers_are_notified_of_an_upgraded_provider() {
+    let dir = plugin_dir();
+    let (registry, path) = setup(dir.path(), 1);
+    publish_by_rename(&path, &build(2));
+    registry.upgrade(&path).unwrap();
+    let Value::Array(replies) = registry
+        .apply_json("probe", "notifications", &Value::Null, Opts::new())
+        .unwrap()
+        .to_json(false)
+    else {
+        panic!()
+    };
+    let notes: Vec<Notification> = serde_json::from_value(replies[0].clone()).unwrap();
+    let upgraded = notes.iter().any(|note| match note {
+        Notification::Providers { service, old, new } => {
+            service == "math"
+                && old.iter().all(|p| p.version == "0.1.0+00000001")
+                && new.iter().all(|p| p.version == "0.1.0+00000002")
+                && !new.is_empty()
+        }
+        _ => false,
+    });
+    assert!(upgraded, "{notes:?}");
+}
+
+#[test]
+fn state_is_handed_over_across_ten_upgrades() {
+    let dir = plugin_dir();
+    let (registry, path) = setup(dir.path(), 1);
+    let hit = registry.function::<(), u64>("probe", "hit");
+    let mut expected = 0;
+    for version in 2..=11 {
+        for _ in 0..3 {
+            expected += 1;
+            assert_eq!(hit.apply(&()).unwrap(), vec![expected]);
+        }
+        publish_by_rename(&path, &build(version));
+        assert!(matches!(
+            registry.upgrade(&path).unwrap(),
+            Upgrade::Replaced { .. }
+        ));
+    }
+    assert_eq!(version_of(&registry, "counter").unwrap(), "0.1.0+00000011");
+    assert_eq!(
+        hit.apply(&()).unwrap(),
+        vec![31],
+        "30 calls over 10 versions, then this one"
+    );
+}
+
+#[test]
+fn every_bad_build_during_an_upgrade_leaves_the_old_version_answering() {
+    let dir = plugin_dir();
+    let (registry, path) = setup(dir.path(), 1);
+    let good = build(1);
+    let mut abi = good.clone();
+    let mut entry = epi::abi::MAGIC.to_vec();
+    entry.extend_from_slice(&1u32.to_le_bytes());
+    let mut other_abi = epi::abi::MAGIC.to_vec();
+    other_abi.extend_from_slice(&9u32.to_le_bytes());
+    assert_eq!(patch(&mut abi, &entry, &other_abi), 1);
+    let mut compiler = good.clone();
+    let info = epi::abi::BUILD_INFO.as_bytes();
+    let mut other = info.to_vec();
+    let at = epi::abi::BUILD_INFO.find("rustc ").unwrap() + 6;
+    other[at] = if other[at] == b'9' { b'8' } else { b'9' };
+    assert_eq!(patch(&mut compiler, info, &other), 1);
+    let no_entry = library_bytes("epi-plugin-no-entry");
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("empty", Vec::new(), "empty"),
+        (
+            "text",
+            b"#!/bin/sh\necho not a library\n".to_vec(),
+            "not an ELF",
+        ),
+        ("truncated", good[..good.len() / 2].to_vec(), "truncated"),
+        ("no entry", no_entry, "EPI_PLUGIN_ENTRY"),
+        ("other ABI", abi, "ABI version 9"),
+        ("other compiler", compiler, "incompatible toolchain"),
+        ("panicking init", build(99_999_999), "refuses to start"),
+    ];
+    for (case, bytes, expected) in cases {
+        publish_by_rename(&path, &bytes);
+        let err = registry.upgrade(&path).unwrap_err();
+        assert!(err.to_string().contains(expected), "{case}: {err}");
+        assert!(err.to_string().contains("counter.so"), "{case}: {err}");
+        assert_eq!(marks(&registry), vec!["00000001", "00000001"], "{case}");
+        let status = registry.status();
+        let error = status.files[0].error.clone().expect("error in the status");
+        assert!(error.contains(expected), "{case}: {error}");
+        // Not retried while the file stays the same.
+        assert_eq!(
+            registry.upgrade(&path).unwrap(),
+            Upgrade::Unchanged,
+            "{case}"
+        );
+    }
+    // Untrusted: writable by everyone.
+    publish_by_rename(&path, &build(2));
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let err = registry.upgrade(&path).unwrap_err();
+    assert!(matches!(err, LoadError::Untrusted { .. }), "{err}");
+    assert_eq!(marks(&registry), vec!["00000001", "00000001"]);
+    // A good build once the file changes again.
+    publish_by_rename(&path, &build(3));
+    assert!(matches!(
+        registry.upgrade(&path).unwrap(),
+        Upgrade::Replaced { .. }
+    ));
+    assert_eq!(marks(&registry), vec!["00000003", "00000003"]);
+    assert!(registry.status().files[0].error.is_none());
+}
+
+#[test]
+fn the_watcher_follows_renames_copies_new_files_and_removals() {
+    let dir = plugin_dir();
+    let path = write_file(dir.path(), "counter.so", &build(1));
+    write_file(dir.path(), "notes.txt", b"not a plugin");
+    let registry = registry(&[]);
+    let loaded = registry.watch(dir.path()).unwrap();
+    assert_eq!(loaded.len(), 1);
+    assert!(matches!(loaded[0].1, Ok(Upgrade::Loaded(_))));
+    let mark = registry.function::<(), String>("probe", "mark");
+    assert_eq!(mark.apply(&()).unwrap(), vec!["00000001"]);
+
+    publish_by_rename(&path, &build(2));
+    wait_for("the renamed build", || {
+        mark.apply(&()).unwrap() == ["00000002"]
+    });
+    publish_by_copy(&path, &build(3));
+    wait_for("the copied build", || {
+        mark.apply(&()).unwrap() == ["00000003"]
+    });
+
+    // A new plugin file appears (copied in, then renamed into place).
+    let hello = dir.path().join("hello.so");
+    publish_by_rename(&hello, &library_bytes("epi-plugin-hello"));
+    wait_for("the new plugin", || {
+        version_of(&registry, "hello").is_some()
+    });
+    // A removed file unloads its plugin.
+    std::fs::remove_file(&hello).unwrap();
+    wait_for("the removal", || version_of(&registry, "hello").is_none());
+    // A bad build is reported, and the good one keeps serving.
+    publish_by_rename(&path, b"garbage");
+    wait_for("the error in the status", || {
+        registry.status().files.iter().any(|f| f.error.is_some())
+    });
+    assert_eq!(mark.apply(&()).unwrap(), vec!["00000003"]);
+    // Plain reload on demand finds nothing else to do.
+    assert!(registry
+        .reload()
+        .into_iter()
+        .all(|(_, result)| matches!(result, Ok(Upgrade::Unchanged))));
+}
+
+#[test]
+fn callers_lose_no_call_while_the_plugin_is_replaced_100_times() {
+    let dir = plugin_dir();
+    let path = write_file(dir.path(), "counter.so", &build(1));
+    let registry = registry(&[]);
+    registry
+        .load_with_config(
+            &path,
+            &json!({"app": "counter", "providers": [{"label": "one"}, {"label": "two"}]}),
+        )
+        .unwrap();
+    // Watching finds the file already loaded and unchanged; upgrades keep its configuration.
+    let found = registry.watch(dir.path()).unwrap();
+    assert!(matches!(found[0].1, Ok(Upgrade::Unchanged)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let callers: Vec<_> = (0..3)
+        .map(|_| {
+            let mark = registry.function::<(), String>("math", "mark");
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut seen: Vec<u32> = Vec::new();
+                let mut calls = 0u64;
+                loop {
+                    // One last call after the stop: it must see the final version.
+                    let stopping = stop.load(Ordering::SeqCst);
+                    let answer = mark.apply(&()).expect("no call may fail");
+                    calls += 1;
+                    assert_eq!(answer.len(), 2, "both providers answer");
+                    assert_eq!(answer[0], answer[1], "one whole version per call");
+                    let version: u32 = answer[0].parse().unwrap();
+                    if seen.last() != Some(&version) {
+                        assert!(
+                            seen.last().is_none_or(|last| *last < version),
+                            "versions in order: {seen:?} then {version}"
+                        );
+                        seen.push(version);
+                    }
+                    if stopping {
+                        break;
+                    }
+                }
+                (calls, seen)
+            })
+        })
+        .collect();
+    for version in 2..=101u32 {
+        if version % 2 == 0 {
+            publish_by_rename(&path, &build(version));
+        } else {
+            publish_by_copy(&path, &build(version));
+        }
+        let expected = format!("0.1.0+{version:08}");
+        wait_for("the new version", || {
+            version_of(&registry, "counter").as_deref() == Some(&expected)
+        });
+    }
+    stop.store(true, Ordering::SeqCst);
+    for caller in callers {
+        let (calls, seen) = caller.join().expect("a caller failed");
+        assert!(calls > 100, "{calls} calls");
+        assert!(seen.len() > 1, "saw {seen:?}");
+        assert_eq!(*seen.last().unwrap(), 101);
+    }
+    assert_eq!(registry.status().retired_total, 100);
+}
+
+fn mapped_copies(runtime: &Path) -> usize {
+    let runtime = runtime.to_string_lossy().into_owned();
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let copies: std::collections::BTreeSet<&str> = maps
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .filter(|path| path.starts_with(&runtime))
+        .collect();
+    copies.len()
+}
+
+#[test]
+fn keep_loaded_policy_keeps_every_version_mapped() {
+    let runtime = tempfile::tempdir().unwrap();
+    let dir = plugin_dir();
+    let path = write_file(dir.path(), "kept.so", &build(1));
+    let registry = registry_with(RegistryConfig {
+        runtime_dir: Some(runtime.path().to_owned()),
+        retire: RetirePolicy::KeepLoaded,
+        ..Default::default()
+    });
+    registry.upgrade(&path).unwrap();
+    for version in 2..=4 {
+        publish_by_rename(&path, &build(version));
+        registry.upgrade(&path).unwrap();
+    }
+    let status = registry.status();
+    assert_eq!(status.retired_kept, 3);
+    assert_eq!(mapped_copies(runtime.path()), 4);
+    let mark = registry.function::<(), String>("probe", "mark");
+    assert_eq!(mark.apply(&()).unwrap(), vec!["00000004"]);
+}
+
+#[test]
+fn a_retired_version_stays_mapped_while_a_call_runs_on_it() {
+    let dir = plugin_dir();
+    let (registry, path) = setup(dir.path(), 1);
+    let sleep = registry.function::<u64, String>("math", "sleep");
+    let running = std::thread::spawn(move || sleep.apply(&400));
+    std::thread::sleep(Duration::from_millis(100));
+    publish_by_rename(&path, &build(2));
+    assert!(matches!(
+        registry.upgrade(&path).unwrap(),
+        Upgrade::Replaced { .. }
+    ));
+    assert_eq!(
+        registry.status().retired_mapped,
+        1,
+        "the old version still runs a call"
+    );
+    assert_eq!(running.join().unwrap().unwrap(), vec!["one", "two"]);
+    assert_eq!(registry.status().retired_mapped, 0);
+    assert_eq!(marks(&registry), vec!["00000002", "00000002"]);
+}
+
+#[test]
+fn removing_the_file_unloads_on_upgrade() {
+    let dir = plugin_dir();
+    let (registry, path) = setup(dir.path(), 1);
+    std::fs::remove_file(&path).unwrap();
+    assert!(matches!(
+        registry.upgrade(&path).unwrap(),
+        Upgrade::Removed(_)
+    ));
+    assert!(registry.plugins().is_empty());
+}
