@@ -1,0 +1,171 @@
+//! Hot reload figures, printed as a table:
+//! - latency from renaming a new build into a watched directory to the first call answered
+//!   by it (p50, p99, max over many upgrades);
+//! - `apply` throughput while the plugin is replaced every 10 ms, as a ratio to the steady
+//!   state measured in the same run.
+//!
+//! `cargo bench -p epi-core --bench reload`
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use epi::{Registry, RegistryConfig};
+use serde_json::json;
+
+const UPGRADES: u32 = 200;
+const WINDOW: Duration = Duration::from_secs(1);
+/// Steady and storm windows alternate this many times; the median ratio is reported.
+const ROUNDS: usize = 5;
+const RELOAD_EVERY: Duration = Duration::from_millis(10);
+
+/// The test plugin with its build mark set to `mark`.
+fn build(base: &[u8], offset: usize, mark: u32) -> Vec<u8> {
+    let mut bytes = base.to_vec();
+    bytes[offset..offset + 8].copy_from_slice(format!("{mark:08}").as_bytes());
+    bytes
+}
+
+/// Writes `bytes` under a temporary dotfile name in `dir`, ready to be renamed into place.
+fn stage(dir: &Path, bytes: &[u8]) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let temp = dir.join(".incoming.so.tmp");
+    std::fs::write(&temp, bytes).unwrap();
+    std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o644)).unwrap();
+    temp
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Calls per second of `threads` callers over `WINDOW`, while `during` runs.
+fn throughput(registry: &Registry, threads: usize, during: impl FnOnce(&AtomicBool)) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(AtomicU64::new(0));
+    let callers: Vec<_> = (0..threads)
+        .map(|_| {
+            let value = registry.function::<u64, u64>("math", "inc");
+            let (stop, calls) = (stop.clone(), calls.clone());
+            std::thread::spawn(move || {
+                let mut local = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    for _ in 0..64 {
+                        std::hint::black_box(value.apply(&1).expect("no call may fail"));
+                    }
+                    local += 64;
+                }
+                calls.fetch_add(local, Ordering::Relaxed);
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    during(&stop);
+    stop.store(true, Ordering::Relaxed);
+    for caller in callers {
+        caller.join().unwrap();
+    }
+    calls.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let library = epi_testkit::plugin_library("epi-plugin-testplug");
+    let base = std::fs::read(&library).unwrap();
+    let marker = b"EPIMARK:00000000";
+    let offset = base
+        .windows(marker.len())
+        .position(|window| window == marker)
+        .expect("build mark")
+        + 8;
+    let dir = epi_testkit::plugin_dir();
+    let path = dir.path().join("counter.so");
+    std::fs::rename(stage(dir.path(), &build(&base, offset, 0)), &path).unwrap();
+    let registry = Registry::new(RegistryConfig::default()).unwrap();
+    registry
+        .load_with_config(
+            &path,
+            &json!({"app": "counter", "providers": [{"label": "p", "add": 1}]}),
+        )
+        .unwrap();
+    registry.watch(dir.path()).unwrap();
+    let mark = registry.function::<(), String>("probe", "mark");
+
+    // Latency: rename into place, then call until the new build answers.
+    let mut latencies = Vec::new();
+    for version in 1..=UPGRADES {
+        let staged = stage(dir.path(), &build(&base, offset, version));
+        let expected = format!("{version:08}");
+        let started = Instant::now();
+        std::fs::rename(&staged, &path).unwrap();
+        loop {
+            if mark.apply(&()).unwrap()[0] == expected {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "upgrade {version} never served"
+            );
+        }
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+
+    println!(
+        "\nepi hot reload (library {} KiB, {} upgrades)\n",
+        base.len() / 1024,
+        UPGRADES
+    );
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!(
+        "| rename → first call on new build, p50 | {:.2} ms |",
+        percentile(&latencies, 0.5).as_secs_f64() * 1e3
+    );
+    println!(
+        "| rename → first call on new build, p99 | {:.2} ms |",
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3
+    );
+    println!(
+        "| rename → first call on new build, max | {:.2} ms |",
+        latencies.last().unwrap().as_secs_f64() * 1e3
+    );
+
+    // Throughput: steady vs a reload every 10 ms, alternating windows in the same run, so that
+    // drift of the machine hits both sides; the median of the per-round ratios is reported.
+    let mut version = UPGRADES;
+    for threads in [1usize, 2] {
+        let mut ratios = Vec::new();
+        let (mut steady_sum, mut storm_sum, mut reloads) = (0.0, 0.0, 0u32);
+        for _ in 0..ROUNDS {
+            let steady = throughput(&registry, threads, |_| std::thread::sleep(WINDOW));
+            let storm = throughput(&registry, threads, |_| {
+                let until = Instant::now() + WINDOW;
+                while Instant::now() < until {
+                    version += 1;
+                    let staged = stage(dir.path(), &build(&base, offset, version));
+                    std::fs::rename(&staged, &path).unwrap();
+                    reloads += 1;
+                    std::thread::sleep(RELOAD_EVERY);
+                }
+            });
+            ratios.push(storm / steady);
+            steady_sum += steady;
+            storm_sum += storm;
+        }
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "| apply throughput, {threads} caller(s): steady {:.1} M/s, during a reload every 10 ms {:.1} M/s ({reloads} renames) | ratio {:.3} (median of {ROUNDS}; min {:.3}, max {:.3}) |",
+            steady_sum / ROUNDS as f64 / 1e6,
+            storm_sum / ROUNDS as f64 / 1e6,
+            ratios[ROUNDS / 2],
+            ratios[0],
+            ratios[ROUNDS - 1],
+        );
+    }
+    let status = registry.status();
+    println!(
+        "\nretired versions: {} in all, {} still mapped\n",
+        status.retired_total, status.retired_mapped
+    );
+}
