@@ -21,6 +21,7 @@ pub mod abi;
 mod data;
 mod dispatch;
 mod dynamic;
+pub mod engine;
 mod error;
 pub mod export;
 mod loader;
