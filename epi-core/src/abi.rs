@@ -232,6 +232,55 @@ pub type ExportStateFn =
 pub type ImportStateFn =
     unsafe extern "C" fn(plugin: *const c_void, input: *const c_void, error: *mut String) -> u32;
 
+/// What the host lends a running process: its stop signal and its report. Valid for the
+/// duration of the `run` call only.
+#[repr(C)]
+pub struct ProcessHost {
+    /// The host's context object.
+    pub context: *const c_void,
+    /// True once the host asked the process to stop.
+    pub is_stopping: unsafe extern "C" fn(context: *const c_void) -> bool,
+    /// Waits up to `timeout_ms` for the stop request; true when asked to stop.
+    pub wait_stop: unsafe extern "C" fn(context: *const c_void, timeout_ms: u64) -> bool,
+    /// Replaces the process's report (JSON text).
+    pub set_report: unsafe extern "C" fn(context: *const c_void, json: StrRef),
+}
+
+/// Computes a process's output from its inputs' outputs (JSON object text in `input`, a
+/// `*const &[u8]`), appending JSON text to `output`. On failure the error is the JSON of a
+/// [`crate::engine::WorkerError`].
+pub type ProcessStartFn = unsafe extern "C" fn(
+    instance: *const c_void,
+    input: *const c_void,
+    output: *mut Vec<u8>,
+    error: *mut String,
+) -> u32;
+
+/// Runs a process until the host asks it to stop or it fails (error as for
+/// [`ProcessStartFn`]).
+pub type ProcessRunFn = unsafe extern "C" fn(
+    instance: *const c_void,
+    host: *const ProcessHost,
+    error: *mut String,
+) -> u32;
+
+/// A long-running worker a plugin declares.
+pub struct ProcessDescriptor {
+    /// Name, unique inside the plugin (the engine knows it as `app/name`).
+    pub name: String,
+    /// Names of the workers it needs: `name` for one of the same plugin, `app/name` for
+    /// another plugin's.
+    pub inputs: Vec<String>,
+    /// The process object.
+    pub instance: *mut c_void,
+    /// Computes its output.
+    pub start: ProcessStartFn,
+    /// Runs it.
+    pub run: ProcessRunFn,
+    /// Releases the process object.
+    pub drop_instance: DropFn,
+}
+
 /// Where a data provider's data comes from.
 pub enum DataSourceDescriptor {
     /// A JSON or TOML file; a relative path is relative to the plugin file's directory.
@@ -275,6 +324,8 @@ pub struct PluginDescriptor {
     pub providers: Vec<ProviderDescriptor>,
     /// Data the plugin contributes, in declaration order.
     pub data_providers: Vec<DataProviderDescriptor>,
+    /// Long-running workers, supervised by the host's engine.
+    pub processes: Vec<ProcessDescriptor>,
     /// `(service, key)` pairs the plugin wants to be notified about.
     pub data_subscriptions: Vec<(String, String)>,
     /// Delivers notifications to the plugin object.

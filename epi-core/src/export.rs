@@ -274,6 +274,52 @@ pub unsafe extern "C" fn import_state_shim<P: Plugin>(
     }
 }
 
+/// Computes a process's output from its inputs (JSON object text).
+///
+/// # Safety
+/// `instance` is a `ProcessObject` of this plugin, `input` a `&[u8]`, `output` a `Vec<u8>`,
+/// `error` a live `String`.
+pub unsafe extern "C" fn process_start_shim(
+    instance: *const c_void,
+    input: *const c_void,
+    output: *mut Vec<u8>,
+    error: *mut String,
+) -> u32 {
+    unsafe {
+        guarded(error, || {
+            let process = &*(instance as *const crate::process::ProcessObject);
+            let text: &[u8] = *(input as *const &[u8]);
+            let inputs = serde_json::from_slice(text)
+                .map_err(|err| (STATUS_BAD_INPUT, format!("unreadable inputs: {err}")))?;
+            let value = process
+                .output(&inputs)
+                .map_err(|err| crate::process::encode_error(&err))?;
+            serde_json::to_writer(&mut *output, &value)
+                .map_err(|err| (STATUS_FAILED, format!("cannot encode the output: {err}")))
+        })
+    }
+}
+
+/// Runs a process until it stops.
+///
+/// # Safety
+/// `instance` is a `ProcessObject` of this plugin, `host` valid for the call, `error` a live
+/// `String`.
+pub unsafe extern "C" fn process_run_shim(
+    instance: *const c_void,
+    host: *const crate::abi::ProcessHost,
+    error: *mut String,
+) -> u32 {
+    unsafe {
+        guarded(error, || {
+            let process = &*(instance as *const crate::process::ProcessObject);
+            process
+                .run(&*host)
+                .map_err(|err| crate::process::encode_error(&err))
+        })
+    }
+}
+
 /// Releases a boxed `T` created by this plugin, catching a panicking `Drop`.
 ///
 /// # Safety
@@ -336,6 +382,11 @@ pub unsafe extern "C" fn init<E: Export>(
                     .map(crate::plugin::DataProvider::into_descriptor)
                     .collect(),
                 data_subscriptions: plugin.data_subscriptions(),
+                processes: plugin
+                    .processes()
+                    .into_iter()
+                    .map(crate::process::Process::into_descriptor)
+                    .collect(),
                 notify: notify_shim::<E::Plugin>,
                 export_state: export_state_shim::<E::Plugin>,
                 import_state: import_state_shim::<E::Plugin>,

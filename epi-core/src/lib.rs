@@ -26,12 +26,14 @@ mod error;
 pub mod export;
 mod loader;
 mod plugin;
+mod process;
 mod registry;
 mod snapshot;
 
 pub use data::{DataEntry, DataHandle, DataStatus, Group, Named, SourceKind};
 pub use dispatch::{Function, Opts, ServiceHandle};
 pub use dynamic::{Applied, Reply};
+pub use engine::{EngineReport, WorkerReport, WorkerState};
 pub use epi_macros::provider;
 pub use error::{Error, Failure, LoadError, ProviderError};
 pub use loader::PluginInfo;
@@ -39,6 +41,7 @@ pub use plugin::{
     DataProvider, Decision, Notification, Plugin, PluginContext, PluginState, Provider,
     ProviderVersion, Provides, SourcedValue,
 };
+pub use process::{Process, ProcessContext, ProcessError};
 pub use registry::{
     is_plugin_file, FileStatus, Registry, RegistryConfig, RegistryStatus, RetirePolicy,
     ServiceInfo, Upgrade,

@@ -79,6 +79,12 @@ pub trait Plugin: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Long-running workers the host's engine runs and supervises (restarts, dependencies).
+    /// They are stopped before this version is retired and started on the next one.
+    fn processes(&self) -> Vec<crate::process::Process> {
+        Vec::new()
+    }
+
     /// Called on the running version just before an upgrade replaces it: the state to hand
     /// to the new version (counters, caches, bookkeeping). `None` (the default) hands nothing.
     fn export_state(&self) -> Option<PluginState> {

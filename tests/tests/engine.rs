@@ -78,14 +78,6 @@ fn worker<'r>(report: &'r EngineReport, name: &str) -> &'r epi::engine::WorkerRe
     &report.workers[name]
 }
 
-fn starts(engine: &Engine, name: &str) -> u64 {
-    engine
-        .report()
-        .workers
-        .get(name)
-        .map_or(0, |w| w.start_count)
-}
-
 fn wait_started(engine: &Engine, name: &str, count: u64) {
     assert!(
         engine.wait_for(WAIT, |r| r.workers.get(name).is_some_and(|w| {

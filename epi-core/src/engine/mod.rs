@@ -30,7 +30,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 /// Why a worker or its `start` stopped.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, serde::Deserialize)]
 #[serde(tag = "kind", content = "message", rename_all = "snake_case")]
 pub enum WorkerError {
     /// An input it needs is unavailable: not restarted until an input changes.

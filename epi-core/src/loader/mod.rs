@@ -19,9 +19,10 @@ use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 
 use crate::abi::{
     DataProviderDescriptor, DataSourceDescriptor, DropFn, ExportStateFn, FunctionEntry,
-    ImportStateFn, NotifyFn, PluginDescriptor, PluginEntry, StrRef, ABI_VERSION, BUILD_INFO,
-    ENTRY_SYMBOL, MAGIC, STATUS_OK,
+    ImportStateFn, NotifyFn, PluginDescriptor, PluginEntry, ProcessDescriptor, ProcessHost, StrRef,
+    ABI_VERSION, BUILD_INFO, ENTRY_SYMBOL, MAGIC, STATUS_OK,
 };
+use crate::engine::{WorkerContext, WorkerError};
 use crate::error::LoadError;
 use crate::plugin::{Notification, PluginState};
 
@@ -62,6 +63,7 @@ pub struct LoadedPlugin {
     pub(crate) providers: Vec<LoadedProvider>,
     pub(crate) data_providers: Vec<DataProviderDescriptor>,
     pub(crate) data_subscriptions: Vec<(String, String)>,
+    pub(crate) processes: Vec<ProcessDescriptor>,
     notify: NotifyFn,
     export_state: ExportStateFn,
     import_state: ImportStateFn,
@@ -161,10 +163,87 @@ impl LoadedPlugin {
         }
     }
 
+    /// Computes process `index`'s output from its inputs' outputs.
+    pub(crate) fn process_output(
+        &self,
+        index: usize,
+        inputs: &std::collections::BTreeMap<String, serde_json::Value>,
+    ) -> Result<serde_json::Value, WorkerError> {
+        let process = &self.processes[index];
+        let text =
+            serde_json::to_vec(inputs).map_err(|err| WorkerError::Failed(err.to_string()))?;
+        let input: &[u8] = &text;
+        let mut output = Vec::new();
+        let mut error = String::new();
+        // SAFETY: the process object lives as long as `self`; the shim catches panics.
+        let status = unsafe {
+            (process.start)(
+                process.instance,
+                &input as *const &[u8] as *const c_void,
+                &mut output,
+                &mut error,
+            )
+        };
+        if status != STATUS_OK {
+            return Err(worker_error(status, error));
+        }
+        serde_json::from_slice(&output).map_err(|err| WorkerError::Failed(err.to_string()))
+    }
+
+    /// Runs process `index` on this thread until it stops.
+    pub(crate) fn process_run(
+        &self,
+        index: usize,
+        context: &WorkerContext,
+    ) -> Result<(), WorkerError> {
+        let process = &self.processes[index];
+        let host = ProcessHost {
+            context: context as *const WorkerContext as *const c_void,
+            is_stopping: process_is_stopping,
+            wait_stop: process_wait_stop,
+            set_report: process_set_report,
+        };
+        let mut error = String::new();
+        // SAFETY: `host` and `context` outlive the call; the shim catches panics.
+        let status = unsafe { (process.run)(process.instance, &host, &mut error) };
+        if status == STATUS_OK {
+            Ok(())
+        } else {
+            Err(worker_error(status, error))
+        }
+    }
+
     /// The directory of the file the plugin was loaded from.
     pub(crate) fn directory(&self) -> &Path {
         self.info.file.parent().unwrap_or(Path::new("."))
     }
+}
+
+/// A process's failure: the worker error it encoded, or a failure with its message.
+fn worker_error(status: u32, message: String) -> WorkerError {
+    if status == crate::abi::STATUS_PANICKED {
+        return WorkerError::Failed(format!("panicked: {message}"));
+    }
+    serde_json::from_str(&message).unwrap_or(WorkerError::Failed(message))
+}
+
+unsafe extern "C" fn process_is_stopping(context: *const c_void) -> bool {
+    // SAFETY: `context` is the `WorkerContext` of the running `process_run` call.
+    unsafe { (*(context as *const WorkerContext)).is_stopping() }
+}
+
+unsafe extern "C" fn process_wait_stop(context: *const c_void, timeout_ms: u64) -> bool {
+    // SAFETY: as `process_is_stopping`.
+    unsafe {
+        (*(context as *const WorkerContext)).wait_stop(std::time::Duration::from_millis(timeout_ms))
+    }
+}
+
+unsafe extern "C" fn process_set_report(context: *const c_void, json: StrRef) {
+    // SAFETY: as `process_is_stopping`; the text lives for the call.
+    let text = unsafe { json.to_string_lossy() };
+    let report = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    unsafe { (*(context as *const WorkerContext)).set_report(report) }
 }
 
 impl Drop for LoadedPlugin {
@@ -172,6 +251,10 @@ impl Drop for LoadedPlugin {
         for provider in &self.providers {
             // SAFETY: created by this plugin's `Provider::new`; released once, here.
             unsafe { (provider.drop_instance)(provider.instance) };
+        }
+        for process in &self.processes {
+            // SAFETY: created by this plugin's `Process::into_descriptor`; released once.
+            unsafe { (process.drop_instance)(process.instance) };
         }
         for data in &self.data_providers {
             if let DataSourceDescriptor::Callback {
@@ -324,6 +407,7 @@ pub(crate) fn load(
             .collect(),
         data_providers: descriptor.data_providers,
         data_subscriptions: descriptor.data_subscriptions,
+        processes: descriptor.processes,
         notify: descriptor.notify,
         export_state: descriptor.export_state,
         import_state: descriptor.import_state,

@@ -12,7 +12,7 @@ use std::sync::{Arc, Weak};
 
 use serde_json::Value;
 
-use super::{is_plugin_file, Registry, RetirePolicy};
+use super::{is_plugin_file, processes, Registry, RetirePolicy};
 use crate::data;
 use crate::error::LoadError;
 use crate::loader::{self, CheckedFile, FileIdentity, LoadedPlugin, PluginInfo};
@@ -264,8 +264,11 @@ impl Registry {
         let mut info = plugin.info.clone();
         info.priority = snapshot::plugin_priority(&self.shared.config, &plugin);
         let plugin = Arc::new(plugin);
+        let new_plugin = plugin.clone();
         let retired = match previous {
             Some(index) => {
+                // Its workers stop before the state is exported and the version retired.
+                processes::uninstall(&self.shared.engine, &state.plugins[index]);
                 // Hand-over as late as possible: calls the old version answers after this
                 // point are not in the state it exported.
                 if let Some(handed) = state.plugins[index].export_state() {
@@ -274,7 +277,7 @@ impl Registry {
                 Some(std::mem::replace(&mut state.plugins[index], plugin))
             }
             None => {
-                state.plugins.push(plugin);
+                state.plugins.push(plugin.clone());
                 None
             }
         };
@@ -289,6 +292,7 @@ impl Registry {
             },
         );
         let deliveries = self.publish(&state.plugins);
+        processes::install(&self.shared.engine, &new_plugin);
         let outcome = match retired {
             Some(old) => {
                 let mut old_info = old.info.clone();
@@ -354,6 +358,7 @@ impl Registry {
     fn unload_where(&self, matches: impl Fn(&LoadedPlugin) -> bool) -> Option<PluginInfo> {
         let mut state = self.shared.state.lock();
         let index = state.plugins.iter().position(|plugin| matches(plugin))?;
+        processes::uninstall(&self.shared.engine, &state.plugins[index]);
         let old = state.plugins.remove(index);
         state.files.remove(&old.info.file);
         let deliveries = self.publish(&state.plugins);

@@ -8,6 +8,7 @@
 //! `lifecycle` holds load, upgrade, unload and retirement; `watch` the plugin directory watcher.
 
 mod lifecycle;
+mod processes;
 mod watch;
 
 pub use lifecycle::{FileStatus, RegistryStatus, Upgrade};
@@ -22,6 +23,7 @@ use parking_lot::Mutex;
 
 use crate::data::{self, DataHandle, DataHub, DataStatus, DataWorker};
 use crate::dispatch::{Function, ServiceHandle};
+use crate::engine::{Engine, EngineConfig, EngineReport, RealClock};
 use crate::loader::{CopyDir, LoadedPlugin, PluginInfo};
 use crate::plugin::{Notification, ProviderVersion};
 use crate::snapshot::{self, Interner, Snapshot};
@@ -39,6 +41,8 @@ pub struct RegistryConfig {
     pub runtime_dir: Option<PathBuf>,
     /// What happens to a version an upgrade or unload retires.
     pub retire: RetirePolicy,
+    /// Restart timing of plugin processes.
+    pub engine: EngineConfig,
 }
 
 /// What happens to a plugin version once an upgrade replaced it or it was unloaded.
@@ -66,6 +70,8 @@ pub struct ServiceInfo {
 }
 
 pub(crate) struct Shared {
+    /// Runs plugin processes; dropped (every worker stopped) before the plugins.
+    engine: Engine,
     pub(crate) current: ArcSwap<Snapshot>,
     interner: Arc<Mutex<Interner>>,
     data: Arc<DataHub>,
@@ -114,6 +120,7 @@ impl Registry {
         let (data, data_worker) = DataHub::start(interner.clone());
         Ok(Registry {
             shared: Arc::new(Shared {
+                engine: Engine::new(config.engine, Arc::new(RealClock::default())),
                 current: ArcSwap::from_pointee(Snapshot::default()),
                 interner,
                 data,
@@ -192,6 +199,11 @@ impl Registry {
 
     pub(crate) fn intern_function(shared: &Shared, service: u32, name: &str) -> (u32, Arc<str>) {
         shared.interner.lock().function(service, name)
+    }
+
+    /// The state of every plugin process (named `app/process`).
+    pub fn process_report(&self) -> EngineReport {
+        self.shared.engine.report()
     }
 
     /// Data contributed under `service`: lock-free queries. Resolve once and reuse.

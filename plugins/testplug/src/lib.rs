@@ -105,10 +105,26 @@ pub struct DataConfig {
     interval_ms: Option<u64>,
 }
 
+/// One process's configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessConfig {
+    name: String,
+    #[serde(default)]
+    inputs: Vec<String>,
+    #[serde(default)]
+    output: Value,
+    /// Makes `run` return this error (JSON of `epi::ProcessError`) after its first tick.
+    #[serde(default)]
+    fail_with: Option<epi::ProcessError>,
+}
+
 /// The plugin's configuration.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    #[serde(default)]
+    processes: Vec<ProcessConfig>,
     #[serde(default)]
     data: Vec<DataConfig>,
     #[serde(default)]
@@ -245,6 +261,42 @@ impl Plugin for TestPlug {
                     Some(ms) => provider.interval(Duration::from_millis(ms)),
                     None => provider,
                 }
+            })
+            .collect()
+    }
+
+    fn processes(&self) -> Vec<epi::Process> {
+        self.config
+            .processes
+            .iter()
+            .map(|config| {
+                let output = config.output.clone();
+                let fail_with = config.fail_with.clone();
+                let inputs_seen = Arc::new(Mutex::new(Value::Null));
+                let seen = inputs_seen.clone();
+                epi::Process::new(config.name.clone())
+                    .inputs(config.inputs.clone())
+                    .output(move |inputs| {
+                        *seen.lock().unwrap() = serde_json::to_value(inputs).unwrap();
+                        Ok(output.clone())
+                    })
+                    .run(move |ctx| {
+                        let mut ticks = 0u64;
+                        loop {
+                            ticks += 1;
+                            ctx.set_report(&serde_json::json!({
+                                "ticks": ticks,
+                                "mark": build_mark(),
+                                "inputs": inputs_seen.lock().unwrap().clone(),
+                            }));
+                            if let Some(err) = &fail_with {
+                                return Err(err.clone());
+                            }
+                            if ctx.wait_stop(Duration::from_millis(5)) {
+                                return Ok(());
+                            }
+                        }
+                    })
             })
             .collect()
     }

@@ -1,0 +1,142 @@
+//! Plugin side of processes: long-running workers a plugin declares in
+//! [`crate::Plugin::processes`] and the host's engine supervises (see [`crate::engine`]).
+
+use std::collections::BTreeMap;
+use std::ffi::c_void;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::abi::{ProcessDescriptor, ProcessHost, StrRef, STATUS_FAILED};
+pub use crate::engine::WorkerError as ProcessError;
+
+/// What a running process can ask of the host.
+pub struct ProcessContext<'h> {
+    host: &'h ProcessHost,
+}
+
+impl ProcessContext<'_> {
+    /// True once the host asked this process to stop.
+    pub fn is_stopping(&self) -> bool {
+        // SAFETY: the host's table is valid for the duration of `run`, which outlives `self`.
+        unsafe { (self.host.is_stopping)(self.host.context) }
+    }
+
+    /// Waits until asked to stop or `timeout` passed; true when asked to stop.
+    pub fn wait_stop(&self, timeout: Duration) -> bool {
+        // SAFETY: as `is_stopping`.
+        unsafe { (self.host.wait_stop)(self.host.context, timeout.as_millis() as u64) }
+    }
+
+    /// Replaces this process's report, shown in the host's process report.
+    pub fn set_report(&self, report: &Value) {
+        let text = report.to_string();
+        // SAFETY: as `is_stopping`; the host copies the text.
+        unsafe { (self.host.set_report)(self.host.context, StrRef::new(&text)) }
+    }
+}
+
+type OutputFn = Box<dyn Fn(&BTreeMap<String, Value>) -> Result<Value, ProcessError> + Send + Sync>;
+type RunFn = Box<dyn Fn(&ProcessContext) -> Result<(), ProcessError> + Send + Sync>;
+
+/// A process object as the plugin keeps it.
+pub(crate) struct ProcessObject {
+    output: OutputFn,
+    run: RunFn,
+}
+
+/// A long-running worker, returned from [`crate::Plugin::processes`].
+///
+/// ```ignore
+/// Process::new("delivery")
+///     .inputs(["queue"])                                  // another process of this plugin
+///     .output(|inputs| Ok(json!({"ready": true})))         // what dependents receive
+///     .run(|ctx| { while !ctx.wait_stop(Duration::from_secs(1)) { /* work */ } Ok(()) })
+/// ```
+pub struct Process {
+    name: String,
+    inputs: Vec<String>,
+    output: Option<OutputFn>,
+    run: Option<RunFn>,
+}
+
+impl Process {
+    /// A process that, unless given a body, idles until stopped.
+    pub fn new(name: impl Into<String>) -> Self {
+        Process {
+            name: name.into(),
+            inputs: Vec::new(),
+            output: None,
+            run: None,
+        }
+    }
+
+    /// Workers this one needs running: `name` for one of this plugin, `app/name` for another
+    /// plugin's. It starts when all run and restarts when one restarts.
+    pub fn inputs<I, S>(mut self, inputs: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.inputs = inputs.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Computes, from the inputs' outputs (by input name), what dependents receive. An error
+    /// is handled as the engine handles a worker error (e.g. `Missing` waits for an input
+    /// change).
+    pub fn output(
+        mut self,
+        output: impl Fn(&BTreeMap<String, Value>) -> Result<Value, ProcessError> + Send + Sync + 'static,
+    ) -> Self {
+        self.output = Some(Box::new(output));
+        self
+    }
+
+    /// The body: runs until `ctx` says stop (return `Ok`) or fails.
+    pub fn run(
+        mut self,
+        run: impl Fn(&ProcessContext) -> Result<(), ProcessError> + Send + Sync + 'static,
+    ) -> Self {
+        self.run = Some(Box::new(run));
+        self
+    }
+
+    pub(crate) fn into_descriptor(self) -> ProcessDescriptor {
+        let object = ProcessObject {
+            output: self.output.unwrap_or_else(|| Box::new(|_| Ok(Value::Null))),
+            run: self.run.unwrap_or_else(|| {
+                Box::new(|context| {
+                    while !context.wait_stop(Duration::from_secs(3600)) {}
+                    Ok(())
+                })
+            }),
+        };
+        ProcessDescriptor {
+            name: self.name,
+            inputs: self.inputs,
+            instance: Box::into_raw(Box::new(object)) as *mut c_void,
+            start: crate::export::process_start_shim,
+            run: crate::export::process_run_shim,
+            drop_instance: crate::export::drop_shim::<ProcessObject>,
+        }
+    }
+}
+
+impl ProcessObject {
+    pub(crate) fn output(&self, inputs: &BTreeMap<String, Value>) -> Result<Value, ProcessError> {
+        (self.output)(inputs)
+    }
+
+    pub(crate) fn run(&self, host: &ProcessHost) -> Result<(), ProcessError> {
+        (self.run)(&ProcessContext { host })
+    }
+}
+
+/// Encodes a process error for the boundary.
+pub(crate) fn encode_error(err: &ProcessError) -> (u32, String) {
+    (
+        STATUS_FAILED,
+        serde_json::to_string(err).unwrap_or_else(|_| err.to_string()),
+    )
+}
