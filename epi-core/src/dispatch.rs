@@ -352,6 +352,9 @@ fn call_into<A, O>(
     output: &mut MaybeUninit<O>,
 ) -> Result<(), ProviderError> {
     let mut error = String::new();
+    if provider.count_calls {
+        provider.counters.calls.fetch_add(1, Ordering::Relaxed);
+    }
     // SAFETY: the provider's declared types match `A` and `O` (checked by the caller), its
     // plugin is mapped while the snapshot lives, and the shim writes `output` only on OK.
     let status = unsafe {
@@ -372,6 +375,11 @@ fn call_into<A, O>(
 /// Builds the error for a status other than OK.
 #[cold]
 pub(crate) fn failure(provider: &ProviderCall, status: u32, message: String) -> ProviderError {
+    let counter = match status {
+        STATUS_PANICKED => &provider.counters.panics,
+        _ => &provider.counters.errors,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
     let failure = match status {
         STATUS_FAILED => Failure::Failed(message),
         STATUS_PANICKED => Failure::Panicked(message),

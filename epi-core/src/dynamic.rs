@@ -67,6 +67,12 @@ impl Applied {
 fn call_json(provider: &ProviderCall, input: &[u8]) -> Result<Vec<u8>, ProviderError> {
     let mut output = Vec::new();
     let mut error = String::new();
+    if provider.count_calls {
+        provider
+            .counters
+            .calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     // SAFETY: the JSON shim takes `*const &[u8]` and `*mut Vec<u8>`; the plugin is mapped while
     // the snapshot lives.
     let status = unsafe {

@@ -24,6 +24,7 @@ mod dynamic;
 pub mod engine;
 mod error;
 pub mod export;
+pub mod http;
 mod loader;
 mod plugin;
 mod process;
@@ -43,8 +44,8 @@ pub use plugin::{
 };
 pub use process::{Process, ProcessContext, ProcessError};
 pub use registry::{
-    is_plugin_file, FileStatus, Registry, RegistryConfig, RegistryStatus, RetirePolicy,
-    ServiceInfo, Upgrade,
+    is_plugin_file, FileStatus, ProviderCounters, Registry, RegistryConfig, RegistryStatus,
+    RetirePolicy, ServiceInfo, Upgrade,
 };
 
 /// Logging from plugin code: records go to the host's `tracing` subscriber.

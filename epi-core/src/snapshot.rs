@@ -56,8 +56,20 @@ impl Interner {
     }
 }
 
+/// Calls, errors and panics of one provider function. Shared by every snapshot the
+/// provider's version appears in; a new version starts from zero.
+#[derive(Default, Debug)]
+pub(crate) struct Counters {
+    pub(crate) calls: std::sync::atomic::AtomicU64,
+    pub(crate) errors: std::sync::atomic::AtomicU64,
+    pub(crate) panics: std::sync::atomic::AtomicU64,
+}
+
 /// One provider function as a call sees it.
 pub(crate) struct ProviderCall {
+    pub(crate) counters: Arc<Counters>,
+    /// Whether calls are counted (`RegistryConfig::count_calls`); failures always are.
+    pub(crate) count_calls: bool,
     pub(crate) plugin: Arc<str>,
     pub(crate) provider: Arc<str>,
     pub(crate) service: Arc<str>,
@@ -190,7 +202,7 @@ pub(crate) fn build(
             let (service_id, service_name) = interner.service(&provider.service);
             let index = slot(&mut services, service_id);
             let priority = provider.priority.unwrap_or(default_priority);
-            for function in &provider.functions {
+            for (function_index, function) in provider.functions.iter().enumerate() {
                 let (function_id, function_name) = interner.function(service_id, &function.name);
                 services[index]
                     .functions
@@ -200,6 +212,8 @@ pub(crate) fn build(
                 lists.entry(function_id).or_default().push((
                     key,
                     ProviderCall {
+                        counters: provider.counters[function_index].clone(),
+                        count_calls: config.count_calls,
                         plugin: plugin.app.clone(),
                         provider: provider.label.clone(),
                         service: service_name.clone(),

@@ -12,7 +12,7 @@ pub const PLUGINS: &[&str] = &[
     "epi-plugin-hello",
     "epi-plugin-greeter-fr",
     "epi-plugin-testplug",
-    "epi-plugin-no-entry",
+    "epi-fixture-no-entry",
 ];
 
 /// The `target/<profile>` directory the running executable was built into.

@@ -85,7 +85,7 @@ fn truncated_libraries_are_refused_not_fatal() {
 #[test]
 fn library_without_entry_symbol_is_refused() {
     let dir = plugin_dir();
-    let path = install(dir.path(), "epi-plugin-no-entry", "no-entry.so");
+    let path = install(dir.path(), "epi-fixture-no-entry", "no-entry.so");
     let registry = registry(&[]);
     let err = registry.load(&path).unwrap_err();
     assert!(matches!(err, LoadError::NoEntry { .. }), "{err}");

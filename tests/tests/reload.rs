@@ -204,7 +204,7 @@ fn every_bad_build_during_an_upgrade_leaves_the_old_version_answering() {
     let at = epi::abi::BUILD_INFO.find("rustc ").unwrap() + 6;
     other[at] = if other[at] == b'9' { b'8' } else { b'9' };
     assert_eq!(patch(&mut compiler, info, &other), 1);
-    let no_entry = library_bytes("epi-plugin-no-entry");
+    let no_entry = library_bytes("epi-fixture-no-entry");
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("empty", Vec::new(), "empty"),
         (

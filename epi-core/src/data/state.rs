@@ -19,7 +19,8 @@ use crate::snapshot::Interner;
 pub(crate) const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// What kind of source an entry reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SourceKind {
     /// A JSON or TOML file.
     File,
@@ -30,7 +31,7 @@ pub enum SourceKind {
 }
 
 /// One data source as the registry status shows it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct DataStatus {
     /// The service.
     pub service: String,

@@ -27,7 +27,7 @@ use crate::error::LoadError;
 use crate::plugin::{Notification, PluginState};
 
 /// What a host knows about a loaded plugin.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct PluginInfo {
     /// Application name.
     pub app: String,
@@ -51,6 +51,8 @@ pub(crate) struct LoadedProvider {
     pub(crate) instance: *mut c_void,
     drop_instance: DropFn,
     pub(crate) functions: Vec<FunctionEntry>,
+    /// One per function, in the same order.
+    pub(crate) counters: Vec<Arc<crate::snapshot::Counters>>,
 }
 
 /// A plugin library mapped into the process, with the objects its `init` created.
@@ -402,6 +404,7 @@ pub(crate) fn load(
                 priority: provider.priority,
                 instance: provider.instance,
                 drop_instance: provider.drop_instance,
+                counters: provider.functions.iter().map(|_| Arc::default()).collect(),
                 functions: provider.functions,
             })
             .collect(),

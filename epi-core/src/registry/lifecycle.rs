@@ -12,7 +12,7 @@ use std::sync::{Arc, Weak};
 
 use serde_json::Value;
 
-use super::{is_plugin_file, processes, Registry, RetirePolicy};
+use super::{processes, Registry, RetirePolicy};
 use crate::data;
 use crate::error::LoadError;
 use crate::loader::{self, CheckedFile, FileIdentity, LoadedPlugin, PluginInfo};
@@ -52,7 +52,8 @@ pub(crate) struct State {
 }
 
 /// What an upgrade did.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Upgrade {
     /// The file has the identity or content already loaded: nothing was done.
     Unchanged,
@@ -70,7 +71,7 @@ pub enum Upgrade {
 }
 
 /// A plugin file as the status shows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct FileStatus {
     /// The file.
     pub path: PathBuf,
@@ -81,7 +82,7 @@ pub struct FileStatus {
 }
 
 /// The registry's state for operators.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct RegistryStatus {
     /// Loaded plugins in dispatch order.
     pub plugins: Vec<PluginInfo>,
@@ -145,21 +146,32 @@ impl Registry {
         }
     }
 
-    /// Loads every `*.so` file of `dir`, in file name order. Returns one result per file; a file
-    /// that fails does not stop the others.
+    /// Loads every plugin file of `dir` (see [`crate::RegistryConfig::file_pattern`]), in
+    /// file name order. Returns one result per file; a file that fails does not stop the
+    /// others.
     pub fn load_dir(
         &self,
         dir: impl AsRef<Path>,
     ) -> std::io::Result<Vec<(PathBuf, Result<PluginInfo, LoadError>)>> {
+        self.load_dir_with_config(dir, |_| Value::Null)
+    }
+
+    /// As [`Registry::load_dir`], handing each plugin the configuration `config_for` gives
+    /// its file.
+    pub fn load_dir_with_config(
+        &self,
+        dir: impl AsRef<Path>,
+        config_for: impl Fn(&Path) -> Value,
+    ) -> std::io::Result<Vec<(PathBuf, Result<PluginInfo, LoadError>)>> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir.as_ref())?
             .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-            .filter(|path| is_plugin_file(path))
+            .filter(|path| self.matches_pattern(path) && path.is_file())
             .collect();
         files.sort();
         Ok(files
             .into_iter()
             .map(|path| {
-                let result = self.load(&path);
+                let result = self.load_with_config(&path, &config_for(&path));
                 if let Err(err) = &result {
                     tracing::warn!("{err}");
                 }
@@ -380,7 +392,7 @@ impl Registry {
                 paths.extend(
                     entries
                         .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-                        .filter(|path| is_plugin_file(path)),
+                        .filter(|path| self.matches_pattern(path) && path.is_file()),
                 );
             }
         }

@@ -43,6 +43,31 @@ pub struct RegistryConfig {
     pub retire: RetirePolicy,
     /// Restart timing of plugin processes.
     pub engine: EngineConfig,
+    /// Plugin file names loaded from directories and followed by the watcher: a glob where
+    /// `*` matches any run of characters (default `*.so`). Dotfiles never match.
+    pub file_pattern: Option<String>,
+    /// Count every provider call in [`Registry::counters`] (errors and panics are always
+    /// counted). Off by default: a shared counter per call costs cross-core traffic.
+    pub count_calls: bool,
+}
+
+/// Calls, errors and panics of one provider function since its version was loaded.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ProviderCounters {
+    /// The plugin's app name.
+    pub plugin: String,
+    /// The provider's label.
+    pub provider: String,
+    /// The service.
+    pub service: String,
+    /// The function.
+    pub function: String,
+    /// Calls (counted only with `RegistryConfig::count_calls`).
+    pub calls: u64,
+    /// Calls that returned an error.
+    pub errors: u64,
+    /// Calls that panicked.
+    pub panics: u64,
 }
 
 /// What happens to a plugin version once an upgrade replaced it or it was unloaded.
@@ -59,7 +84,7 @@ pub enum RetirePolicy {
 }
 
 /// A service and its providers, in call order (for inspection).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ServiceInfo {
     /// Service name.
     pub name: String,
@@ -201,6 +226,28 @@ impl Registry {
         shared.interner.lock().function(service, name)
     }
 
+    /// Per provider function counters, sorted by service, function, then call order.
+    pub fn counters(&self) -> Vec<ProviderCounters> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let snapshot = self.shared.current.load();
+        let mut rows: Vec<ProviderCounters> = snapshot
+            .functions
+            .iter()
+            .flat_map(|list| list.iter())
+            .map(|call| ProviderCounters {
+                plugin: call.plugin.to_string(),
+                provider: call.provider.to_string(),
+                service: call.service.to_string(),
+                function: call.function.to_string(),
+                calls: call.counters.calls.load(Relaxed),
+                errors: call.counters.errors.load(Relaxed),
+                panics: call.counters.panics.load(Relaxed),
+            })
+            .collect();
+        rows.sort_by(|a, b| (&a.service, &a.function).cmp(&(&b.service, &b.function)));
+        rows
+    }
+
     /// The state of every plugin process (named `app/process`).
     pub fn process_report(&self) -> EngineReport {
         self.shared.engine.report()
@@ -295,12 +342,60 @@ fn provider_changes(old: &Snapshot, new: &Snapshot) -> Vec<(Arc<LoadedPlugin>, N
 /// Whether `path` names a plugin library: a `.so` file that is not a dotfile (writers'
 /// temporary names start with a dot or end in something else).
 pub fn is_plugin_file(path: &Path) -> bool {
-    is_plugin_name(path) && path.is_file()
+    is_plugin_name(path, "*.so") && path.is_file()
 }
 
-/// The name test of [`is_plugin_file`], for paths that may no longer exist.
-pub(crate) fn is_plugin_name(path: &Path) -> bool {
+/// Whether a file name matches `pattern` (`*` matches any run of characters) and is not a
+/// dotfile. Works for paths that no longer exist.
+pub(crate) fn is_plugin_name(path: &Path, pattern: &str) -> bool {
     path.file_name()
         .and_then(|name| name.to_str())
-        .is_some_and(|name| !name.starts_with('.') && name.ends_with(".so"))
+        .is_some_and(|name| !name.starts_with('.') && glob_match(pattern, name))
+}
+
+/// Matches `name` against `pattern`, where `*` matches any run of characters.
+fn glob_match(pattern: &str, name: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+impl Registry {
+    /// Whether the registry treats `path` as a plugin file (see
+    /// [`RegistryConfig::file_pattern`]).
+    pub(crate) fn matches_pattern(&self, path: &Path) -> bool {
+        let pattern = self.shared.config.file_pattern.as_deref().unwrap_or("*.so");
+        is_plugin_name(path, pattern)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("*.so", "libx.so"));
+        assert!(!glob_match("*.so", "libx.so.tmp"));
+        assert!(glob_match("libepi_plugin_*.so", "libepi_plugin_hello.so"));
+        assert!(!glob_match("libepi_plugin_*.so", "libepi_macros.so"));
+        assert!(glob_match("a*b*c", "aXXbYYc"));
+        assert!(!glob_match("a*b*c", "aXXcYYb"));
+        assert!(glob_match("exact.so", "exact.so"));
+        assert!(!glob_match("exact.so", "exact.so2"));
+        assert!(!glob_match("ab*ba", "aba"));
+    }
 }

@@ -16,7 +16,7 @@ use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 
 use super::lifecycle::Upgrade;
-use super::{is_plugin_file, is_plugin_name, Registry, Shared};
+use super::{Registry, Shared};
 use crate::error::LoadError;
 
 /// The watcher and the directories it watches. Dropping it ends the `epi-reload` thread.
@@ -38,7 +38,7 @@ fn is_finished_change(kind: &EventKind) -> bool {
 }
 
 impl DirWatcher {
-    fn start(registry: Weak<Shared>) -> std::io::Result<Self> {
+    fn start(registry: Weak<Shared>, pattern: String) -> std::io::Result<Self> {
         let (sender, receiver) = mpsc::channel::<Vec<PathBuf>>();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             let Ok(event) = event else { return };
@@ -48,7 +48,7 @@ impl DirWatcher {
             let paths: Vec<PathBuf> = event
                 .paths
                 .into_iter()
-                .filter(|path| is_plugin_name(path))
+                .filter(|path| super::is_plugin_name(path, &pattern))
                 .collect();
             if !paths.is_empty() {
                 let _ = sender.send(paths);
@@ -98,7 +98,11 @@ impl Registry {
         {
             let mut guard = self.shared.watcher.lock();
             if guard.is_none() {
-                *guard = Some(DirWatcher::start(Arc::downgrade(&self.shared))?);
+                let pattern = self.shared.config.file_pattern.clone();
+                *guard = Some(DirWatcher::start(
+                    Arc::downgrade(&self.shared),
+                    pattern.unwrap_or_else(|| "*.so".into()),
+                )?);
             }
             let watcher = guard.as_mut().expect("just started");
             if !watcher.dirs.contains(&dir) {
@@ -111,7 +115,7 @@ impl Registry {
         }
         let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)?
             .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-            .filter(|path| is_plugin_file(path))
+            .filter(|path| self.matches_pattern(path) && path.is_file())
             .collect();
         files.sort();
         Ok(files

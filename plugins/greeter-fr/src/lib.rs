@@ -1,5 +1,6 @@
 //! Example plugin: provides the `greeting` service (defined by `hello`) in French.
 
+use epi::http::{HttpRequest, HttpResponse};
 use epi::{Decision, Plugin, Provider};
 
 /// The plugin object.
@@ -11,8 +12,15 @@ impl Plugin for GreeterFr {
         "greeter-fr".into()
     }
 
+    fn services(&self) -> Vec<String> {
+        vec![epi::http::SERVICE.into()]
+    }
+
     fn providers(&self) -> Vec<Provider> {
-        vec![Provider::new("greeting", French)]
+        vec![
+            Provider::new("greeting", French),
+            Provider::new(epi::http::SERVICE, FrenchWeb),
+        ]
     }
 }
 
@@ -32,6 +40,22 @@ impl French {
             Decision::Decided("français".into())
         } else {
             Decision::NoDecision
+        }
+    }
+}
+
+/// HTTP route: `GET /bonjour/{name}`.
+pub struct FrenchWeb;
+
+#[epi::provider]
+impl FrenchWeb {
+    /// Answers `/bonjour/{name}`; leaves every other request to other plugins.
+    pub fn handle(&self, request: &HttpRequest) -> Decision<HttpResponse> {
+        match (request.method.as_str(), request.segments().as_slice()) {
+            ("GET", ["bonjour", name]) => {
+                Decision::Decided(HttpResponse::text(format!("Bonjour, {name} !")))
+            }
+            _ => Decision::NoDecision,
         }
     }
 }

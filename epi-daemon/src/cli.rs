@@ -1,0 +1,453 @@
+//! Commands other than `serve`: against a running daemon's admin routes when one is given,
+//! else against plugins loaded in-process. Both paths produce the same JSON; tables are drawn
+//! from it unless `--json` asks for it as is.
+
+use std::process::ExitCode;
+
+use epi::{Opts, Registry};
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::registry::open_registry;
+use crate::{Command, DataQuery};
+
+/// The call failed (unknown service, provider error, bad arguments).
+pub const EXIT_CALL: u8 = 1;
+/// The configuration or a plugin file could not be used.
+pub const EXIT_CONFIG: u8 = 3;
+/// The daemon could not be reached.
+pub const EXIT_DAEMON: u8 = 4;
+
+/// A failed command: what to print and the exit code.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn call(message: impl std::fmt::Display) -> Self {
+        Failure {
+            code: EXIT_CALL,
+            message: message.to_string(),
+        }
+    }
+}
+
+/// Where commands run.
+enum Backend {
+    Local(Registry),
+    Remote(String),
+}
+
+impl Backend {
+    fn get(&self, route: &str, local: impl FnOnce(&Registry) -> Value) -> Result<Value, Failure> {
+        match self {
+            Backend::Local(registry) => Ok(local(registry)),
+            Backend::Remote(base) => remote(ureq::get(&format!("{base}{route}")).call()),
+        }
+    }
+
+    fn post(
+        &self,
+        route: &str,
+        body: Value,
+        local: impl FnOnce(&Registry) -> Result<Value, Failure>,
+    ) -> Result<Value, Failure> {
+        match self {
+            Backend::Local(registry) => local(registry),
+            Backend::Remote(base) => remote(ureq::post(&format!("{base}{route}")).send_json(body)),
+        }
+    }
+}
+
+fn remote(response: Result<ureq::Response, ureq::Error>) -> Result<Value, Failure> {
+    match response {
+        Ok(response) => response.into_json().map_err(|err| Failure {
+            code: EXIT_DAEMON,
+            message: format!("unreadable answer from the daemon: {err}"),
+        }),
+        Err(ureq::Error::Status(_, response)) => {
+            let body: Value = response.into_json().unwrap_or(Value::Null);
+            Err(Failure::call(
+                body["error"]
+                    .as_str()
+                    .unwrap_or("the daemon refused the request"),
+            ))
+        }
+        Err(err) => Err(Failure {
+            code: EXIT_DAEMON,
+            message: format!("cannot reach the daemon: {err}"),
+        }),
+    }
+}
+
+/// Runs a command and prints its result.
+pub fn run(command: Command, config: &Config, daemon: Option<&str>, as_json: bool) -> ExitCode {
+    let outcome = match command {
+        Command::Inspect { file } => inspect(&file),
+        command => backend(config, daemon).and_then(|backend| execute(&backend, command)),
+    };
+    match outcome {
+        Ok((value, table)) => {
+            if as_json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&value).unwrap_or_default()
+                );
+            } else {
+                print!("{table}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(failure) => {
+            eprintln!("epi: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+fn backend(config: &Config, daemon: Option<&str>) -> Result<Backend, Failure> {
+    match daemon {
+        Some(url) => Ok(Backend::Remote(url.trim_end_matches('/').to_owned())),
+        None => open_registry(config, false)
+            .map(Backend::Local)
+            .map_err(|err| Failure {
+                code: EXIT_CONFIG,
+                message: err.to_string(),
+            }),
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: T) -> Value {
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+fn parse_args(args: &str) -> Result<Value, Failure> {
+    serde_json::from_str(args).map_err(|err| Failure::call(format!("--args is not JSON: {err}")))
+}
+
+/// Runs a command on a backend: its JSON and its table.
+fn execute(backend: &Backend, command: Command) -> Result<(Value, String), Failure> {
+    match command {
+        Command::Serve | Command::Inspect { .. } => unreachable!("handled by the caller"),
+        Command::List => {
+            let status = backend.get("/_epi/plugins", |r| to_json(r.status()))?;
+            Ok((status.clone(), plugins_table(&status)))
+        }
+        Command::Apply {
+            service,
+            function,
+            args,
+            ignore_errors,
+            concurrent,
+            pipe,
+        } => {
+            let args = parse_args(&args)?;
+            let opts = Opts {
+                ignore_errors,
+                concurrent,
+                pipe,
+            };
+            let body =
+                json!({"service": service, "function": function, "args": args, "opts": opts});
+            let value = backend.post("/_epi/apply", body, |r| {
+                r.apply_json(&service, &function, &args, opts)
+                    .map(|applied| json!({"result": applied.to_json(ignore_errors)}))
+                    .map_err(Failure::call)
+            })?;
+            let table = match &value["result"] {
+                Value::Array(items) if !pipe => {
+                    items.iter().map(|item| format!("{item}\n")).collect()
+                }
+                other => format!("{other}\n"),
+            };
+            Ok((value, table))
+        }
+        Command::Decide {
+            service,
+            function,
+            args,
+            ignore_errors,
+        } => {
+            let args = parse_args(&args)?;
+            let opts = Opts {
+                ignore_errors,
+                ..Opts::new()
+            };
+            let body =
+                json!({"service": service, "function": function, "args": args, "opts": opts});
+            let value = backend.post("/_epi/decide", body, |r| {
+                r.decide_json(&service, &function, &args, opts)
+                    .map(|decision| json!({"result": decision}))
+                    .map_err(Failure::call)
+            })?;
+            let table = match &value["result"] {
+                Value::Object(decided) => format!(
+                    "decided: {}\n",
+                    decided.get("decided").unwrap_or(&Value::Null)
+                ),
+                _ => "no decision\n".to_owned(),
+            };
+            Ok((value, table))
+        }
+        Command::Data { query } => data(backend, query),
+        Command::Report => {
+            let report = backend.get("/_epi/processes", |r| to_json(r.process_report()))?;
+            Ok((report.clone(), report_table(&report)))
+        }
+        Command::Reload { plugin } => {
+            let value = backend.post("/_epi/reload", Value::Null, |r| {
+                let files: Vec<Value> = r
+                    .reload()
+                    .into_iter()
+                    .map(|(path, result)| match result {
+                        Ok(outcome) => json!({"file": path, "result": outcome}),
+                        Err(err) => json!({"file": path, "error": err.to_string()}),
+                    })
+                    .collect();
+                Ok(json!({"files": files, "data_notifications": r.reload_data()}))
+            })?;
+            let mut table = String::new();
+            for file in value["files"].as_array().into_iter().flatten() {
+                let app = file["result"]["new"]["app"]
+                    .as_str()
+                    .or(file["result"]["app"].as_str());
+                if plugin.as_deref().is_some_and(|wanted| app != Some(wanted)) {
+                    continue;
+                }
+                let outcome = file["result"]["outcome"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .or_else(|| file["error"].as_str().map(|e| format!("error: {e}")))
+                    .unwrap_or_default();
+                table.push_str(&format!(
+                    "{}\t{outcome}\n",
+                    file["file"].as_str().unwrap_or("?")
+                ));
+            }
+            Ok((value, table))
+        }
+    }
+}
+
+fn data(backend: &Backend, query: DataQuery) -> Result<(Value, String), Failure> {
+    let pairs = |pairs: Vec<epi::Named>| -> Value {
+        pairs
+            .into_iter()
+            .map(|(name, value)| json!([&*name, &*value]))
+            .collect()
+    };
+    let groups = |groups: Vec<epi::Group>| -> Value {
+        Value::Object(
+            groups
+                .into_iter()
+                .map(|(name, members)| (name.to_string(), pairs(members)))
+                .collect(),
+        )
+    };
+    let value = match &query {
+        DataQuery::Keys { service } => backend.get(&format!("/_epi/data/{service}/keys"), |r| {
+            to_json(r.data(service).keys())
+        })?,
+        DataQuery::Get { service, key } => backend
+            .get(&format!("/_epi/data/{service}/get/{key}"), |r| {
+                to_json(r.data(service).get(key))
+            })?,
+        DataQuery::ByKey {
+            service,
+            key: Some(key),
+        } => backend.get(&format!("/_epi/data/{service}/by-key/{key}"), |r| {
+            pairs(r.data(service).by_key(key))
+        })?,
+        DataQuery::ByKey { service, key: None } => backend
+            .get(&format!("/_epi/data/{service}/by-key"), |r| {
+                groups(r.data(service).by_key_all())
+            })?,
+        DataQuery::BySource {
+            service,
+            source: Some(source),
+        } => backend.get(&format!("/_epi/data/{service}/by-source/{source}"), |r| {
+            pairs(r.data(service).by_source(source))
+        })?,
+        DataQuery::BySource {
+            service,
+            source: None,
+        } => backend.get(&format!("/_epi/data/{service}/by-source"), |r| {
+            groups(r.data(service).by_source_all())
+        })?,
+        DataQuery::Status => backend.get("/_epi/data", |r| to_json(r.data_status()))?,
+    };
+    let table = match &value {
+        Value::Array(items) => items
+            .iter()
+            .map(|item| match item {
+                Value::Array(pair) if pair.len() == 2 => {
+                    format!("{}\t{}\n", pair[0].as_str().unwrap_or("?"), pair[1])
+                }
+                Value::String(text) => format!("{text}\n"),
+                other => format!("{other}\n"),
+            })
+            .collect(),
+        Value::Object(groups) => groups
+            .iter()
+            .flat_map(|(name, members)| {
+                members.as_array().into_iter().flatten().map(move |pair| {
+                    format!("{name}\t{}\t{}\n", pair[0].as_str().unwrap_or("?"), pair[1])
+                })
+            })
+            .collect(),
+        other => format!("{other}\n"),
+    };
+    Ok((value, table))
+}
+
+/// Columns padded to their widest cell.
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut text: String = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}  "))
+            .collect();
+        text.truncate(text.trim_end().len());
+        text + "\n"
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        out.push_str(&line(row));
+    }
+    out
+}
+
+fn plugins_table(status: &Value) -> String {
+    let rows = status["plugins"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            vec![
+                p["app"].as_str().unwrap_or("?").to_owned(),
+                p["version"].as_str().unwrap_or("?").to_owned(),
+                p["priority"].to_string(),
+                p["services"]
+                    .as_array()
+                    .map(|s| {
+                        s.iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .unwrap_or_default(),
+                p["file"].as_str().unwrap_or("?").to_owned(),
+            ]
+        })
+        .collect();
+    let mut out = table(&["APP", "VERSION", "PRIORITY", "SERVICES", "FILE"], rows);
+    for file in status["files"].as_array().into_iter().flatten() {
+        if let Some(error) = file["error"].as_str() {
+            out.push_str(&format!("error: {error}\n"));
+        }
+    }
+    out
+}
+
+fn report_table(report: &Value) -> String {
+    let rows = report["workers"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(name, w)| {
+            vec![
+                name.clone(),
+                w["state"].as_str().unwrap_or("?").to_owned(),
+                w["start_count"].to_string(),
+                w["inputs"]
+                    .as_array()
+                    .map(|i| {
+                        i.iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .unwrap_or_default(),
+                if w["last_error"].is_null() {
+                    String::new()
+                } else {
+                    w["last_error"].to_string()
+                },
+            ]
+        })
+        .collect();
+    format!(
+        "engine: {}\n{}",
+        report["state"].as_str().unwrap_or("?"),
+        table(
+            &["PROCESS", "STATE", "STARTS", "INPUTS", "LAST ERROR"],
+            rows
+        )
+    )
+}
+
+/// `epi inspect FILE`: the loader's checks (ABI, toolchain, trust) run before any plugin code;
+/// only a compatible plugin is initialised to describe its services and data.
+fn inspect(file: &std::path::Path) -> Result<(Value, String), Failure> {
+    let registry = Registry::new(epi::RegistryConfig::default()).map_err(|err| Failure {
+        code: EXIT_CONFIG,
+        message: err.to_string(),
+    })?;
+    let info = registry.load(file).map_err(|err| Failure {
+        code: EXIT_CONFIG,
+        message: format!("incompatible: {err}"),
+    })?;
+    let services = registry.services();
+    let data = registry.data_status();
+    let processes = registry.process_report();
+    let value = json!({
+        "plugin": info,
+        "compatible": true,
+        "build": epi::abi::BUILD_INFO,
+        "abi_version": epi::abi::ABI_VERSION,
+        "services": services,
+        "data": data,
+        "processes": processes.workers.keys().collect::<Vec<_>>(),
+    });
+    let mut text = format!(
+        "app:        {}\nversion:    {}\nfile:       {}\nhash:       {:016x}\ncompatible: yes (ABI {}, {})\n",
+        info.app,
+        info.version,
+        info.file.display(),
+        info.content_hash,
+        epi::abi::ABI_VERSION,
+        epi::abi::BUILD_INFO
+    );
+    text.push_str(&format!("defines:    {}\n", info.services.join(", ")));
+    for service in &services {
+        for (function, providers) in &service.functions {
+            let names: Vec<&str> = providers
+                .iter()
+                .map(|(_, provider)| provider.as_str())
+                .collect();
+            text.push_str(&format!(
+                "provides:   {}.{function} ({})\n",
+                service.name,
+                names.join(", ")
+            ));
+        }
+    }
+    for source in &data {
+        text.push_str(&format!(
+            "data:       {}/{} ({:?})\n",
+            source.service, source.key, source.kind
+        ));
+    }
+    for name in processes.workers.keys() {
+        text.push_str(&format!("process:    {name}\n"));
+    }
+    Ok((value, text))
+}

@@ -1,0 +1,44 @@
+//! Builds the registry the daemon and the in-process CLI use, from the configuration.
+
+use epi::{Registry, RegistryConfig, RetirePolicy};
+
+use crate::config::{Config, Retire};
+
+/// A registry with the configured plugins loaded (a file that fails is logged and skipped)
+/// and, when `watch` is set, their directories followed.
+pub fn open_registry(
+    config: &Config,
+    watch: bool,
+) -> Result<Registry, Box<dyn std::error::Error + Send + Sync>> {
+    let registry = Registry::new(RegistryConfig {
+        order: config.plugins.order.clone(),
+        priorities: config.plugins.priorities.clone(),
+        runtime_dir: config.data.dir.clone(),
+        retire: match config.plugins.retire {
+            Retire::Unload => RetirePolicy::Unload,
+            Retire::KeepLoaded => RetirePolicy::KeepLoaded,
+        },
+        file_pattern: Some(config.plugins.pattern.clone()),
+        count_calls: true,
+        ..RegistryConfig::default()
+    })?;
+    for dir in config.plugin_dirs() {
+        match registry.load_dir_with_config(&dir, |file| config.plugin_config(file)) {
+            Ok(results) => {
+                for (_, result) in results {
+                    if let Ok(info) = result {
+                        tracing::info!(app = %info.app, version = %info.version, "loaded");
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::warn!(dir = %dir.display(), "cannot read the plugin directory: {err}");
+                continue;
+            }
+        }
+        if watch && config.plugins.watch {
+            registry.watch(&dir)?;
+        }
+    }
+    Ok(registry)
+}

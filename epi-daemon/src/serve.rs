@@ -1,0 +1,366 @@
+//! `epi serve`: loads and watches the plugins, runs their processes, and serves HTTP.
+//!
+//! Every request outside `/_epi/` is routed the way CouchDB routes its handlers through
+//! couch_epi: a `decide` over the `http` service's `handle` function; the first plugin that
+//! decides answers, none gives a JSON 404. `/_epi/` holds the admin routes.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path as UrlPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use epi::http::{HttpBody, HttpRequest, HttpResponse};
+use epi::{Decision, Error, Function, Opts, Registry};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::registry::open_registry;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    registry: Registry,
+    handle: Arc<Function<HttpRequest, Decision<HttpResponse>>>,
+    next_chunk: Arc<Function<u64, Decision<Option<Vec<u8>>>>>,
+    max_body: usize,
+}
+
+/// A JSON error response.
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, Json(json!({"error": message.to_string()}))).into_response()
+}
+
+/// The router: admin routes, then everything else to the plugins.
+pub fn router(registry: Registry, max_body: usize) -> Router {
+    let state = AppState {
+        handle: Arc::new(registry.function(epi::http::SERVICE, epi::http::HANDLE)),
+        next_chunk: Arc::new(registry.function(epi::http::SERVICE, epi::http::NEXT_CHUNK)),
+        registry,
+        max_body,
+    };
+    Router::new()
+        .route("/_epi/plugins", get(plugins))
+        .route("/_epi/services", get(services))
+        .route("/_epi/data", get(data_status))
+        .route("/_epi/data/{service}/keys", get(data_keys))
+        .route("/_epi/data/{service}/get/{key}", get(data_get))
+        .route("/_epi/data/{service}/by-key", get(data_by_key_all))
+        .route("/_epi/data/{service}/by-key/{key}", get(data_by_key))
+        .route("/_epi/data/{service}/by-source", get(data_by_source_all))
+        .route(
+            "/_epi/data/{service}/by-source/{source}",
+            get(data_by_source),
+        )
+        .route("/_epi/processes", get(processes))
+        .route("/_epi/counters", get(counters))
+        .route("/_epi/reload", post(reload))
+        .route("/_epi/apply", post(apply))
+        .route("/_epi/decide", post(decide))
+        .fallback(route_to_plugins)
+        .with_state(state)
+}
+
+/// Runs the daemon until SIGINT or SIGTERM; SIGHUP reloads plugins and data.
+pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let registry = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || open_registry(&config, true)
+    })
+    .await??;
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .map_err(|err| format!("cannot listen on {}: {err}", config.http.listen))?;
+    let address = listener.local_addr()?;
+    println!("epi listening on http://{address}");
+    tracing::info!(%address, plugins = registry.plugins().len(), "serving");
+
+    tokio::spawn(reload_on_hangup(registry.clone()));
+    let app = router(registry.clone(), config.http.max_body_bytes);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    tracing::info!("requests finished; stopping processes");
+    // Processes stop dependents first when the last registry handle goes.
+    tokio::task::spawn_blocking(move || drop(registry)).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM: finishing requests in flight"),
+        _ = interrupt.recv() => tracing::info!("SIGINT: finishing requests in flight"),
+    }
+}
+
+async fn reload_on_hangup(registry: Registry) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        let registry = registry.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let results = registry.reload();
+            let notified = registry.reload_data();
+            tracing::info!(
+                files = results.len(),
+                notified,
+                "SIGHUP: plugins and data reloaded"
+            );
+        })
+        .await;
+    }
+}
+
+/// Routes a request to the first plugin that decides it.
+async fn route_to_plugins(State(state): State<AppState>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, state.max_body).await {
+        Ok(body) => body,
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body exceeds {} bytes", state.max_body),
+            )
+        }
+    };
+    let request = HttpRequest {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().unwrap_or_default().to_owned(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                (
+                    name.as_str().to_owned(),
+                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body: body.to_vec(),
+    };
+    match state.handle.decide(&request, Opts::new()) {
+        Ok(Decision::Decided(response)) => into_response(&state, response),
+        Ok(Decision::NoDecision) | Err(Error::UnknownService(_)) => error(
+            StatusCode::NOT_FOUND,
+            format!("no plugin handles {} {}", request.method, request.path),
+        ),
+        Err(err) => {
+            tracing::warn!("{} {}: {err}", request.method, request.path);
+            error(StatusCode::INTERNAL_SERVER_ERROR, err)
+        }
+    }
+}
+
+/// Turns a plugin's response into an HTTP response; a streamed body is pulled chunk by chunk.
+fn into_response(state: &AppState, response: HttpResponse) -> Response {
+    let Ok(status) = StatusCode::from_u16(response.status) else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("a plugin answered with status {}", response.status),
+        );
+    };
+    let body = match response.body {
+        HttpBody::Full(bytes) => Body::from(bytes),
+        HttpBody::Stream { id } => {
+            let next_chunk = state.next_chunk.clone();
+            let chunks = futures_util::stream::unfold((), move |()| {
+                let next_chunk = next_chunk.clone();
+                async move {
+                    match next_chunk.decide(&id, Opts::new()) {
+                        Ok(Decision::Decided(Some(chunk))) => {
+                            Some((Ok::<Bytes, std::io::Error>(Bytes::from(chunk)), ()))
+                        }
+                        Ok(_) => None,
+                        Err(err) => Some((Err(std::io::Error::other(err.to_string())), ())),
+                    }
+                }
+            });
+            Body::from_stream(chunks)
+        }
+    };
+    let mut reply = Response::new(body);
+    *reply.status_mut() = status;
+    for (name, value) in response.headers {
+        match (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
+            (Ok(name), Ok(value)) => {
+                reply.headers_mut().append(name, value);
+            }
+            _ => tracing::warn!(header = %name, "a plugin answered an invalid header; dropped"),
+        }
+    }
+    reply
+}
+
+async fn plugins(State(state): State<AppState>) -> Response {
+    Json(state.registry.status()).into_response()
+}
+
+async fn services(State(state): State<AppState>) -> Response {
+    Json(state.registry.services()).into_response()
+}
+
+async fn data_status(State(state): State<AppState>) -> Response {
+    Json(state.registry.data_status()).into_response()
+}
+
+async fn data_keys(State(state): State<AppState>, UrlPath(service): UrlPath<String>) -> Response {
+    Json(state.registry.data(&service).keys()).into_response()
+}
+
+async fn data_get(
+    State(state): State<AppState>,
+    UrlPath((service, key)): UrlPath<(String, String)>,
+) -> Response {
+    Json(state.registry.data(&service).get(&key)).into_response()
+}
+
+fn pairs(pairs: Vec<epi::Named>) -> Value {
+    Value::Array(
+        pairs
+            .into_iter()
+            .map(|(name, value)| json!([&*name, &*value]))
+            .collect(),
+    )
+}
+
+fn groups(groups: Vec<epi::Group>) -> Value {
+    Value::Object(
+        groups
+            .into_iter()
+            .map(|(name, members)| (name.to_string(), pairs(members)))
+            .collect(),
+    )
+}
+
+async fn data_by_key(
+    State(state): State<AppState>,
+    UrlPath((service, key)): UrlPath<(String, String)>,
+) -> Response {
+    Json(pairs(state.registry.data(&service).by_key(&key))).into_response()
+}
+
+async fn data_by_key_all(
+    State(state): State<AppState>,
+    UrlPath(service): UrlPath<String>,
+) -> Response {
+    Json(groups(state.registry.data(&service).by_key_all())).into_response()
+}
+
+async fn data_by_source(
+    State(state): State<AppState>,
+    UrlPath((service, source)): UrlPath<(String, String)>,
+) -> Response {
+    Json(pairs(state.registry.data(&service).by_source(&source))).into_response()
+}
+
+async fn data_by_source_all(
+    State(state): State<AppState>,
+    UrlPath(service): UrlPath<String>,
+) -> Response {
+    Json(groups(state.registry.data(&service).by_source_all())).into_response()
+}
+
+async fn processes(State(state): State<AppState>) -> Response {
+    Json(state.registry.process_report()).into_response()
+}
+
+async fn counters(State(state): State<AppState>) -> Response {
+    Json(state.registry.counters()).into_response()
+}
+
+async fn reload(State(state): State<AppState>) -> Response {
+    let registry = state.registry.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        let files: Vec<Value> = registry
+            .reload()
+            .into_iter()
+            .map(|(path, result)| match result {
+                Ok(outcome) => json!({"file": path, "result": outcome}),
+                Err(err) => json!({"file": path, "error": err.to_string()}),
+            })
+            .collect();
+        json!({"files": files, "data_notifications": registry.reload_data()})
+    })
+    .await;
+    match done {
+        Ok(body) => Json(body).into_response(),
+        Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, err),
+    }
+}
+
+/// Body of `/_epi/apply` and `/_epi/decide`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallBody {
+    /// The service.
+    pub service: String,
+    /// The function.
+    pub function: String,
+    /// Arguments as JSON (`null` for none).
+    #[serde(default)]
+    pub args: Value,
+    /// Options.
+    #[serde(default)]
+    pub opts: Opts,
+}
+
+fn parse_call(body: &Bytes) -> Result<CallBody, Response> {
+    serde_json::from_slice(body).map_err(|err| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("bad request body: {err} (expected {{\"service\", \"function\", \"args\", \"opts\"}})"),
+        )
+    })
+}
+
+fn call_error(err: Error) -> Response {
+    let status = match err {
+        Error::UnknownService(_) => StatusCode::NOT_FOUND,
+        Error::IncompatibleOptions(_) | Error::BadArguments { .. } => StatusCode::BAD_REQUEST,
+        Error::Provider(_) => StatusCode::BAD_GATEWAY,
+    };
+    error(status, err)
+}
+
+async fn apply(State(state): State<AppState>, body: Bytes) -> Response {
+    let call = match parse_call(&body) {
+        Ok(call) => call,
+        Err(response) => return response,
+    };
+    match state
+        .registry
+        .apply_json(&call.service, &call.function, &call.args, call.opts)
+    {
+        Ok(applied) => {
+            Json(json!({"result": applied.to_json(call.opts.ignore_errors)})).into_response()
+        }
+        Err(err) => call_error(err),
+    }
+}
+
+async fn decide(State(state): State<AppState>, body: Bytes) -> Response {
+    let call = match parse_call(&body) {
+        Ok(call) => call,
+        Err(response) => return response,
+    };
+    match state
+        .registry
+        .decide_json(&call.service, &call.function, &call.args, call.opts)
+    {
+        Ok(decision) => Json(json!({"result": decision})).into_response(),
+        Err(err) => call_error(err),
+    }
+}
