@@ -162,7 +162,7 @@ impl Config {
         let mut config: Config = toml::from_str(text).map_err(|err| {
             let line = err
                 .span()
-                .map(|span| text[..span.start.min(text.len())].lines().count().max(1))
+                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1)
                 .unwrap_or(0);
             let key = err
                 .span()

@@ -317,12 +317,13 @@ pub struct CallBody {
     pub opts: Opts,
 }
 
-fn parse_call(body: &Bytes) -> Result<CallBody, Response> {
+/// Reads an apply/decide body; a bad one is a 400 with a JSON error.
+fn parse_call(body: &Bytes) -> Result<CallBody, Box<Response>> {
     serde_json::from_slice(body).map_err(|err| {
-        error(
+        Box::new(error(
             StatusCode::BAD_REQUEST,
             format!("bad request body: {err} (expected {{\"service\", \"function\", \"args\", \"opts\"}})"),
-        )
+        ))
     })
 }
 
@@ -338,7 +339,7 @@ fn call_error(err: Error) -> Response {
 async fn apply(State(state): State<AppState>, body: Bytes) -> Response {
     let call = match parse_call(&body) {
         Ok(call) => call,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match state
         .registry
@@ -354,7 +355,7 @@ async fn apply(State(state): State<AppState>, body: Bytes) -> Response {
 async fn decide(State(state): State<AppState>, body: Bytes) -> Response {
     let call = match parse_call(&body) {
         Ok(call) => call,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match state
         .registry

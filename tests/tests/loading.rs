@@ -17,12 +17,16 @@ fn loads_a_plugin_and_reports_what_it_is() {
         .expect("load hello");
     assert_eq!(info.app, "hello");
     assert_eq!(info.version, "1.0.0");
-    assert_eq!(info.services, vec!["greeting".to_string()]);
+    assert_eq!(
+        info.services,
+        vec!["greeting".to_string(), "http".to_string()]
+    );
     assert_ne!(info.content_hash, 0);
     assert_eq!(registry.plugins(), vec![info]);
     let services = registry.services();
-    assert_eq!(services.len(), 1);
+    assert_eq!(services.len(), 2);
     assert_eq!(services[0].name, "greeting");
+    assert_eq!(services[1].name, "http");
     assert!(services[0].declared);
     let functions: Vec<&str> = services[0]
         .functions

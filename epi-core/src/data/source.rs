@@ -33,7 +33,7 @@ pub(crate) fn parse_file(path: &Path, text: &[u8]) -> Result<Value, String> {
         let table: toml::Table = toml::from_str(text).map_err(|err| {
             let line = err
                 .span()
-                .map(|span| text[..span.start.min(text.len())].lines().count().max(1))
+                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1)
                 .unwrap_or(0);
             format!("{}: line {line}: {}", path.display(), err.message())
         })?;

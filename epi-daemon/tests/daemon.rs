@@ -1,0 +1,377 @@
+//! The real `epi` binary: HTTP routed through decide, admin routes, bad input, signals, the
+//! CLI in-process and against the daemon.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const EPI: &str = env!("CARGO_BIN_EXE_epi");
+
+/// A plugin directory with the example plugins and the test plugin, and a config file.
+struct Setup {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+fn setup(extra: &str) -> Setup {
+    let dir = epi_testkit::plugin_dir();
+    for (krate, file) in [
+        ("epi-plugin-hello", "libepi_plugin_hello.so"),
+        ("epi-plugin-greeter-fr", "libepi_plugin_greeter_fr.so"),
+        ("epi-plugin-testplug", "libepi_plugin_testplug.so"),
+    ] {
+        epi_testkit::install(dir.path(), krate, file);
+    }
+    let config = dir.path().join("epi.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[plugins]\ndirs = [\".\"]\norder = [\"hello\", \"greeter-fr\"]\n{extra}\n\
+             [plugins.config.\"libepi_plugin_testplug.so\"]\napp = \"testplug\"\n\
+             providers = [{{ label = \"slow\" }}]\n\
+             processes = [{{ name = \"ticker\" }}]\n\
+             [http]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 1024\n"
+        ),
+    )
+    .unwrap();
+    Setup { dir, config }
+}
+
+/// A running daemon; killed when dropped if still running.
+struct Daemon {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(config: &Path) -> Daemon {
+    let mut child = Command::new(EPI)
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start epi serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("epi listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_owned();
+    Daemon { child, base }
+}
+
+fn signal(daemon: &Daemon, signal: i32) {
+    // SAFETY: kill(2) on a child we own.
+    assert_eq!(unsafe { libc::kill(daemon.child.id() as i32, signal) }, 0);
+}
+
+fn get(url: &str) -> (u16, String) {
+    match ureq::get(url).call() {
+        Ok(response) => (response.status(), response.into_string().unwrap()),
+        Err(ureq::Error::Status(code, response)) => (code, response.into_string().unwrap()),
+        Err(err) => panic!("{url}: {err}"),
+    }
+}
+
+fn post(url: &str, body: &str) -> (u16, String) {
+    match ureq::post(url)
+        .set("content-type", "application/json")
+        .send_string(body)
+    {
+        Ok(response) => (response.status(), response.into_string().unwrap()),
+        Err(ureq::Error::Status(code, response)) => (code, response.into_string().unwrap()),
+        Err(err) => panic!("{url}: {err}"),
+    }
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|err| panic!("not JSON ({err}): {text}"))
+}
+
+#[test]
+fn requests_are_routed_through_decide() {
+    let setup = setup("");
+    let daemon = start(&setup.config);
+    assert_eq!(
+        get(&format!("{}/hello/Ada", daemon.base)),
+        (200, "Hello, Ada!".into())
+    );
+    assert_eq!(
+        get(&format!("{}/bonjour/Ada", daemon.base)),
+        (200, "Bonjour, Ada !".into())
+    );
+    let (status, body) = get(&format!("{}/hello-stream/3", daemon.base));
+    assert_eq!(status, 200);
+    assert_eq!(body, "line 1 of 3\nline 2 of 3\nline 3 of 3\n");
+    let (status, body) = get(&format!("{}/hello-stream/many", daemon.base));
+    assert_eq!(
+        (status, json(&body)["error"].as_str().is_some()),
+        (400, true)
+    );
+    let (status, body) = get(&format!("{}/nobody/here", daemon.base));
+    assert_eq!(status, 404);
+    assert_eq!(json(&body)["error"], "no plugin handles GET /nobody/here");
+}
+
+#[test]
+fn bad_requests_get_json_errors_and_the_daemon_keeps_serving() {
+    let setup = setup("");
+    let daemon = start(&setup.config);
+    let (status, body) = post(&format!("{}/_epi/apply", daemon.base), "{not json");
+    assert_eq!(status, 400);
+    assert!(json(&body)["error"]
+        .as_str()
+        .unwrap()
+        .contains("bad request body"));
+    let (status, body) = post(
+        &format!("{}/_epi/apply", daemon.base),
+        r#"{"service": "nope", "function": "f"}"#,
+    );
+    assert_eq!(
+        (
+            status,
+            json(&body)["error"].as_str().unwrap().contains("nope")
+        ),
+        (404, true)
+    );
+    let (status, body) = post(
+        &format!("{}/_epi/apply", daemon.base),
+        r#"{"service": "greeting", "function": "greet", "args": 42}"#,
+    );
+    assert_eq!(status, 502, "{body}");
+    let big = "x".repeat(4096);
+    let (status, body) = post(&format!("{}/hello/Ada", daemon.base), &big);
+    assert_eq!(status, 413);
+    assert!(json(&body)["error"]
+        .as_str()
+        .unwrap()
+        .contains("1024 bytes"));
+    assert_eq!(get(&format!("{}/hello/again", daemon.base)).0, 200);
+}
+
+#[test]
+fn admin_routes_show_plugins_services_data_processes_and_counters() {
+    let setup = setup("");
+    let daemon = start(&setup.config);
+    let plugins = json(&get(&format!("{}/_epi/plugins", daemon.base)).1);
+    let apps: Vec<&str> = plugins["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["app"].as_str().unwrap())
+        .collect();
+    assert_eq!(apps, vec!["hello", "greeter-fr", "testplug"]);
+    let services = json(&get(&format!("{}/_epi/services", daemon.base)).1);
+    assert!(services
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["name"] == "greeting"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let report = json(&get(&format!("{}/_epi/processes", daemon.base)).1);
+        if report["workers"]["testplug/ticker"]["state"] == "started" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{report}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    get(&format!("{}/hello/x", daemon.base));
+    get(&format!("{}/hello/y", daemon.base));
+    let counters = json(&get(&format!("{}/_epi/counters", daemon.base)).1);
+    let hello_handle = counters
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["plugin"] == "hello" && c["function"] == "handle")
+        .unwrap();
+    assert!(hello_handle["calls"].as_u64().unwrap() >= 2, "{counters}");
+    let (status, body) = post(
+        &format!("{}/_epi/decide", daemon.base),
+        r#"{"service": "greeting", "function": "language", "args": "en-GB"}"#,
+    );
+    assert_eq!(
+        (status, json(&body)["result"].clone()),
+        (200, json!({"decided": "English"}))
+    );
+    let (status, body) = post(&format!("{}/_epi/reload", daemon.base), "");
+    assert_eq!(status, 200, "{body}");
+    assert!(json(&body)["files"].as_array().unwrap().len() >= 3);
+}
+
+#[test]
+fn sigterm_finishes_requests_in_flight_and_exits_zero() {
+    let setup = setup("");
+    let mut daemon = start(&setup.config);
+    let url = format!("{}/_epi/apply", daemon.base);
+    let slow = std::thread::spawn(move || {
+        post(
+            &url,
+            r#"{"service": "math", "function": "sleep", "args": 700}"#,
+        )
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let sent = Instant::now();
+    signal(&daemon, libc::SIGTERM);
+    let (status, body) = slow.join().unwrap();
+    assert_eq!(
+        (status, json(&body)["result"].clone()),
+        (200, json!(["slow"]))
+    );
+    let exit = daemon.child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        sent.elapsed()
+    );
+}
+
+#[test]
+fn sighup_reloads_plugins() {
+    let setup = setup("watch = false");
+    let daemon = start(&setup.config);
+    let version = |daemon: &Daemon| {
+        let plugins = json(&get(&format!("{}/_epi/plugins", daemon.base)).1);
+        plugins["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["app"] == "testplug")
+            .unwrap()["version"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(version(&daemon), "0.1.0+00000000");
+    let path = setup.dir.path().join("libepi_plugin_testplug.so");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes
+        .windows(16)
+        .position(|w| w == b"EPIMARK:00000000")
+        .unwrap();
+    bytes[at + 8..at + 16].copy_from_slice(b"00000007");
+    let temp = setup.dir.path().join(".next.tmp");
+    std::fs::write(&temp, &bytes).unwrap();
+    std::fs::rename(&temp, &path).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        version(&daemon),
+        "0.1.0+00000000",
+        "no watching: nothing yet"
+    );
+    signal(&daemon, libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while version(&daemon) != "0.1.0+00000007" {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn epi(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(EPI).args(args).output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_cli_works_in_process_and_against_the_daemon() {
+    let setup = setup("");
+    let config = setup.config.to_str().unwrap();
+    let (code, out, err) = epi(&["--config", config, "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("APP") && out.contains("hello") && out.contains("greeter-fr"),
+        "{out}"
+    );
+    let (code, out, _) = epi(&[
+        "--config", config, "apply", "greeting", "greet", "--args", "\"Ada\"",
+    ]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "\"Hello, Ada!\"\n\"Bonjour, Ada !\"\n")
+    );
+    let (code, out, _) = epi(&[
+        "--config", config, "--json", "decide", "greeting", "language", "--args", "\"fr\"",
+    ]);
+    assert_eq!(code, 0);
+    assert_eq!(json(&out)["result"], json!({"decided": "français"}));
+    let (code, _, err) = epi(&["--config", config, "apply", "missing", "f"]);
+    assert_eq!(code, 1, "an unknown service is a call failure");
+    assert!(err.contains("unknown service `missing`"), "{err}");
+    let (code, _, err) = epi(&[
+        "--config", config, "apply", "greeting", "greet", "--args", "{oops",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--args is not JSON"), "{err}");
+
+    let daemon = start(&setup.config);
+    let remote = ["--config", config, "--daemon", daemon.base.as_str()];
+    let (code, out, err) = epi(&[
+        &remote[..],
+        &["apply", "greeting", "greet", "--args", "\"Bo\""],
+    ]
+    .concat());
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "\"Hello, Bo!\"\n\"Bonjour, Bo !\"\n"),
+        "{err}"
+    );
+    let (code, out, _) = epi(&[&remote[..], &["report"]].concat());
+    assert_eq!(code, 0);
+    assert!(out.contains("testplug/ticker"), "{out}");
+    let (code, out, _) = epi(&[&remote[..], &["--json", "list"]].concat());
+    assert_eq!(code, 0);
+    assert_eq!(json(&out)["plugins"].as_array().unwrap().len(), 3);
+    let (code, _, err) = epi(&["--daemon", "http://127.0.0.1:1", "list"]);
+    assert_eq!(code, 4, "an unreachable daemon: {err}");
+}
+
+#[test]
+fn inspect_describes_a_plugin_and_refuses_a_bad_file() {
+    let setup = setup("");
+    let hello = setup.dir.path().join("libepi_plugin_hello.so");
+    let (code, out, err) = epi(&["inspect", hello.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("app:        hello") && out.contains("provides:   greeting.greet"),
+        "{out}"
+    );
+    let junk = setup.dir.path().join("junk.so");
+    std::fs::write(&junk, b"junk").unwrap();
+    let (code, _, err) = epi(&["inspect", junk.to_str().unwrap()]);
+    assert_eq!(code, 3);
+    assert!(
+        err.contains("incompatible") && err.contains("junk.so"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bad_config_names_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("epi.toml");
+    std::fs::write(&config, "[http]\nlisten = \"127.0.0.1:0\"\nport = 8\n").unwrap();
+    let (code, _, err) = epi(&["--config", config.to_str().unwrap(), "serve"]);
+    assert_eq!(code, 3);
+    assert!(
+        err.contains("epi.toml: line 3") && err.contains("port"),
+        "{err}"
+    );
+}
