@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use epi::{Opts, Registry};
 use serde_json::{json, Value};
 
+use crate::args::{Command, DataQuery};
 use crate::config::Config;
 use crate::registry::open_registry;
-use crate::{Command, DataQuery};
 
 /// The call failed (unknown service, provider error, bad arguments).
 pub const EXIT_CALL: u8 = 1;
@@ -81,7 +81,7 @@ fn remote(response: Result<ureq::Response, ureq::Error>) -> Result<Value, Failur
     }
 }
 
-/// Runs a command and prints its result.
+/// Runs a command (not `serve`) and prints its result.
 pub fn run(command: Command, config: &Config, daemon: Option<&str>, as_json: bool) -> ExitCode {
     let outcome = match command {
         Command::Inspect { file } => inspect(&file),

@@ -83,9 +83,11 @@ pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error + Sen
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
-    tracing::info!("requests finished; stopping processes");
-    // Processes stop dependents first when the last registry handle goes.
-    tokio::task::spawn_blocking(move || drop(registry)).await?;
+    tracing::info!("requests finished; stopping processes, dependents first");
+    let fatal = tokio::task::spawn_blocking(move || registry.stop_processes()).await?;
+    if let Some(err) = fatal {
+        tracing::warn!("a process had stopped with a fatal error: {err}");
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -248,6 +248,12 @@ impl Registry {
         rows
     }
 
+    /// Stops every plugin process, dependents first, and returns the worst fatal error any
+    /// of them returned. For shutdown: processes are not started again afterwards.
+    pub fn stop_processes(&self) -> Option<crate::engine::WorkerError> {
+        self.shared.engine.stop()
+    }
+
     /// The state of every plugin process (named `app/process`).
     pub fn process_report(&self) -> EngineReport {
         self.shared.engine.report()
