@@ -1,46 +1,64 @@
-//! Dispatch cost: epi calls through a plugin library beside the same provider body called
+//! Dispatch cost: epi calls through a plugin library beside the same provider bodies called
 //! natively through `&dyn Trait`, in the same run, so each result reads as a ratio.
+//!
+//! Groups: handle resolution; `apply` over 1/5/10/100 providers in each mode (default,
+//! ignore_errors, concurrent, pipe); `decide` over 10 providers decided by the first, by the
+//! last, and by none; dynamic (JSON) apply.
 //!
 //! `cargo bench -p epi-core --bench dispatch` (builds the test plugin in release first).
 
 use std::hint::black_box;
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use epi::{Decision, Function, Opts, Registry, RegistryConfig};
 use serde_json::json;
 
+const COUNTS: [usize; 4] = [1, 5, 10, 100];
+
 /// The native baseline: the provider functions the test plugin exports, as a trait.
 trait Provide: Send + Sync {
     fn inc(&self, x: &u64) -> u64;
-    fn pass(&self, x: &u64) -> Decision<u64>;
+    fn choose(&self, x: &u64) -> Decision<u64>;
 }
 
-/// Same fields and bodies as the test plugin's `Scripted::inc` / `Scripted::pass`.
+/// Same fields and bodies as the test plugin's `Scripted::inc` / `Scripted::choose`.
 struct Native {
     add: i64,
+    decides: bool,
 }
 
 impl Provide for Native {
     fn inc(&self, x: &u64) -> u64 {
         x.wrapping_add(self.add as u64)
     }
-    fn pass(&self, _x: &u64) -> Decision<u64> {
-        Decision::NoDecision
+    fn choose(&self, x: &u64) -> Decision<u64> {
+        if self.decides {
+            Decision::Decided(x.wrapping_add(self.add as u64))
+        } else {
+            Decision::NoDecision
+        }
     }
 }
 
-fn native_providers(count: usize) -> Vec<Box<dyn Provide>> {
+/// `count` providers; the one at `decider` (if any) decides.
+fn native_providers(count: usize, decider: Option<usize>) -> Vec<Box<dyn Provide>> {
     (0..count)
-        .map(|_| Box::new(Native { add: 1 }) as Box<dyn Provide>)
+        .map(|i| {
+            Box::new(Native {
+                add: 1,
+                decides: Some(i) == decider,
+            }) as Box<dyn Provide>
+        })
         .collect()
 }
 
 /// A registry with one test plugin holding `count` providers of `math`.
-fn registry(count: usize) -> Registry {
+fn registry(count: usize, decider: Option<usize>) -> Registry {
     let library = epi_testkit::plugin_library("epi-plugin-testplug");
     let registry = Registry::new(RegistryConfig::default()).expect("registry");
     let providers: Vec<_> = (0..count)
-        .map(|i| json!({"label": format!("p{i}"), "add": 1}))
+        .map(|i| json!({"label": format!("p{i}"), "add": 1, "decides": Some(i) == decider}))
         .collect();
     registry
         .load_with_config(&library, &json!({"app": "bench", "providers": providers}))
@@ -48,7 +66,6 @@ fn registry(count: usize) -> Registry {
     registry
 }
 
-/// What a host does with `apply`'s results in both columns: collect them in order.
 fn native_apply(providers: &[Box<dyn Provide>], x: &u64) -> Vec<u64> {
     let mut out = Vec::with_capacity(providers.len());
     for provider in providers {
@@ -57,30 +74,95 @@ fn native_apply(providers: &[Box<dyn Provide>], x: &u64) -> Vec<u64> {
     out
 }
 
+fn native_apply_each(providers: &[Box<dyn Provide>], x: &u64) -> Vec<Result<u64, String>> {
+    let mut out = Vec::with_capacity(providers.len());
+    for provider in providers {
+        out.push(Ok(provider.inc(x)));
+    }
+    out
+}
+
+fn native_concurrent(
+    pool: &rayon::ThreadPool,
+    providers: &[Box<dyn Provide>],
+    x: &u64,
+) -> Vec<u64> {
+    let mut slots: Vec<Option<u64>> = vec![None; providers.len()];
+    pool.scope(|scope| {
+        for (provider, slot) in providers.iter().zip(slots.iter_mut()) {
+            scope.spawn(move |_| *slot = Some(provider.inc(x)));
+        }
+    });
+    slots.into_iter().map(Option::unwrap).collect()
+}
+
+fn native_pipe(providers: &[Box<dyn Provide>], x: u64) -> u64 {
+    providers
+        .iter()
+        .fold(x, |value, provider| provider.inc(&value))
+}
+
 fn native_decide(providers: &[Box<dyn Provide>], x: &u64) -> Decision<u64> {
     for provider in providers {
-        if let Decision::Decided(value) = provider.pass(x) {
+        if let Decision::Decided(value) = provider.choose(x) {
             return Decision::Decided(value);
         }
     }
     Decision::NoDecision
 }
 
+fn configure(c: &mut Criterion) -> Criterion {
+    std::mem::take(c)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(50)
+}
+
 fn apply(c: &mut Criterion) {
+    let threads = std::thread::available_parallelism().map_or(2, usize::from);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
     let mut group = c.benchmark_group("apply");
-    for count in [1usize, 5, 10] {
-        let registry = registry(count);
+    for count in COUNTS {
+        let registry = registry(count, None);
         let inc: Function<u64, u64> = registry.function("math", "inc");
         assert_eq!(inc.apply(&1).unwrap(), vec![2; count]);
-        let native = native_providers(count);
-        group.bench_with_input(BenchmarkId::new("epi", count), &count, |b, _| {
+        let native = native_providers(count, None);
+        let id = |name: &str| BenchmarkId::new(name, count);
+        group.bench_function(id("default/epi"), |b| {
             b.iter(|| inc.apply(black_box(&41)).unwrap())
         });
-        group.bench_with_input(BenchmarkId::new("native_dyn", count), &count, |b, _| {
+        group.bench_function(id("default/native_dyn"), |b| {
             b.iter(|| native_apply(black_box(&native), black_box(&41)))
         });
+        group.bench_function(id("ignore_errors/epi"), |b| {
+            b.iter(|| {
+                inc.apply_with(black_box(&41), Opts::new().ignore_errors())
+                    .unwrap()
+            })
+        });
+        group.bench_function(id("ignore_errors/native_dyn"), |b| {
+            b.iter(|| native_apply_each(black_box(&native), black_box(&41)))
+        });
+        group.bench_function(id("concurrent/epi"), |b| {
+            b.iter(|| {
+                inc.apply_with(black_box(&41), Opts::new().concurrent())
+                    .unwrap()
+            })
+        });
+        group.bench_function(id("concurrent/native_dyn"), |b| {
+            b.iter(|| native_concurrent(&pool, black_box(&native), black_box(&41)))
+        });
+        group.bench_function(id("pipe/epi"), |b| {
+            b.iter(|| inc.pipe(black_box(41), Opts::new()).unwrap())
+        });
+        group.bench_function(id("pipe/native_dyn"), |b| {
+            b.iter(|| native_pipe(black_box(&native), black_box(41)))
+        });
         let math = registry.service("math");
-        group.bench_with_input(BenchmarkId::new("epi_by_name", count), &count, |b, _| {
+        group.bench_function(id("default_by_name/epi"), |b| {
             b.iter(|| {
                 math.apply::<u64, u64>(black_box("inc"), black_box(&41))
                     .unwrap()
@@ -91,32 +173,42 @@ fn apply(c: &mut Criterion) {
 }
 
 fn decide(c: &mut Criterion) {
-    let mut group = c.benchmark_group("decide");
-    let registry = registry(10);
-    let pass: Function<u64, Decision<u64>> = registry.function("math", "pass");
-    assert_eq!(pass.decide(&1, Opts::new()).unwrap(), Decision::NoDecision);
-    let native = native_providers(10);
-    group.bench_function("epi/10_none", |b| {
-        b.iter(|| pass.decide(black_box(&41), Opts::new()).unwrap())
-    });
-    group.bench_function("native_dyn/10_none", |b| {
-        b.iter(|| native_decide(black_box(&native), black_box(&41)))
-    });
+    let mut group = c.benchmark_group("decide_10");
+    for (case, decider) in [("first", Some(0)), ("last", Some(9)), ("none", None)] {
+        let registry = registry(10, decider);
+        let choose: Function<u64, Decision<u64>> = registry.function("math", "choose");
+        let expected = if decider.is_some() {
+            Decision::Decided(42)
+        } else {
+            Decision::NoDecision
+        };
+        assert_eq!(choose.decide(&41, Opts::new()).unwrap(), expected);
+        let native = native_providers(10, decider);
+        group.bench_function(format!("{case}/epi"), |b| {
+            b.iter(|| choose.decide(black_box(&41), Opts::new()).unwrap())
+        });
+        group.bench_function(format!("{case}/native_dyn"), |b| {
+            b.iter(|| native_decide(black_box(&native), black_box(&41)))
+        });
+    }
     group.finish();
 }
 
 fn resolve(c: &mut Criterion) {
     let mut group = c.benchmark_group("resolve");
-    let registry = registry(1);
+    let registry = registry(1, None);
     group.bench_function("function_handle", |b| {
         b.iter(|| registry.function::<u64, u64>(black_box("math"), black_box("inc")))
+    });
+    group.bench_function("service_handle", |b| {
+        b.iter(|| registry.service(black_box("math")))
     });
     group.finish();
 }
 
 fn dynamic(c: &mut Criterion) {
     let mut group = c.benchmark_group("apply_json");
-    let registry = registry(1);
+    let registry = registry(1, None);
     let args = json!(41);
     group.bench_function("epi/1", |b| {
         b.iter(|| {
@@ -128,5 +220,9 @@ fn dynamic(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, apply, decide, resolve, dynamic);
+criterion_group! {
+    name = benches;
+    config = configure(&mut Criterion::default());
+    targets = resolve, apply, decide, dynamic
+}
 criterion_main!(benches);

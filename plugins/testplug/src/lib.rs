@@ -480,6 +480,15 @@ impl Scripted {
         Decision::NoDecision
     }
 
+    /// Benchmark body: decides `x + add` when configured to decide.
+    pub fn choose(&self, x: &u64) -> Decision<u64> {
+        if self.config.decides {
+            Decision::Decided(x.wrapping_add(self.config.add as u64))
+        } else {
+            Decision::NoDecision
+        }
+    }
+
     /// Two arguments: `a * b + add`.
     pub fn scale(&self, a: i64, b: &i64) -> i64 {
         a * b + self.config.add

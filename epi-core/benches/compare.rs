@@ -1,0 +1,114 @@
+//! The workloads of `bench/compare`, on epi and natively (`&dyn Trait`), printed as one JSON
+//! object per line: `{"workload", "epi_ns", "native_ns"}`. `bench/compare` runs the same
+//! workloads on pluggy and prints the table.
+//!
+//! `cargo bench -p epi-core --bench compare`
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use epi::{Decision, Opts, Registry, RegistryConfig};
+use serde_json::json;
+
+trait Provide: Send + Sync {
+    fn inc(&self, x: &u64) -> u64;
+    fn pass(&self, x: &u64) -> Decision<u64>;
+}
+
+/// The test plugin's `inc` and `pass` bodies.
+struct Native {
+    add: i64,
+}
+
+impl Provide for Native {
+    fn inc(&self, x: &u64) -> u64 {
+        x.wrapping_add(self.add as u64)
+    }
+    fn pass(&self, _x: &u64) -> Decision<u64> {
+        Decision::NoDecision
+    }
+}
+
+/// Median nanoseconds per call of `body` over 7 runs of a calibrated batch (~100 ms each).
+fn time(mut body: impl FnMut()) -> f64 {
+    let mut batch = 1u64;
+    loop {
+        let started = Instant::now();
+        for _ in 0..batch {
+            body();
+        }
+        if started.elapsed().as_millis() >= 20 {
+            break;
+        }
+        batch *= 2;
+    }
+    batch *= 5;
+    let mut runs: Vec<f64> = (0..7)
+        .map(|_| {
+            let started = Instant::now();
+            for _ in 0..batch {
+                body();
+            }
+            started.elapsed().as_nanos() as f64 / batch as f64
+        })
+        .collect();
+    runs.sort_by(f64::total_cmp);
+    runs[3]
+}
+
+fn registry(count: usize) -> Registry {
+    let library = epi_testkit::plugin_library("epi-plugin-testplug");
+    let registry = Registry::new(RegistryConfig::default()).expect("registry");
+    let providers: Vec<_> = (0..count)
+        .map(|i| json!({"label": format!("p{i}"), "add": 1}))
+        .collect();
+    registry
+        .load_with_config(&library, &json!({"app": "bench", "providers": providers}))
+        .expect("load the test plugin");
+    registry
+}
+
+fn main() {
+    let mut rows = Vec::new();
+    for count in [1usize, 5, 10, 100] {
+        let registry = registry(count);
+        let inc = registry.function::<u64, u64>("math", "inc");
+        let native: Vec<Box<dyn Provide>> = (0..count)
+            .map(|_| Box::new(Native { add: 1 }) as Box<dyn Provide>)
+            .collect();
+        let epi_ns = time(|| {
+            black_box(inc.apply(black_box(&41)).unwrap());
+        });
+        let native_ns = time(|| {
+            let providers = black_box(&native);
+            let mut out = Vec::with_capacity(providers.len());
+            for provider in providers {
+                out.push(provider.inc(black_box(&41)));
+            }
+            black_box(out);
+        });
+        rows.push(json!({"workload": format!("apply, {count} providers"), "epi_ns": epi_ns, "native_ns": native_ns}));
+    }
+    let registry = registry(10);
+    let pass = registry.function::<u64, Decision<u64>>("math", "pass");
+    let native: Vec<Box<dyn Provide>> = (0..10)
+        .map(|_| Box::new(Native { add: 1 }) as Box<dyn Provide>)
+        .collect();
+    let epi_ns = time(|| {
+        black_box(pass.decide(black_box(&41), Opts::new()).unwrap());
+    });
+    let native_ns = time(|| {
+        let mut decision = Decision::NoDecision;
+        for provider in black_box(&native) {
+            if let Decision::Decided(value) = provider.pass(black_box(&41)) {
+                decision = Decision::Decided(value);
+                break;
+            }
+        }
+        black_box(decision);
+    });
+    rows.push(json!({"workload": "decide, 10 providers, none decides", "epi_ns": epi_ns, "native_ns": native_ns}));
+    for row in rows {
+        println!("{row}");
+    }
+}
