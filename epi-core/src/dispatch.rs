@@ -216,8 +216,7 @@ impl ServiceHandle {
         args: &A,
         opts: Opts,
     ) -> Result<bool, Error> {
-        let results = self.apply_with::<A, bool>(function, args, opts)?;
-        Ok(results.iter().any(|result| matches!(result, Ok(true))))
+        Ok(any_true(&self.apply_with::<A, bool>(function, args, opts)?))
     }
 
     /// True when there are providers and every one returned `true` (couch_epi's `all`).
@@ -227,8 +226,7 @@ impl ServiceHandle {
         args: &A,
         opts: Opts,
     ) -> Result<bool, Error> {
-        let results = self.apply_with::<A, bool>(function, args, opts)?;
-        Ok(!results.is_empty() && results.iter().all(|result| matches!(result, Ok(true))))
+        Ok(all_true(&self.apply_with::<A, bool>(function, args, opts)?))
     }
 }
 
@@ -299,14 +297,12 @@ impl<A: Sync + 'static, O: Send + 'static> Function<A, O> {
 impl<A: Sync + 'static> Function<A, bool> {
     /// True when some provider returned `true`.
     pub fn any(&self, args: &A, opts: Opts) -> Result<bool, Error> {
-        let results = self.apply_with(args, opts)?;
-        Ok(results.iter().any(|result| matches!(result, Ok(true))))
+        Ok(any_true(&self.apply_with(args, opts)?))
     }
 
     /// True when there are providers and every one returned `true`.
     pub fn all(&self, args: &A, opts: Opts) -> Result<bool, Error> {
-        let results = self.apply_with(args, opts)?;
-        Ok(!results.is_empty() && results.iter().all(|result| matches!(result, Ok(true))))
+        Ok(all_true(&self.apply_with(args, opts)?))
     }
 }
 
@@ -332,6 +328,16 @@ impl<T: 'static> Function<T, T> {
         let (list, all_match) = self.resolve(&snapshot, opts.ignore_errors)?;
         pipe_list(list, input, opts, all_match)
     }
+}
+
+/// couch_epi's `any`: some provider returned `true`.
+fn any_true(results: &[Result<bool, ProviderError>]) -> bool {
+    results.iter().any(|result| matches!(result, Ok(true)))
+}
+
+/// couch_epi's `all`: there are providers and every one returned `true`.
+fn all_true(results: &[Result<bool, ProviderError>]) -> bool {
+    !results.is_empty() && results.iter().all(|result| matches!(result, Ok(true)))
 }
 
 /// Calls one provider's typed shim.

@@ -122,6 +122,29 @@ fn panic_message(payload: Box<dyn Any + Send>) -> String {
     }
 }
 
+/// Decodes the JSON text a `*const &[u8]` input points at; a failure is [`STATUS_BAD_INPUT`]
+/// with `what` and the reason.
+///
+/// # Safety
+/// `input` points at a live `&[u8]`.
+unsafe fn read_json<T: DeserializeOwned>(
+    input: *const c_void,
+    what: &str,
+) -> Result<T, (u32, String)> {
+    let text: &[u8] = unsafe { *(input as *const &[u8]) };
+    serde_json::from_slice(text).map_err(|err| (STATUS_BAD_INPUT, format!("{what}: {err}")))
+}
+
+/// Appends `value` as JSON text to `output`; a failure is [`STATUS_FAILED`] naming `what`.
+fn write_json<T: Serialize>(
+    output: &mut Vec<u8>,
+    value: &T,
+    what: &str,
+) -> Result<(), (u32, String)> {
+    serde_json::to_writer(output, value)
+        .map_err(|err| (STATUS_FAILED, format!("cannot encode the {what}: {err}")))
+}
+
 /// Runs `body`, turning a panic into [`STATUS_PANICKED`] with its message in `error`.
 ///
 /// # Safety
@@ -177,14 +200,10 @@ pub unsafe extern "C" fn json_shim<M: Method>(
     unsafe {
         guarded(error, || {
             let provider = &*(instance as *const M::Provider);
-            let text: &[u8] = *(input as *const &[u8]);
-            let args: M::Args = serde_json::from_slice(text).map_err(|err| {
-                let expected = std::any::type_name::<M::Args>();
-                (STATUS_BAD_INPUT, format!("expected {expected}: {err}"))
-            })?;
+            let expected = format!("expected {}", std::any::type_name::<M::Args>());
+            let args: M::Args = read_json(input, &expected)?;
             let value = M::call(provider, &args).map_err(|message| (STATUS_FAILED, message))?;
-            serde_json::to_writer(&mut *(output as *mut Vec<u8>), &value)
-                .map_err(|err| (STATUS_FAILED, format!("cannot encode the result: {err}")))
+            write_json(&mut *(output as *mut Vec<u8>), &value, "result")
         })
     }
 }
@@ -224,9 +243,7 @@ pub unsafe extern "C" fn notify_shim<P: Plugin>(
     unsafe {
         guarded(error, || {
             let plugin = &*(plugin as *const P);
-            let text: &[u8] = *(input as *const &[u8]);
-            let notification = serde_json::from_slice(text)
-                .map_err(|err| (STATUS_BAD_INPUT, format!("unreadable notification: {err}")))?;
+            let notification = read_json(input, "unreadable notification")?;
             plugin.notify(&notification);
             Ok(())
         })
@@ -246,9 +263,7 @@ pub unsafe extern "C" fn export_state_shim<P: Plugin>(
     unsafe {
         guarded(error, || {
             let plugin = &*(plugin as *const P);
-            let state = plugin.export_state();
-            serde_json::to_writer(&mut *output, &state)
-                .map_err(|err| (STATUS_FAILED, format!("cannot encode the state: {err}")))
+            write_json(&mut *output, &plugin.export_state(), "state")
         })
     }
 }
@@ -265,10 +280,7 @@ pub unsafe extern "C" fn import_state_shim<P: Plugin>(
     unsafe {
         guarded(error, || {
             let plugin = &*(plugin as *const P);
-            let text: &[u8] = *(input as *const &[u8]);
-            let state = serde_json::from_slice(text)
-                .map_err(|err| (STATUS_BAD_INPUT, format!("unreadable state: {err}")))?;
-            plugin.import_state(state);
+            plugin.import_state(read_json(input, "unreadable state")?);
             Ok(())
         })
     }
@@ -288,14 +300,11 @@ pub unsafe extern "C" fn process_start_shim(
     unsafe {
         guarded(error, || {
             let process = &*(instance as *const crate::process::ProcessObject);
-            let text: &[u8] = *(input as *const &[u8]);
-            let inputs = serde_json::from_slice(text)
-                .map_err(|err| (STATUS_BAD_INPUT, format!("unreadable inputs: {err}")))?;
+            let inputs = read_json(input, "unreadable inputs")?;
             let value = process
                 .output(&inputs)
                 .map_err(|err| crate::process::encode_error(&err))?;
-            serde_json::to_writer(&mut *output, &value)
-                .map_err(|err| (STATUS_FAILED, format!("cannot encode the output: {err}")))
+            write_json(&mut *output, &value, "output")
         })
     }
 }

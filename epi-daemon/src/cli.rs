@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use crate::args::{Command, DataQuery};
 use crate::config::Config;
 use crate::registry::open_registry;
+use crate::serve::{groups, pairs, reload_all};
 
 /// The call failed (unknown service, provider error, bad arguments).
 pub const EXIT_CALL: u8 = 1;
@@ -196,17 +197,7 @@ fn execute(backend: &Backend, command: Command) -> Result<(Value, String), Failu
             Ok((report.clone(), report_table(&report)))
         }
         Command::Reload { plugin } => {
-            let value = backend.post("/_epi/reload", Value::Null, |r| {
-                let files: Vec<Value> = r
-                    .reload()
-                    .into_iter()
-                    .map(|(path, result)| match result {
-                        Ok(outcome) => json!({"file": path, "result": outcome}),
-                        Err(err) => json!({"file": path, "error": err.to_string()}),
-                    })
-                    .collect();
-                Ok(json!({"files": files, "data_notifications": r.reload_data()}))
-            })?;
+            let value = backend.post("/_epi/reload", Value::Null, |r| Ok(reload_all(r)))?;
             let mut table = String::new();
             for file in value["files"].as_array().into_iter().flatten() {
                 let app = file["result"]["new"]["app"]
@@ -231,20 +222,6 @@ fn execute(backend: &Backend, command: Command) -> Result<(Value, String), Failu
 }
 
 fn data(backend: &Backend, query: DataQuery) -> Result<(Value, String), Failure> {
-    let pairs = |pairs: Vec<epi::Named>| -> Value {
-        pairs
-            .into_iter()
-            .map(|(name, value)| json!([&*name, &*value]))
-            .collect()
-    };
-    let groups = |groups: Vec<epi::Group>| -> Value {
-        Value::Object(
-            groups
-                .into_iter()
-                .map(|(name, members)| (name.to_string(), pairs(members)))
-                .collect(),
-        )
-    };
     let value = match &query {
         DataQuery::Keys { service } => backend.get(&format!("/_epi/data/{service}/keys"), |r| {
             to_json(r.data(service).keys())

@@ -229,7 +229,8 @@ async fn data_get(
     Json(state.registry.data(&service).get(&key)).into_response()
 }
 
-fn pairs(pairs: Vec<epi::Named>) -> Value {
+/// `[(name, value)]` as a JSON array of `[name, value]` pairs.
+pub fn pairs(pairs: Vec<epi::Named>) -> Value {
     Value::Array(
         pairs
             .into_iter()
@@ -238,7 +239,8 @@ fn pairs(pairs: Vec<epi::Named>) -> Value {
     )
 }
 
-fn groups(groups: Vec<epi::Group>) -> Value {
+/// Groups as a JSON object: name → `[[name, value], ...]`.
+pub fn groups(groups: Vec<epi::Group>) -> Value {
     Value::Object(
         groups
             .into_iter()
@@ -285,22 +287,25 @@ async fn counters(State(state): State<AppState>) -> Response {
 
 async fn reload(State(state): State<AppState>) -> Response {
     let registry = state.registry.clone();
-    let done = tokio::task::spawn_blocking(move || {
-        let files: Vec<Value> = registry
-            .reload()
-            .into_iter()
-            .map(|(path, result)| match result {
-                Ok(outcome) => json!({"file": path, "result": outcome}),
-                Err(err) => json!({"file": path, "error": err.to_string()}),
-            })
-            .collect();
-        json!({"files": files, "data_notifications": registry.reload_data()})
-    })
-    .await;
+    let done = tokio::task::spawn_blocking(move || reload_all(&registry)).await;
     match done {
         Ok(body) => Json(body).into_response(),
         Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, err),
     }
+}
+
+/// Re-checks every plugin file and re-reads all data: `{"files": [{"file", "result" |
+/// "error"}], "data_notifications": n}`.
+pub fn reload_all(registry: &Registry) -> Value {
+    let files: Vec<Value> = registry
+        .reload()
+        .into_iter()
+        .map(|(path, result)| match result {
+            Ok(outcome) => json!({"file": path, "result": outcome}),
+            Err(err) => json!({"file": path, "error": err.to_string()}),
+        })
+        .collect();
+    json!({"files": files, "data_notifications": registry.reload_data()})
 }
 
 /// Body of `/_epi/apply` and `/_epi/decide`.

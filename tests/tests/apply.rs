@@ -9,22 +9,6 @@ use common::*;
 use epi::{Decision, Error, Failure, Opts, RegistryConfig};
 use serde_json::json;
 
-/// Three plugins in order alpha, beta, gamma providing `math.value` as x+1, x+10, x+100.
-fn three(behaviours: [&str; 3]) -> epi::Registry {
-    let registry = registry(&["alpha", "beta", "gamma"]);
-    for ((app, add), behaviour) in [("alpha", 1), ("beta", 10), ("gamma", 100)]
-        .into_iter()
-        .zip(behaviours)
-    {
-        load_testplug(
-            &registry,
-            app,
-            json!([{"label": format!("{app}-p"), "add": add, "behaviour": behaviour}]),
-        );
-    }
-    registry
-}
-
 fn calls(registry: &epi::Registry) -> Vec<u64> {
     registry
         .function::<(), u64>("math", "calls")

@@ -3,29 +3,10 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::*;
 use epi::{RegistryConfig, Upgrade};
 
-fn build(mark: u32) -> Vec<u8> {
-    let mut bytes = library_bytes("epi-plugin-testplug");
-    let to = format!("EPIMARK:{mark:08}");
-    assert_eq!(patch(&mut bytes, b"EPIMARK:00000000", to.as_bytes()), 1);
-    bytes
-}
-
-fn mapped_copies(runtime: &Path) -> usize {
-    let runtime = runtime.to_string_lossy().into_owned();
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-    let copies: std::collections::BTreeSet<&str> = maps
-        .lines()
-        .filter_map(|line| line.split_whitespace().nth(5))
-        .filter(|path| path.starts_with(&runtime))
-        .collect();
-    copies.len()
-}
-
+/// This process's resident memory, in KiB.
 fn resident_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     status

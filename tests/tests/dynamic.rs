@@ -6,21 +6,6 @@ use common::*;
 use epi::{Applied, Decision, Error, Failure, Opts};
 use serde_json::json;
 
-fn three(behaviours: [&str; 3]) -> epi::Registry {
-    let registry = registry(&["alpha", "beta", "gamma"]);
-    for ((app, add), behaviour) in [("alpha", 1), ("beta", 10), ("gamma", 100)]
-        .into_iter()
-        .zip(behaviours)
-    {
-        load_testplug(
-            &registry,
-            app,
-            json!([{"label": app, "add": add, "behaviour": behaviour, "decides": app == "gamma"}]),
-        );
-    }
-    registry
-}
-
 #[test]
 fn apply_json_returns_values_in_order() {
     let registry = three(["ok", "ok", "ok"]);
@@ -48,7 +33,7 @@ fn apply_json_with_ignore_errors_reports_each_provider() {
     let detailed = applied.to_json(true);
     assert_eq!(
         detailed[0],
-        json!({"plugin": "alpha", "provider": "alpha", "ok": 2})
+        json!({"plugin": "alpha", "provider": "alpha-p", "ok": 2})
     );
     assert!(detailed[1]["error"].as_str().unwrap().contains("panicked"));
     assert_eq!(detailed[2]["ok"], json!(101));
@@ -138,7 +123,7 @@ fn decide_json() {
         registry
             .decide_json("math", "decide", &json!(0), Opts::new())
             .unwrap(),
-        Decision::Decided(json!("gamma"))
+        Decision::Decided(json!("gamma-p"))
     );
     let failing = three(["fail", "ok", "ok"]);
     assert!(failing
@@ -148,7 +133,7 @@ fn decide_json() {
         failing
             .decide_json("math", "decide", &json!(0), Opts::new().ignore_errors())
             .unwrap(),
-        Decision::Decided(json!("gamma"))
+        Decision::Decided(json!("gamma-p"))
     );
 }
 

@@ -5,29 +5,12 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use epi::{LoadError, Notification, Opts, Registry, RegistryConfig, RetirePolicy, Upgrade};
 use serde_json::{json, Value};
-
-/// The test plugin with its build mark set to `mark`: a distinct build of the same library.
-fn build(mark: u32) -> Vec<u8> {
-    static BASE: OnceLock<(Vec<u8>, usize)> = OnceLock::new();
-    let (base, offset) = BASE.get_or_init(|| {
-        let bytes = library_bytes("epi-plugin-testplug");
-        let marker = b"EPIMARK:00000000";
-        let offset = bytes
-            .windows(marker.len())
-            .position(|window| window == marker)
-            .expect("the build mark");
-        (bytes, offset + 8)
-    });
-    let mut bytes = base.clone();
-    bytes[*offset..*offset + 8].copy_from_slice(format!("{mark:08}").as_bytes());
-    bytes
-}
 
 /// Publishes by writing a temporary dotfile and renaming it into place.
 fn publish_by_rename(path: &Path, bytes: &[u8]) {
@@ -296,14 +279,7 @@ fn the_watcher_follows_renames_copies_new_files_and_removals() {
 #[test]
 fn callers_lose_no_call_while_the_plugin_is_replaced_100_times() {
     let dir = plugin_dir();
-    let path = write_file(dir.path(), "counter.so", &build(1));
-    let registry = registry(&[]);
-    registry
-        .load_with_config(
-            &path,
-            &json!({"app": "counter", "providers": [{"label": "one"}, {"label": "two"}]}),
-        )
-        .unwrap();
+    let (registry, path) = setup(dir.path(), 1);
     // Watching finds the file already loaded and unchanged; upgrades keep its configuration.
     let found = registry.watch(dir.path()).unwrap();
     assert!(matches!(found[0].1, Ok(Upgrade::Unchanged)));
@@ -357,17 +333,6 @@ fn callers_lose_no_call_while_the_plugin_is_replaced_100_times() {
         assert_eq!(*seen.last().unwrap(), 101);
     }
     assert_eq!(registry.status().retired_total, 100);
-}
-
-fn mapped_copies(runtime: &Path) -> usize {
-    let runtime = runtime.to_string_lossy().into_owned();
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-    let copies: std::collections::BTreeSet<&str> = maps
-        .lines()
-        .filter_map(|line| line.split_whitespace().nth(5))
-        .filter(|path| path.starts_with(&runtime))
-        .collect();
-    copies.len()
 }
 
 #[test]

@@ -163,12 +163,8 @@ impl Registry {
         dir: impl AsRef<Path>,
         config_for: impl Fn(&Path) -> Value,
     ) -> std::io::Result<Vec<(PathBuf, Result<PluginInfo, LoadError>)>> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir.as_ref())?
-            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-            .filter(|path| self.matches_pattern(path) && path.is_file())
-            .collect();
-        files.sort();
-        Ok(files
+        Ok(self
+            .plugin_files(dir.as_ref())?
             .into_iter()
             .map(|path| {
                 let result = self.load_with_config(&path, &config_for(&path));
@@ -388,13 +384,7 @@ impl Registry {
     pub fn reload(&self) -> Vec<(PathBuf, Result<Upgrade, LoadError>)> {
         let mut paths: BTreeSet<PathBuf> = self.shared.state.lock().files.keys().cloned().collect();
         for dir in self.watched_dirs() {
-            if let Ok(entries) = std::fs::read_dir(&dir) {
-                paths.extend(
-                    entries
-                        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-                        .filter(|path| self.matches_pattern(path) && path.is_file()),
-                );
-            }
+            paths.extend(self.plugin_files(&dir).unwrap_or_default());
         }
         paths
             .into_iter()

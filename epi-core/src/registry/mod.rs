@@ -380,6 +380,16 @@ fn glob_match(pattern: &str, name: &str) -> bool {
 }
 
 impl Registry {
+    /// The plugin files of `dir` (see [`RegistryConfig::file_pattern`]), sorted by name.
+    pub(crate) fn plugin_files(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|path| self.matches_pattern(path) && path.is_file())
+            .collect();
+        files.sort();
+        Ok(files)
+    }
+
     /// Whether the registry treats `path` as a plugin file (see
     /// [`RegistryConfig::file_pattern`]).
     pub(crate) fn matches_pattern(&self, path: &Path) -> bool {

@@ -113,12 +113,8 @@ impl Registry {
                 watcher.dirs.insert(dir.clone());
             }
         }
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)?
-            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-            .filter(|path| self.matches_pattern(path) && path.is_file())
-            .collect();
-        files.sort();
-        Ok(files
+        Ok(self
+            .plugin_files(&dir)?
             .into_iter()
             .map(|path| {
                 let result = self.upgrade(&path);

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use epi::{PluginInfo, Registry, RegistryConfig};
 use serde_json::{json, Value};
@@ -71,4 +72,51 @@ pub fn assert_still_serving(registry: &Registry, dir: &Path) {
         replies.contains(&"Hello, after!".to_string()),
         "{replies:?}"
     );
+}
+
+/// Three plugins in order alpha, beta, gamma, each with one `math` provider labelled
+/// `{app}-p` adding 1, 10 and 100 with the given behaviours; gamma's decides.
+pub fn three(behaviours: [&str; 3]) -> Registry {
+    let registry = registry(&["alpha", "beta", "gamma"]);
+    for ((app, add), behaviour) in [("alpha", 1), ("beta", 10), ("gamma", 100)]
+        .into_iter()
+        .zip(behaviours)
+    {
+        load_testplug(
+            &registry,
+            app,
+            json!([{"label": format!("{app}-p"), "add": add, "behaviour": behaviour,
+                    "decides": app == "gamma"}]),
+        );
+    }
+    registry
+}
+
+/// The test plugin with its build mark set to `mark`: a distinct build of the same library.
+pub fn build(mark: u32) -> Vec<u8> {
+    static BASE: OnceLock<(Vec<u8>, usize)> = OnceLock::new();
+    let (base, offset) = BASE.get_or_init(|| {
+        let bytes = library_bytes("epi-plugin-testplug");
+        let marker = b"EPIMARK:00000000";
+        let offset = bytes
+            .windows(marker.len())
+            .position(|window| window == marker)
+            .expect("the build mark");
+        (bytes, offset + 8)
+    });
+    let mut bytes = base.clone();
+    bytes[*offset..*offset + 8].copy_from_slice(format!("{mark:08}").as_bytes());
+    bytes
+}
+
+/// How many distinct files under `runtime` are mapped into this process.
+pub fn mapped_copies(runtime: &Path) -> usize {
+    let runtime = runtime.to_string_lossy().into_owned();
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let copies: std::collections::BTreeSet<&str> = maps
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .filter(|path| path.starts_with(&runtime))
+        .collect();
+    copies.len()
 }
