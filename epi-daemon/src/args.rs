@@ -69,6 +69,7 @@ pub enum Command {
     },
     /// Query data providers.
     Data {
+        /// The query.
         #[command(subcommand)]
         query: DataQuery,
     },

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use crate::args::{Command, DataQuery};
 use crate::config::Config;
 use crate::registry::open_registry;
-use crate::serve::{groups, pairs, reload_all};
+use crate::serve::{groups, pairs, reload_all, reload_plugin};
 
 /// The call failed (unknown service, provider error, bad arguments).
 pub const EXIT_CALL: u8 = 1;
@@ -197,26 +197,37 @@ fn execute(backend: &Backend, command: Command) -> Result<(Value, String), Failu
             Ok((report.clone(), report_table(&report)))
         }
         Command::Reload { plugin } => {
-            let value = backend.post("/_epi/reload", Value::Null, |r| Ok(reload_all(r)))?;
+            let route = match &plugin {
+                Some(app) => format!("/_epi/reload?plugin={app}"),
+                None => "/_epi/reload".to_owned(),
+            };
+            let value = backend.post(&route, Value::Null, |r| {
+                Ok(match &plugin {
+                    Some(app) => reload_plugin(r, app),
+                    None => reload_all(r),
+                })
+            })?;
             let mut table = String::new();
+            let mut failed = None;
             for file in value["files"].as_array().into_iter().flatten() {
-                let app = file["result"]["new"]["app"]
-                    .as_str()
-                    .or(file["result"]["app"].as_str());
-                if plugin.as_deref().is_some_and(|wanted| app != Some(wanted)) {
-                    continue;
-                }
-                let outcome = file["result"]["outcome"]
-                    .as_str()
-                    .map(str::to_owned)
-                    .or_else(|| file["error"].as_str().map(|e| format!("error: {e}")))
-                    .unwrap_or_default();
+                let outcome = match (file["result"]["outcome"].as_str(), file["error"].as_str()) {
+                    (Some(outcome), _) => outcome.to_owned(),
+                    (None, Some(error)) => {
+                        failed = Some(error.to_owned());
+                        format!("error: {error}")
+                    }
+                    (None, None) => String::new(),
+                };
                 table.push_str(&format!(
                     "{}\t{outcome}\n",
-                    file["file"].as_str().unwrap_or("?")
+                    file["file"].as_str().unwrap_or("-")
                 ));
             }
-            Ok((value, table))
+            match (plugin, failed) {
+                // Reloading one plugin that could not be reloaded is a failed command.
+                (Some(_), Some(error)) => Err(Failure::call(error)),
+                _ => Ok((value, table)),
+            }
         }
     }
 }

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! The `epi` program as a library: configuration, registry set-up, the HTTP server and the
 //! command line. `src/main.rs` is the thin binary around it.
 

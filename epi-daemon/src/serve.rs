@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path as UrlPath, Request, State};
+use axum::extract::{Path as UrlPath, Query, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -285,9 +285,20 @@ async fn counters(State(state): State<AppState>) -> Response {
     Json(state.registry.counters()).into_response()
 }
 
-async fn reload(State(state): State<AppState>) -> Response {
+/// Query of `/_epi/reload`.
+#[derive(Deserialize)]
+pub struct ReloadQuery {
+    /// Only this plugin (app name).
+    pub plugin: Option<String>,
+}
+
+async fn reload(State(state): State<AppState>, Query(query): Query<ReloadQuery>) -> Response {
     let registry = state.registry.clone();
-    let done = tokio::task::spawn_blocking(move || reload_all(&registry)).await;
+    let done = tokio::task::spawn_blocking(move || match query.plugin {
+        Some(app) => reload_plugin(&registry, &app),
+        None => reload_all(&registry),
+    })
+    .await;
     match done {
         Ok(body) => Json(body).into_response(),
         Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, err),
@@ -305,6 +316,24 @@ pub fn reload_all(registry: &Registry) -> Value {
             Err(err) => json!({"file": path, "error": err.to_string()}),
         })
         .collect();
+    json!({"files": files, "data_notifications": registry.reload_data()})
+}
+
+/// Re-checks the file of one plugin (upgrading it if it changed), then re-reads all data; same
+/// shape as [`reload_all`]. An unknown plugin gives an `error` entry.
+pub fn reload_plugin(registry: &Registry, app: &str) -> Value {
+    let file = registry
+        .plugins()
+        .into_iter()
+        .find(|plugin| plugin.app == app)
+        .map(|plugin| plugin.file);
+    let files = match file {
+        Some(path) => match registry.upgrade(&path) {
+            Ok(outcome) => json!([{"file": path, "result": outcome}]),
+            Err(err) => json!([{"file": path, "error": err.to_string()}]),
+        },
+        None => json!([{"file": null, "error": format!("no plugin named `{app}` is loaded")}]),
+    };
     json!({"files": files, "data_notifications": registry.reload_data()})
 }
 

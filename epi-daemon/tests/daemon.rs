@@ -339,6 +339,15 @@ fn the_cli_works_in_process_and_against_the_daemon() {
     let (code, out, _) = epi(&[&remote[..], &["--json", "list"]].concat());
     assert_eq!(code, 0);
     assert_eq!(json(&out)["plugins"].as_array().unwrap().len(), 3);
+    let (code, out, err) = epi(&[&remote[..], &["reload", "testplug"]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("libepi_plugin_testplug.so\tunchanged"),
+        "{out}"
+    );
+    let (code, _, err) = epi(&[&remote[..], &["reload", "nope"]].concat());
+    assert_eq!(code, 1);
+    assert!(err.contains("no plugin named `nope`"), "{err}");
     let (code, _, err) = epi(&["--daemon", "http://127.0.0.1:1", "list"]);
     assert_eq!(code, 4, "an unreachable daemon: {err}");
 }
