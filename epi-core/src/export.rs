@@ -231,22 +231,42 @@ pub unsafe extern "C" fn data_shim(
     }
 }
 
-/// Delivers a notification (JSON text) to the plugin object `P`.
+/// Decodes the JSON value in `input` and hands it to the plugin object `P`.
 ///
 /// # Safety
 /// `plugin` is the `P` this plugin's `init` created, `input` a `&[u8]`, `error` a live `String`.
+unsafe fn receive_json<P: Plugin, T: DeserializeOwned>(
+    plugin: *const c_void,
+    input: *const c_void,
+    error: *mut String,
+    what: &str,
+    deliver: impl FnOnce(&P, T),
+) -> u32 {
+    unsafe {
+        guarded(error, || {
+            deliver(&*(plugin as *const P), read_json(input, what)?);
+            Ok(())
+        })
+    }
+}
+
+/// Delivers a notification (JSON text) to the plugin object `P`.
+///
+/// # Safety
+/// As [`receive_json`].
 pub unsafe extern "C" fn notify_shim<P: Plugin>(
     plugin: *const c_void,
     input: *const c_void,
     error: *mut String,
 ) -> u32 {
     unsafe {
-        guarded(error, || {
-            let plugin = &*(plugin as *const P);
-            let notification = read_json(input, "unreadable notification")?;
-            plugin.notify(&notification);
-            Ok(())
-        })
+        receive_json(
+            plugin,
+            input,
+            error,
+            "unreadable notification",
+            |p: &P, n| p.notify(&n),
+        )
     }
 }
 
@@ -271,17 +291,15 @@ pub unsafe extern "C" fn export_state_shim<P: Plugin>(
 /// Imports a state (JSON of `PluginState`) into plugin object `P`.
 ///
 /// # Safety
-/// `plugin` is the `P` this plugin's `init` created, `input` a `&[u8]`, `error` a live `String`.
+/// As [`receive_json`].
 pub unsafe extern "C" fn import_state_shim<P: Plugin>(
     plugin: *const c_void,
     input: *const c_void,
     error: *mut String,
 ) -> u32 {
     unsafe {
-        guarded(error, || {
-            let plugin = &*(plugin as *const P);
-            plugin.import_state(read_json(input, "unreadable state")?);
-            Ok(())
+        receive_json(plugin, input, error, "unreadable state", |p: &P, state| {
+            p.import_state(state)
         })
     }
 }

@@ -18,9 +18,9 @@ use std::sync::Arc;
 use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 
 use crate::abi::{
-    DataProviderDescriptor, DataSourceDescriptor, DropFn, ExportStateFn, FunctionEntry,
-    ImportStateFn, NotifyFn, PluginDescriptor, PluginEntry, ProcessDescriptor, ProcessHost, StrRef,
-    ABI_VERSION, BUILD_INFO, ENTRY_SYMBOL, MAGIC, STATUS_OK,
+    DataProviderDescriptor, DataSourceDescriptor, DropFn, ExportStateFn, FunctionEntry, NotifyFn,
+    PluginDescriptor, PluginEntry, ProcessDescriptor, ProcessHost, StrRef, ABI_VERSION, BUILD_INFO,
+    ENTRY_SYMBOL, MAGIC, STATUS_OK,
 };
 use crate::engine::{WorkerContext, WorkerError};
 use crate::error::LoadError;
@@ -68,7 +68,8 @@ pub struct LoadedPlugin {
     pub(crate) processes: Vec<ProcessDescriptor>,
     notify: NotifyFn,
     export_state: ExportStateFn,
-    import_state: ImportStateFn,
+    /// Same signature as `notify`: a JSON value for the plugin object.
+    import_state: NotifyFn,
     /// The private copy this instance was mapped from (its name is unlinked at once, so
     /// `/proc/self/maps` shows it as deleted).
     pub(crate) copy: PathBuf,
@@ -104,12 +105,13 @@ impl LoadedPlugin {
         }
     }
 
-    /// Delivers a notification; a failure or panic in the plugin is logged, never propagated.
-    pub(crate) fn notify(&self, notification: &Notification) {
-        let text = match serde_json::to_vec(notification) {
+    /// Hands the plugin object a value as JSON through `shim` (notify, import_state); a
+    /// failure or panic in the plugin is logged, never propagated.
+    fn send_json<T: serde::Serialize>(&self, shim: NotifyFn, value: &T, what: &str) {
+        let text = match serde_json::to_vec(value) {
             Ok(text) => text,
             Err(err) => {
-                tracing::error!(app = %self.info.app, "cannot encode a notification: {err}");
+                tracing::error!(app = %self.info.app, "cannot encode the {what}: {err}");
                 return;
             }
         };
@@ -117,15 +119,20 @@ impl LoadedPlugin {
         let mut error = String::new();
         // SAFETY: the plugin object lives as long as `self`; the shim catches panics.
         let status = unsafe {
-            (self.notify)(
+            shim(
                 self.instance,
                 &input as *const &[u8] as *const c_void,
                 &mut error,
             )
         };
         if status != STATUS_OK {
-            tracing::warn!(app = %self.info.app, "notify failed: {error}");
+            tracing::warn!(app = %self.info.app, "{what} failed: {error}");
         }
+    }
+
+    /// Delivers a notification.
+    pub(crate) fn notify(&self, notification: &Notification) {
+        self.send_json(self.notify, notification, "notification");
     }
 
     /// The state the plugin hands to its successor; errors and panics are logged and give
@@ -145,24 +152,9 @@ impl LoadedPlugin {
         })
     }
 
-    /// Hands the plugin its predecessor's state; errors and panics are logged.
+    /// Hands the plugin its predecessor's state.
     pub(crate) fn import_state(&self, state: &PluginState) {
-        let Ok(text) = serde_json::to_vec(state) else {
-            return;
-        };
-        let input: &[u8] = &text;
-        let mut error = String::new();
-        // SAFETY: as `export_state`.
-        let status = unsafe {
-            (self.import_state)(
-                self.instance,
-                &input as *const &[u8] as *const c_void,
-                &mut error,
-            )
-        };
-        if status != STATUS_OK {
-            tracing::warn!(app = %self.info.app, "import_state failed: {error}");
-        }
+        self.send_json(self.import_state, state, "state import");
     }
 
     /// Computes process `index`'s output from its inputs' outputs.
