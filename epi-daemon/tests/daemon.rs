@@ -223,7 +223,21 @@ fn sigterm_finishes_requests_in_flight_and_exits_zero() {
             r#"{"service": "math", "function": "sleep", "args": 700}"#,
         )
     });
-    std::thread::sleep(Duration::from_millis(200));
+    // Wait until the daemon counted the call: it is in flight, not merely about to start.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let counters = json(&get(&format!("{}/_epi/counters", daemon.base)).1);
+        let started = counters
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["function"] == "sleep" && c["calls"].as_u64().unwrap_or(0) > 0);
+        if started {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slow call never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let sent = Instant::now();
     signal(&daemon, libc::SIGTERM);
     let (status, body) = slow.join().unwrap();

@@ -3,7 +3,6 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::*;
 use epi::{Decision, Error, Failure, Opts, RegistryConfig};
@@ -359,14 +358,17 @@ fn several_arguments_travel_as_a_tuple() {
 
 #[test]
 fn a_call_in_flight_finishes_on_the_plugin_being_unloaded() {
-    let registry = registry(&[]);
+    let registry = registry_with(RegistryConfig {
+        count_calls: true,
+        ..Default::default()
+    });
     load_testplug(&registry, "slow", json!([{"label": "slow"}]));
     let sleep = Arc::new(registry.function::<u64, String>("math", "sleep"));
     let call = {
         let sleep = sleep.clone();
         std::thread::spawn(move || sleep.apply(&300))
     };
-    std::thread::sleep(Duration::from_millis(50));
+    wait_until_called(&registry, "math", "sleep");
     assert!(registry.unload("slow"));
     assert_eq!(call.join().unwrap().unwrap(), vec!["slow".to_string()]);
     assert!(matches!(sleep.apply(&0), Err(Error::UnknownService(_))));

@@ -360,10 +360,20 @@ fn keep_loaded_policy_keeps_every_version_mapped() {
 #[test]
 fn a_retired_version_stays_mapped_while_a_call_runs_on_it() {
     let dir = plugin_dir();
-    let (registry, path) = setup(dir.path(), 1);
+    let path = write_file(dir.path(), "counter.so", &build(1));
+    let registry = registry_with(RegistryConfig {
+        count_calls: true,
+        ..Default::default()
+    });
+    registry
+        .load_with_config(
+            &path,
+            &json!({"app": "counter", "providers": [{"label": "one"}, {"label": "two"}]}),
+        )
+        .unwrap();
     let sleep = registry.function::<u64, String>("math", "sleep");
     let running = std::thread::spawn(move || sleep.apply(&400));
-    std::thread::sleep(Duration::from_millis(100));
+    wait_until_called(&registry, "math", "sleep");
     publish_by_rename(&path, &build(2));
     assert!(matches!(
         registry.upgrade(&path).unwrap(),

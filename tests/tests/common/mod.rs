@@ -120,3 +120,23 @@ pub fn mapped_copies(runtime: &Path) -> usize {
         .collect();
     copies.len()
 }
+
+/// Waits until `registry` counted at least one call of `service.function` (the registry needs
+/// `RegistryConfig::count_calls`): the call is running, not merely about to start.
+pub fn wait_until_called(registry: &Registry, service: &str, function: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let called = registry
+            .counters()
+            .iter()
+            .any(|c| c.service == service && c.function == function && c.calls > 0);
+        if called {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{service}.{function} was never called"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
