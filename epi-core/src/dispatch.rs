@@ -577,8 +577,3 @@ fn pipe_list<T>(list: &[ProviderCall], input: T, opts: Opts, all_match: bool) ->
     }
     Ok(value)
 }
-
-/// The interned id behind a service handle.
-pub(crate) fn service_id(handle: &ServiceHandle) -> ServiceId {
-    handle.id
-}

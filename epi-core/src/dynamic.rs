@@ -106,10 +106,11 @@ impl Registry {
         args: &Value,
         body: impl FnOnce(&[ProviderCall], Vec<u8>) -> Result<R, Error>,
     ) -> Result<R, Error> {
-        let handle = self.service(service);
         let snapshot = self.shared.current.load();
         let list = snapshot
-            .providers_by_name(crate::dispatch::service_id(&handle), function)
+            .service_ids
+            .get(service)
+            .and_then(|&id| snapshot.providers_by_name(id, function))
             .ok_or_else(|| Error::UnknownService(service.into()))?;
         let input = serde_json::to_vec(args).map_err(|err| Error::BadArguments {
             service: service.into(),

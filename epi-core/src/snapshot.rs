@@ -102,6 +102,8 @@ pub(crate) struct Snapshot {
     pub(crate) plugins: Vec<Arc<LoadedPlugin>>,
     /// Indexed by `ServiceId`.
     pub(crate) services: Vec<ServiceSlot>,
+    /// Ids of the services this snapshot names, for calls by name without the interner's lock.
+    pub(crate) service_ids: FxHashMap<Box<str>, ServiceId>,
     /// Indexed by `FunctionId`: providers in call order.
     pub(crate) functions: Vec<Box<[ProviderCall]>>,
 }
@@ -179,6 +181,7 @@ pub(crate) fn build(
     plugins.sort_by_cached_key(|plugin| plugin_rank(config, &plugin.info.app));
 
     let mut services: Vec<ServiceSlot> = Vec::new();
+    let mut service_ids: FxHashMap<Box<str>, ServiceId> = FxHashMap::default();
     let slot = |services: &mut Vec<ServiceSlot>, id: ServiceId| -> usize {
         let index = id as usize;
         if services.len() <= index {
@@ -193,6 +196,7 @@ pub(crate) fn build(
     for (position, plugin) in plugins.iter().enumerate() {
         for service in &plugin.info.services {
             let (id, _) = interner.service(service);
+            service_ids.insert(service.as_str().into(), id);
             let index = slot(&mut services, id);
             services[index].declared = true;
         }
@@ -200,6 +204,7 @@ pub(crate) fn build(
         let mut declaration = 0;
         for provider in &plugin.providers {
             let (service_id, service_name) = interner.service(&provider.service);
+            service_ids.insert((*provider.service).into(), service_id);
             let index = slot(&mut services, service_id);
             let priority = provider.priority.unwrap_or(default_priority);
             for (function_index, function) in provider.functions.iter().enumerate() {
@@ -243,6 +248,7 @@ pub(crate) fn build(
         generation,
         plugins,
         services,
+        service_ids,
         functions,
     }
 }

@@ -313,6 +313,19 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     out
 }
 
+/// A JSON array of strings as `a,b,c` (empty for anything else).
+fn joined(list: &Value) -> String {
+    list.as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
 fn plugins_table(status: &Value) -> String {
     let rows = status["plugins"]
         .as_array()
@@ -323,15 +336,7 @@ fn plugins_table(status: &Value) -> String {
                 p["app"].as_str().unwrap_or("?").to_owned(),
                 p["version"].as_str().unwrap_or("?").to_owned(),
                 p["priority"].to_string(),
-                p["services"]
-                    .as_array()
-                    .map(|s| {
-                        s.iter()
-                            .filter_map(Value::as_str)
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    })
-                    .unwrap_or_default(),
+                joined(&p["services"]),
                 p["file"].as_str().unwrap_or("?").to_owned(),
             ]
         })
@@ -355,15 +360,7 @@ fn report_table(report: &Value) -> String {
                 name.clone(),
                 w["state"].as_str().unwrap_or("?").to_owned(),
                 w["start_count"].to_string(),
-                w["inputs"]
-                    .as_array()
-                    .map(|i| {
-                        i.iter()
-                            .filter_map(Value::as_str)
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    })
-                    .unwrap_or_default(),
+                joined(&w["inputs"]),
                 if w["last_error"].is_null() {
                     String::new()
                 } else {
