@@ -1,24 +1,39 @@
 //! Typed calls: [`ServiceHandle`] and [`Function`] with `apply`, `decide`, `pipe`, `any`, `all`.
 //!
 //! A call loads the current snapshot (no lock), finds the function's providers already in
-//! order, and calls each through its plugin's typed shim with the arguments by pointer. The only
-//! allocation is the result vector of `apply`; `decide`, `pipe`, `any` and `all` allocate
-//! nothing themselves. Argument and output types are checked against each provider's
-//! declaration; a [`Function`] remembers the snapshot it checked so it checks once per reload.
+//! order, and calls each one. A provider of a plugin on the native path gets the arguments by
+//! pointer through its typed shim; one on the stable path gets them as JSON (encoded once per
+//! call) and answers JSON. On the native path the only allocation is the result vector of
+//! `apply`; `decide`, `pipe`, `any` and `all` allocate nothing themselves.
+//!
+//! Argument and output types are checked against each provider's declaration (`witness`): a
+//! provider can only be called through a [`witness::Typed`] that a check produced. A
+//! [`Function`] remembers the snapshot it checked, so it checks once per reload.
 
-use std::ffi::c_void;
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::abi::{STATUS_BAD_INPUT, STATUS_FAILED, STATUS_OK, STATUS_PANICKED};
+use crate::abi::{STATUS_BAD_INPUT, STATUS_FAILED, STATUS_PANICKED};
 use crate::error::{Error, Failure, ProviderError};
-use crate::plugin::Decision;
 use crate::registry::{Registry, Shared};
 use crate::snapshot::{FunctionId, ProviderCall, ServiceId, Snapshot};
+use epi_plugin::Decision;
+
+use witness::{Args, Checked};
+
+/// What a host-side argument type must be: shared by every provider, and encodable for
+/// plugins on the stable path (whose type check traces its shape).
+pub trait Argument: Serialize + DeserializeOwned + Sync + 'static {}
+impl<T: Serialize + DeserializeOwned + Sync + 'static> Argument for T {}
+
+/// What a host-side output type must be: decodable from plugins on the stable path.
+pub trait Output: DeserializeOwned + Send + 'static {}
+impl<T: DeserializeOwned + Send + 'static> Output for T {}
 
 /// How `apply` and `decide` treat providers (couch_epi's options).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,22 +172,19 @@ impl ServiceHandle {
 
     /// Calls `function` of every provider in order and returns their results in that order.
     /// The first error stops the call and is returned.
-    pub fn apply<A: Sync + 'static, O: Send + 'static>(
-        &self,
-        function: &str,
-        args: &A,
-    ) -> Result<Vec<O>, Error> {
+    pub fn apply<A: Argument, O: Output>(&self, function: &str, args: &A) -> Result<Vec<O>, Error> {
         let _span = tracing::trace_span!("epi.apply", service = %self.name, function).entered();
         let snapshot = self.shared.current.load();
         let list = self.list(&snapshot, function)?;
-        precheck::<A, O>(list, false)?;
-        apply_values(list, args)
+        let checked =
+            witness::precheck::<A, O>(list, false)?.expect("checked without ignore_errors");
+        apply_values(checked, args)
     }
 
     /// `apply` with options: with `ignore_errors` failures stay in the list as per-provider
     /// errors; with `concurrent` providers run in parallel. `pipe` is refused: use
     /// [`ServiceHandle::pipe`].
-    pub fn apply_with<A: Sync + 'static, O: Send + 'static>(
+    pub fn apply_with<A: Argument, O: Output>(
         &self,
         function: &str,
         args: &A,
@@ -181,12 +193,12 @@ impl ServiceHandle {
         let _span = tracing::trace_span!("epi.apply", service = %self.name, function).entered();
         let snapshot = self.shared.current.load();
         let list = self.list(&snapshot, function)?;
-        let all_match = precheck::<A, O>(list, opts.ignore_errors)?;
-        apply_results(&self.shared, list, args, opts, all_match)
+        let checked = witness::precheck::<A, O>(list, opts.ignore_errors)?;
+        apply_results(&self.shared, list, checked, args, opts)
     }
 
     /// Asks providers in order until one returns `Decided`; none → `NoDecision`.
-    pub fn decide<A: 'static, T: 'static>(
+    pub fn decide<A: Argument, T: DeserializeOwned + 'static>(
         &self,
         function: &str,
         args: &A,
@@ -195,42 +207,37 @@ impl ServiceHandle {
         let _span = tracing::trace_span!("epi.decide", service = %self.name, function).entered();
         let snapshot = self.shared.current.load();
         let list = self.list(&snapshot, function)?;
-        let all_match = precheck::<A, Decision<T>>(list, opts.ignore_errors)?;
-        decide_list(list, args, opts, all_match)
+        let checked = witness::precheck::<A, Decision<T>>(list, opts.ignore_errors)?;
+        decide_list(list, checked, args, opts)
     }
 
     /// Passes `input` through every provider in order, each one's output the next one's input.
     /// No providers → `input` comes back unchanged.
-    pub fn pipe<T: 'static>(&self, function: &str, input: T, opts: Opts) -> Result<T, Error> {
+    pub fn pipe<T: Argument + Send>(
+        &self,
+        function: &str,
+        input: T,
+        opts: Opts,
+    ) -> Result<T, Error> {
         let _span = tracing::trace_span!("epi.pipe", service = %self.name, function).entered();
         let snapshot = self.shared.current.load();
         let list = self.list(&snapshot, function)?;
-        let all_match = precheck::<T, T>(list, opts.ignore_errors)?;
-        pipe_list(list, input, opts, all_match)
+        let checked = witness::precheck::<T, T>(list, opts.ignore_errors)?;
+        pipe_list(list, checked, input, opts)
     }
 
     /// True when some provider returned `true` (couch_epi's `any`).
-    pub fn any<A: Sync + 'static>(
-        &self,
-        function: &str,
-        args: &A,
-        opts: Opts,
-    ) -> Result<bool, Error> {
+    pub fn any<A: Argument>(&self, function: &str, args: &A, opts: Opts) -> Result<bool, Error> {
         Ok(any_true(&self.apply_with::<A, bool>(function, args, opts)?))
     }
 
     /// True when there are providers and every one returned `true` (couch_epi's `all`).
-    pub fn all<A: Sync + 'static>(
-        &self,
-        function: &str,
-        args: &A,
-        opts: Opts,
-    ) -> Result<bool, Error> {
+    pub fn all<A: Argument>(&self, function: &str, args: &A, opts: Opts) -> Result<bool, Error> {
         Ok(all_true(&self.apply_with::<A, bool>(function, args, opts)?))
     }
 }
 
-impl<A: 'static, O: 'static> Function<A, O> {
+impl<A, O> Function<A, O> {
     /// The service's name.
     pub fn service(&self) -> &str {
         &self.service_name
@@ -248,30 +255,32 @@ impl<A: 'static, O: 'static> Function<A, O> {
             .providers(self.service, self.id)
             .is_some_and(|list| !list.is_empty())
     }
+}
 
-    /// Providers of the current snapshot, with whether all of them match `A` and `O` (checked
-    /// once per snapshot generation).
+impl<A: Argument, O: Output> Function<A, O> {
+    /// Providers of the current snapshot, with the proof that all of them match `A` and `O`
+    /// when they do (checked once per snapshot generation).
     #[inline]
     fn resolve<'s>(
         &self,
         snapshot: &'s Snapshot,
         ignore_errors: bool,
-    ) -> Result<(&'s [ProviderCall], bool), Error> {
+    ) -> Result<(&'s [ProviderCall], Option<Checked<'s, A, O>>), Error> {
         let list = snapshot
             .providers(self.service, self.id)
             .ok_or_else(|| Error::UnknownService(self.service_name.clone()))?;
         if self.checked.load(Ordering::Relaxed) == snapshot.generation {
-            return Ok((list, true));
+            // SAFETY: this handle checked every provider of this generation's list against
+            // `A` and `O`; a generation's lists never change.
+            return Ok((list, Some(unsafe { Checked::assume_checked(list) })));
         }
-        let all_match = precheck::<A, O>(list, ignore_errors)?;
-        if all_match {
+        let checked = witness::precheck::<A, O>(list, ignore_errors)?;
+        if checked.is_some() {
             self.checked.store(snapshot.generation, Ordering::Relaxed);
         }
-        Ok((list, all_match))
+        Ok((list, checked))
     }
-}
 
-impl<A: Sync + 'static, O: Send + 'static> Function<A, O> {
     /// Calls every provider in order; results in provider order; the first error stops the
     /// call and is returned.
     pub fn apply(&self, args: &A) -> Result<Vec<O>, Error> {
@@ -279,8 +288,8 @@ impl<A: Sync + 'static, O: Send + 'static> Function<A, O> {
             tracing::trace_span!("epi.apply", service = %self.service_name, function = %self.name)
                 .entered();
         let snapshot = self.shared.current.load();
-        let (list, _) = self.resolve(&snapshot, false)?;
-        apply_values(list, args)
+        let (_, checked) = self.resolve(&snapshot, false)?;
+        apply_values(checked.expect("checked without ignore_errors"), args)
     }
 
     /// `apply` with options (see [`ServiceHandle::apply_with`]).
@@ -289,12 +298,12 @@ impl<A: Sync + 'static, O: Send + 'static> Function<A, O> {
             tracing::trace_span!("epi.apply", service = %self.service_name, function = %self.name)
                 .entered();
         let snapshot = self.shared.current.load();
-        let (list, all_match) = self.resolve(&snapshot, opts.ignore_errors)?;
-        apply_results(&self.shared, list, args, opts, all_match)
+        let (list, checked) = self.resolve(&snapshot, opts.ignore_errors)?;
+        apply_results(&self.shared, list, checked, args, opts)
     }
 }
 
-impl<A: Sync + 'static> Function<A, bool> {
+impl<A: Argument> Function<A, bool> {
     /// True when some provider returned `true`.
     pub fn any(&self, args: &A, opts: Opts) -> Result<bool, Error> {
         Ok(any_true(&self.apply_with(args, opts)?))
@@ -306,27 +315,27 @@ impl<A: Sync + 'static> Function<A, bool> {
     }
 }
 
-impl<A: 'static, T: 'static> Function<A, Decision<T>> {
+impl<A: Argument, T: DeserializeOwned + Send + 'static> Function<A, Decision<T>> {
     /// Asks providers in order until one returns `Decided`; none → `NoDecision`.
     pub fn decide(&self, args: &A, opts: Opts) -> Result<Decision<T>, Error> {
         let _span =
             tracing::trace_span!("epi.decide", service = %self.service_name, function = %self.name)
                 .entered();
         let snapshot = self.shared.current.load();
-        let (list, all_match) = self.resolve(&snapshot, opts.ignore_errors)?;
-        decide_list(list, args, opts, all_match)
+        let (list, checked) = self.resolve(&snapshot, opts.ignore_errors)?;
+        decide_list(list, checked, args, opts)
     }
 }
 
-impl<T: 'static> Function<T, T> {
+impl<T: Argument + Send> Function<T, T> {
     /// Passes `input` through every provider in order (see [`ServiceHandle::pipe`]).
     pub fn pipe(&self, input: T, opts: Opts) -> Result<T, Error> {
         let _span =
             tracing::trace_span!("epi.pipe", service = %self.service_name, function = %self.name)
                 .entered();
         let snapshot = self.shared.current.load();
-        let (list, all_match) = self.resolve(&snapshot, opts.ignore_errors)?;
-        pipe_list(list, input, opts, all_match)
+        let (list, checked) = self.resolve(&snapshot, opts.ignore_errors)?;
+        pipe_list(list, checked, input, opts)
     }
 }
 
@@ -340,47 +349,298 @@ fn all_true(results: &[Result<bool, ProviderError>]) -> bool {
     !results.is_empty() && results.iter().all(|result| matches!(result, Ok(true)))
 }
 
-/// Calls one provider's typed shim.
-#[inline]
-fn call<A, O>(provider: &ProviderCall, args: &A) -> Result<O, ProviderError> {
-    let mut output = MaybeUninit::<O>::uninit();
-    call_into(provider, args, &mut output)?;
-    // SAFETY: `call_into` returned OK, so the shim wrote the output.
-    Ok(unsafe { output.assume_init() })
-}
+/// Type checks and the proofs calls require.
+///
+/// A provider's shims trust the types they are given: the native shim reads its arguments and
+/// writes its output by pointer. The only way to call one is through a [`Typed`], and the only
+/// ways to get one are a passed check ([`check`], [`precheck`]) or a [`Checked`] list, itself
+/// made by [`precheck`] or asserted by a caller that checked the same immutable list before.
+pub(crate) mod witness {
+    use std::collections::HashMap;
+    use std::marker::PhantomData;
+    use std::mem::MaybeUninit;
+    use std::sync::{Arc, OnceLock};
 
-/// Calls one provider's typed shim, leaving the output in `output` (initialised on `Ok`), so a
-/// caller can inspect it in place instead of moving it.
-#[inline]
-fn call_into<A, O>(
-    provider: &ProviderCall,
-    args: &A,
-    output: &mut MaybeUninit<O>,
-) -> Result<(), ProviderError> {
-    let mut error = String::new();
-    if provider.count_calls {
-        provider.counters.calls.fetch_add(1, Ordering::Relaxed);
+    use parking_lot::RwLock;
+    use serde::de::DeserializeOwned;
+    use serde::Serialize;
+
+    use crate::abi::manifest::TypeDesc;
+    use crate::abi::{RVec, StrRef, STATUS_OK};
+    use crate::error::{Error, Failure, ProviderError};
+    use crate::snapshot::ProviderCall;
+
+    use super::{failure, provider_error};
+
+    /// Whether `desc` is `T` as this build compiled it (native path).
+    fn is_native<T>(desc: &TypeDesc) -> bool {
+        desc.size == std::mem::size_of::<T>()
+            && desc.align == std::mem::align_of::<T>()
+            && desc.name == std::any::type_name::<T>()
     }
-    // SAFETY: the provider's declared types match `A` and `O` (checked by the caller), its
-    // plugin is mapped while the snapshot lives, and the shim writes `output` only on OK.
-    let status = unsafe {
-        (provider.call)(
-            provider.instance,
-            args as *const A as *const c_void,
-            output.as_mut_ptr() as *mut c_void,
-            &mut error,
-        )
-    };
-    if status == STATUS_OK {
-        Ok(())
-    } else {
-        Err(failure(provider, status, error))
+
+    /// The serde shape of `T`, traced once per type for the life of the process.
+    fn shape<T: DeserializeOwned + 'static>() -> Arc<str> {
+        static SHAPES: OnceLock<RwLock<HashMap<std::any::TypeId, Arc<str>>>> = OnceLock::new();
+        let shapes = SHAPES.get_or_init(Default::default);
+        let id = std::any::TypeId::of::<T>();
+        if let Some(shape) = shapes.read().get(&id) {
+            return shape.clone();
+        }
+        let shape: Arc<str> = crate::describe::shape_of::<T>().into();
+        shapes.write().entry(id).or_insert(shape).clone()
+    }
+
+    /// Whether `desc` describes `T` on the provider's call path.
+    fn matches<T: DeserializeOwned + 'static>(provider: &ProviderCall, desc: &TypeDesc) -> bool {
+        if provider.typed.is_some() {
+            is_native::<T>(desc)
+        } else {
+            *desc.shape == *shape::<T>()
+        }
+    }
+
+    /// A provider proven to take `&A` and return `O`.
+    pub(crate) struct Typed<'s, A, O> {
+        provider: &'s ProviderCall,
+        _types: PhantomData<fn(&A) -> O>,
+    }
+
+    impl<A, O> Clone for Typed<'_, A, O> {
+        fn clone(&self) -> Self {
+            *self
+        }
+    }
+    impl<A, O> Copy for Typed<'_, A, O> {}
+
+    /// A provider list proven to take `&A` and return `O`, every one of them.
+    pub(crate) struct Checked<'s, A, O> {
+        list: &'s [ProviderCall],
+        _types: PhantomData<fn(&A) -> O>,
+    }
+
+    impl<A, O> Clone for Checked<'_, A, O> {
+        fn clone(&self) -> Self {
+            *self
+        }
+    }
+    impl<A, O> Copy for Checked<'_, A, O> {}
+
+    impl<'s, A, O> Checked<'s, A, O> {
+        /// A list checked before.
+        ///
+        /// # Safety
+        /// Every provider of `list` passed [`check::<A, O>`](check).
+        pub(crate) unsafe fn assume_checked(list: &'s [ProviderCall]) -> Self {
+            Checked {
+                list,
+                _types: PhantomData,
+            }
+        }
+
+        pub(crate) fn len(&self) -> usize {
+            self.list.len()
+        }
+
+        pub(crate) fn get(&self, index: usize) -> Typed<'s, A, O> {
+            Typed {
+                provider: &self.list[index],
+                _types: PhantomData,
+            }
+        }
+
+        pub(crate) fn iter(&self) -> impl Iterator<Item = Typed<'s, A, O>> + 's {
+            self.list.iter().map(|provider| Typed {
+                provider,
+                _types: PhantomData,
+            })
+        }
+    }
+
+    /// Checks that `provider` declares exactly `A -> O` on its call path.
+    pub(crate) fn check<'s, A, O>(
+        provider: &'s ProviderCall,
+    ) -> Result<Typed<'s, A, O>, ProviderError>
+    where
+        A: DeserializeOwned + 'static,
+        O: DeserializeOwned + 'static,
+    {
+        if matches::<A>(provider, &provider.args) && matches::<O>(provider, &provider.output) {
+            return Ok(Typed {
+                provider,
+                _types: PhantomData,
+            });
+        }
+        let (expected, found) = if provider.typed.is_some() {
+            (
+                format!(
+                    "fn(&{}) -> {}",
+                    std::any::type_name::<A>(),
+                    std::any::type_name::<O>()
+                ),
+                format!("fn(&{}) -> {}", provider.args.name, provider.output.name),
+            )
+        } else {
+            (
+                format!(
+                    "fn(&{}) -> {} with shapes {} -> {}",
+                    std::any::type_name::<A>(),
+                    std::any::type_name::<O>(),
+                    shape::<A>(),
+                    shape::<O>()
+                ),
+                format!(
+                    "fn(&{}) -> {} with shapes {} -> {}",
+                    provider.args.name,
+                    provider.output.name,
+                    provider.args.shape,
+                    provider.output.shape
+                ),
+            )
+        };
+        Err(provider_error(
+            provider,
+            Failure::TypeMismatch { expected, found },
+        ))
+    }
+
+    /// Checks every provider. `Some`: all match. With `ignore_errors`, a mismatch gives `None`
+    /// (each provider is then checked as it is called); without, the first mismatch is returned
+    /// before any provider runs.
+    pub(crate) fn precheck<A, O>(
+        list: &[ProviderCall],
+        ignore_errors: bool,
+    ) -> Result<Option<Checked<'_, A, O>>, Error>
+    where
+        A: DeserializeOwned + 'static,
+        O: DeserializeOwned + 'static,
+    {
+        for provider in list {
+            if let Err(err) = check::<A, O>(provider) {
+                if ignore_errors {
+                    return Ok(None);
+                }
+                return Err(err.into());
+            }
+        }
+        // SAFETY: every provider passed `check` just above.
+        Ok(Some(unsafe { Checked::assume_checked(list) }))
+    }
+
+    /// A call's arguments, with their JSON text encoded on first need (stable-path providers).
+    pub(crate) struct Args<'a, A> {
+        value: &'a A,
+        json: OnceLock<Result<Vec<u8>, String>>,
+    }
+
+    impl<'a, A: Serialize> Args<'a, A> {
+        pub(crate) fn new(value: &'a A) -> Self {
+            Args {
+                value,
+                json: OnceLock::new(),
+            }
+        }
+
+        fn json(&self) -> Result<&[u8], &str> {
+            match self
+                .json
+                .get_or_init(|| serde_json::to_vec(self.value).map_err(|err| err.to_string()))
+            {
+                Ok(json) => Ok(json),
+                Err(reason) => Err(reason),
+            }
+        }
+    }
+
+    impl<'s, A: Serialize, O: DeserializeOwned> Typed<'s, A, O> {
+        /// Calls the provider, leaving its output in `output` (initialised on `Ok`), so a
+        /// caller can inspect it in place instead of moving it.
+        #[inline]
+        pub(crate) fn call_into(
+            self,
+            args: &Args<'_, A>,
+            output: &mut MaybeUninit<O>,
+        ) -> Result<(), ProviderError> {
+            let provider = self.provider;
+            if provider.count_calls {
+                provider
+                    .counters
+                    .calls
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            let mut error = RVec::new();
+            let status = match provider.typed {
+                // SAFETY: `self` proves the provider declares exactly `A -> O` as this build
+                // compiled them (native path); its plugin is mapped while the snapshot lives;
+                // the shim writes `output` only on OK and catches panics.
+                Some(typed) => unsafe {
+                    typed(
+                        provider.instance,
+                        args.value as *const A as *const std::ffi::c_void,
+                        output.as_mut_ptr() as *mut std::ffi::c_void,
+                        &mut error,
+                    )
+                },
+                None => return self.call_stable(args, output),
+            };
+            if status == STATUS_OK {
+                Ok(())
+            } else {
+                Err(failure(provider, status, crate::loader::bytes(error)))
+            }
+        }
+
+        /// The stable path: arguments and output as JSON text.
+        #[inline(never)]
+        fn call_stable(
+            self,
+            args: &Args<'_, A>,
+            output: &mut MaybeUninit<O>,
+        ) -> Result<(), ProviderError> {
+            let provider = self.provider;
+            let json = args.json().map_err(|reason| {
+                provider_error(
+                    provider,
+                    Failure::BadInput(format!("cannot encode the arguments: {reason}")),
+                )
+            })?;
+            let mut result = RVec::new();
+            let mut error = RVec::new();
+            // SAFETY: the JSON shim takes any bytes and fills the buffers through the shared
+            // allocator; the plugin is mapped while the snapshot lives; it catches panics.
+            let status = unsafe {
+                (provider.json)(
+                    provider.instance,
+                    StrRef::bytes(json),
+                    &mut result,
+                    &mut error,
+                )
+            };
+            if status != STATUS_OK {
+                return Err(failure(provider, status, crate::loader::bytes(error)));
+            }
+            let value = serde_json::from_slice(&crate::loader::bytes(result))
+                .map_err(|err| provider_error(provider, Failure::BadOutput(err.to_string())))?;
+            output.write(value);
+            Ok(())
+        }
+
+        /// Calls the provider and returns its output.
+        #[inline]
+        pub(crate) fn call(self, args: &Args<'_, A>) -> Result<O, ProviderError> {
+            let mut output = MaybeUninit::<O>::uninit();
+            self.call_into(args, &mut output)?;
+            // SAFETY: `call_into` returned OK, so the output is initialised.
+            Ok(unsafe { output.assume_init() })
+        }
     }
 }
 
 /// Builds the error for a status other than OK.
 #[cold]
-pub(crate) fn failure(provider: &ProviderCall, status: u32, message: String) -> ProviderError {
+pub(crate) fn failure(provider: &ProviderCall, status: u32, message: Vec<u8>) -> ProviderError {
+    let message = String::from_utf8(message)
+        .unwrap_or_else(|err| String::from_utf8_lossy(err.as_bytes()).into_owned());
     let counter = match status {
         STATUS_PANICKED => &provider.counters.panics,
         _ => &provider.counters.errors,
@@ -405,67 +665,40 @@ pub(crate) fn provider_error(provider: &ProviderCall, failure: Failure) -> Provi
     }
 }
 
-/// Whether `provider` declares exactly `A -> O`.
-fn type_check<A, O>(provider: &ProviderCall) -> Result<(), ProviderError> {
-    if provider.args.is::<A>() && provider.output.is::<O>() {
-        return Ok(());
-    }
-    Err(provider_error(
-        provider,
-        Failure::TypeMismatch {
-            expected: format!(
-                "fn(&{}) -> {}",
-                std::any::type_name::<A>(),
-                std::any::type_name::<O>()
-            ),
-            found: format!("fn(&{}) -> {}", provider.args.name, provider.output.name),
-        },
-    ))
-}
-
-/// Checks every provider's types. `Ok(true)`: all match. With `ignore_errors`, a mismatch gives
-/// `Ok(false)` (each provider is then checked as it is called); without, the first mismatch is
-/// returned before any provider runs.
-fn precheck<A, O>(list: &[ProviderCall], ignore_errors: bool) -> Result<bool, Error> {
-    for provider in list {
-        if let Err(err) = type_check::<A, O>(provider) {
-            if ignore_errors {
-                return Ok(false);
-            }
-            return Err(err.into());
-        }
-    }
-    Ok(true)
-}
-
-/// Calls one provider, checking its types first unless all were checked.
+/// Calls one provider, checking its types first unless the whole list was checked.
 #[inline]
-fn checked_call<A, O>(
-    provider: &ProviderCall,
-    args: &A,
-    all_match: bool,
+fn checked_call<A: Argument, O: Output>(
+    list: &[ProviderCall],
+    checked: Option<Checked<'_, A, O>>,
+    index: usize,
+    args: &Args<'_, A>,
 ) -> Result<O, ProviderError> {
-    if !all_match {
-        type_check::<A, O>(provider)?;
-    }
-    call(provider, args)
+    let typed = match checked {
+        Some(checked) => checked.get(index),
+        None => witness::check::<A, O>(&list[index])?,
+    };
+    typed.call(args)
 }
 
 /// Default apply over providers whose types all match.
-fn apply_values<A, O>(list: &[ProviderCall], args: &A) -> Result<Vec<O>, Error> {
-    let mut values = Vec::with_capacity(list.len());
-    for provider in list {
-        values.push(call(provider, args)?);
+fn apply_values<A: Argument, O: Output>(
+    checked: Checked<'_, A, O>,
+    args: &A,
+) -> Result<Vec<O>, Error> {
+    let args = Args::new(args);
+    let mut values = Vec::with_capacity(checked.len());
+    for typed in checked.iter() {
+        values.push(typed.call(&args)?);
     }
     Ok(values)
 }
 
-fn apply_results<A: Sync, O: Send>(
+fn apply_results<A: Argument, O: Output>(
     shared: &Shared,
     list: &[ProviderCall],
+    checked: Option<Checked<'_, A, O>>,
     args: &A,
     opts: Opts,
-    all_match: bool,
 ) -> Result<Vec<Result<O, ProviderError>>, Error> {
     let opts = opts.check()?;
     if opts.pipe {
@@ -473,14 +706,16 @@ fn apply_results<A: Sync, O: Send>(
             "`pipe` changes the result type: call `pipe` instead of `apply`",
         ));
     }
+    let args = Args::new(args);
     let results = if opts.concurrent && list.len() > 1 {
-        run_concurrent(shared, list, |provider| {
-            checked_call(provider, args, all_match)
+        let indexes: Vec<usize> = (0..list.len()).collect();
+        run_concurrent(shared, &indexes, |&index| {
+            checked_call(list, checked, index, &args)
         })
     } else {
         let mut results = Vec::with_capacity(list.len());
-        for provider in list {
-            let result = checked_call(provider, args, all_match);
+        for index in 0..list.len() {
+            let result = checked_call(list, checked, index, &args);
             let failed = result.is_err();
             results.push(result);
             if failed && !opts.ignore_errors {
@@ -502,17 +737,17 @@ fn apply_results<A: Sync, O: Send>(
     Ok(results)
 }
 
-/// Runs `call` for every provider on the registry's pool; results in provider order.
-pub(crate) fn run_concurrent<R: Send>(
+/// Runs `call` for every item on the registry's pool; results in item order.
+pub(crate) fn run_concurrent<T: Sync, R: Send>(
     shared: &Shared,
-    list: &[ProviderCall],
-    call: impl Fn(&ProviderCall) -> R + Sync,
+    items: &[T],
+    call: impl Fn(&T) -> R + Sync,
 ) -> Vec<R> {
-    let mut slots: Vec<Option<R>> = (0..list.len()).map(|_| None).collect();
+    let mut slots: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
     let call = &call;
     shared.pool.scope(|scope| {
-        for (provider, slot) in list.iter().zip(slots.iter_mut()) {
-            scope.spawn(move |_| *slot = Some(call(provider)));
+        for (item, slot) in items.iter().zip(slots.iter_mut()) {
+            scope.spawn(move |_| *slot = Some(call(item)));
         }
     });
     slots
@@ -521,27 +756,29 @@ pub(crate) fn run_concurrent<R: Send>(
         .collect()
 }
 
-fn decide_list<A, T>(
+fn decide_list<A: Argument, T: DeserializeOwned + 'static>(
     list: &[ProviderCall],
+    checked: Option<Checked<'_, A, Decision<T>>>,
     args: &A,
     opts: Opts,
-    all_match: bool,
 ) -> Result<Decision<T>, Error> {
     refuse_for_decide(opts)?;
+    let args = Args::new(args);
     let mut output = MaybeUninit::<Decision<T>>::uninit();
-    for provider in list {
-        let answered = if all_match {
-            call_into(provider, args, &mut output)
-        } else {
-            type_check::<A, Decision<T>>(provider)
-                .and_then(|()| call_into(provider, args, &mut output))
+    for (index, provider) in list.iter().enumerate() {
+        let answered = match checked {
+            Some(checked) => checked.get(index).call_into(&args, &mut output),
+            None => witness::check::<A, Decision<T>>(provider)
+                .and_then(|typed| typed.call_into(&args, &mut output)),
         };
         match answered {
             // Look at the tag in place: moving the whole value out right after the plugin wrote
             // it stalls on store forwarding, and most providers do not decide.
             // SAFETY: `call_into` returned OK, so the output is initialised.
             Ok(()) => match unsafe { output.assume_init_ref() } {
+                // SAFETY: initialised (above); read once, then the loop ends.
                 Decision::Decided(_) => return Ok(unsafe { output.assume_init_read() }),
+                // SAFETY: initialised (above); dropped once before the next provider writes.
                 Decision::NoDecision => unsafe { output.assume_init_drop() },
             },
             Err(err) if opts.ignore_errors => {
@@ -563,11 +800,16 @@ pub(crate) fn refuse_for_decide(opts: Opts) -> Result<(), Error> {
     Ok(())
 }
 
-fn pipe_list<T>(list: &[ProviderCall], input: T, opts: Opts, all_match: bool) -> Result<T, Error> {
+fn pipe_list<T: Argument + Send>(
+    list: &[ProviderCall],
+    checked: Option<Checked<'_, T, T>>,
+    input: T,
+    opts: Opts,
+) -> Result<T, Error> {
     opts.pipe().check()?;
     let mut value = input;
-    for provider in list {
-        match checked_call::<T, T>(provider, &value, all_match) {
+    for index in 0..list.len() {
+        match checked_call::<T, T>(list, checked, index, &Args::new(&value)) {
             Ok(next) => value = next,
             Err(err) if opts.ignore_errors => {
                 tracing::debug!("{err}; value passed on unchanged");

@@ -1,16 +1,15 @@
 //! Calls by name with JSON values, for the CLI, HTTP and tests. Each provider decodes its
 //! arguments from JSON text and encodes its result; slower than typed calls, same semantics.
 
-use std::ffi::c_void;
-
 use serde_json::Value;
 
-use crate::abi::STATUS_OK;
+use crate::abi::{RVec, StrRef, STATUS_OK};
 use crate::dispatch::{failure, provider_error, refuse_for_decide, run_concurrent, Opts};
 use crate::error::{Error, Failure, ProviderError};
-use crate::plugin::Decision;
+use crate::loader::bytes;
 use crate::registry::Registry;
 use crate::snapshot::ProviderCall;
+use epi_plugin::Decision;
 
 /// One provider's answer in a dynamic `apply`.
 #[derive(Clone, Debug, PartialEq)]
@@ -65,28 +64,28 @@ impl Applied {
 
 /// Calls one provider's JSON shim with `input` (JSON text); returns its JSON text.
 fn call_json(provider: &ProviderCall, input: &[u8]) -> Result<Vec<u8>, ProviderError> {
-    let mut output = Vec::new();
-    let mut error = String::new();
+    let mut output = RVec::new();
+    let mut error = RVec::new();
     if provider.count_calls {
         provider
             .counters
             .calls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
-    // SAFETY: the JSON shim takes `*const &[u8]` and `*mut Vec<u8>`; the plugin is mapped while
-    // the snapshot lives.
+    // SAFETY: the JSON shim takes any bytes and fills the buffers through the shared
+    // allocator; the plugin is mapped while the snapshot lives; the shim catches panics.
     let status = unsafe {
-        (provider.call_json)(
+        (provider.json)(
             provider.instance,
-            &input as *const &[u8] as *const c_void,
-            &mut output as *mut Vec<u8> as *mut c_void,
+            StrRef::bytes(input),
+            &mut output,
             &mut error,
         )
     };
     if status == STATUS_OK {
-        Ok(output)
+        Ok(bytes(output))
     } else {
-        Err(failure(provider, status, error))
+        Err(failure(provider, status, bytes(error)))
     }
 }
 

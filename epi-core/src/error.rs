@@ -60,7 +60,7 @@ pub enum LoadError {
     },
     /// The plugin was built against another version of the binary contract.
     #[error(
-        "{path}: built against epi ABI version {found}, this host expects ABI version {expected}"
+        "{path}: built against epi ABI {found}, this host loads ABI {expected} (rebuild the plugin against a compatible epi)"
     )]
     AbiMismatch {
         /// The plugin file.
@@ -70,14 +70,26 @@ pub enum LoadError {
         /// The plugin's ABI version.
         found: u32,
     },
-    /// The plugin was built by another compiler or for another target.
-    #[error("{path}: built by an incompatible toolchain: expected `{expected}`, found `{found}`")]
-    BuildMismatch {
+    /// The plugin was built for another target (architecture, OS, C library).
+    #[error("{path}: built for target `{found}`, this host runs `{expected}`")]
+    TargetMismatch {
         /// The plugin file.
         path: PathBuf,
-        /// The host's build string.
+        /// The host's target triple.
         expected: String,
-        /// The plugin's build string.
+        /// The plugin's target triple.
+        found: String,
+    },
+    /// The plugin was built against an epi version that is not semver-compatible.
+    #[error(
+        "{path}: built against epi {found}, this host loads plugins built against epi {expected}"
+    )]
+    VersionMismatch {
+        /// The plugin file.
+        path: PathBuf,
+        /// The versions this host accepts.
+        expected: String,
+        /// The plugin's epi version.
         found: String,
     },
     /// The plugin was built with `panic = "abort"`: a panicking provider would take the host down.

@@ -17,55 +17,32 @@
 //! A plugin implements [`Plugin`], marks provider impl blocks with [`provider`], and exports
 //! itself with [`export_plugin!`]. See `ARCHITECTURE.md` for how the pieces fit.
 
-pub mod abi;
 mod data;
 mod dispatch;
 mod dynamic;
-pub mod engine;
 mod error;
-pub mod export;
-pub mod http;
 mod loader;
-mod plugin;
-mod process;
 mod registry;
 mod snapshot;
 
+/// The plugin side, re-exported: hosts and plugins share these types.
+pub use epi_plugin::{abi, describe, export, export_plugin, http, log, provider};
+pub use epi_plugin::{
+    DataProvider, Decision, Notification, Plugin, PluginContext, PluginState, Process,
+    ProcessContext, ProcessError, ProviderVersion, Provides, SourcedValue,
+};
+
+/// The dependency engine that runs plugin processes.
+pub use epi_engine as engine;
+
 pub use data::{DataEntry, DataHandle, DataStatus, Group, Named, SourceKind};
-pub use dispatch::{Function, Opts, ServiceHandle};
+pub use dispatch::{Argument, Function, Opts, Output, ServiceHandle};
 pub use dynamic::{Applied, Reply};
 pub use engine::{EngineReport, WorkerReport, WorkerState};
-pub use epi_macros::provider;
+pub use epi_plugin::Provider;
 pub use error::{Error, Failure, LoadError, ProviderError};
-pub use loader::PluginInfo;
-pub use plugin::{
-    DataProvider, Decision, Notification, Plugin, PluginContext, PluginState, Provider,
-    ProviderVersion, Provides, SourcedValue,
-};
-pub use process::{Process, ProcessContext, ProcessError};
+pub use loader::{CallPath, PluginInfo};
 pub use registry::{
     is_plugin_file, FileStatus, ProviderCounters, Registry, RegistryConfig, RegistryStatus,
     RetirePolicy, ServiceInfo, Upgrade,
 };
-
-/// Logging from plugin code: records go to the host's `tracing` subscriber.
-pub mod log {
-    use crate::export::host_log;
-
-    /// Logs an error.
-    pub fn error(message: &str) {
-        host_log(1, message)
-    }
-    /// Logs a warning.
-    pub fn warn(message: &str) {
-        host_log(2, message)
-    }
-    /// Logs an informational message.
-    pub fn info(message: &str) {
-        host_log(3, message)
-    }
-    /// Logs a debug message.
-    pub fn debug(message: &str) {
-        host_log(4, message)
-    }
-}

@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
-use crate::abi::{CallFn, TypeKey};
-use crate::loader::LoadedPlugin;
+use crate::abi::manifest::TypeDesc;
+use crate::abi::{JsonCallFn, TypedCallFn};
+use crate::loader::{Counters, LoadedPlugin};
 use crate::registry::RegistryConfig;
 
 /// Dense id of a service name.
@@ -56,15 +57,6 @@ impl Interner {
     }
 }
 
-/// Calls, errors and panics of one provider function. Shared by every snapshot the
-/// provider's version appears in; a new version starts from zero.
-#[derive(Default, Debug)]
-pub(crate) struct Counters {
-    pub(crate) calls: std::sync::atomic::AtomicU64,
-    pub(crate) errors: std::sync::atomic::AtomicU64,
-    pub(crate) panics: std::sync::atomic::AtomicU64,
-}
-
 /// One provider function as a call sees it.
 pub(crate) struct ProviderCall {
     pub(crate) counters: Arc<Counters>,
@@ -75,15 +67,17 @@ pub(crate) struct ProviderCall {
     pub(crate) service: Arc<str>,
     pub(crate) function: Arc<str>,
     pub(crate) instance: *const c_void,
-    pub(crate) call: CallFn,
-    pub(crate) call_json: CallFn,
-    pub(crate) args: TypeKey,
-    pub(crate) output: TypeKey,
+    /// The native entry point; `None` when the plugin is on the stable path.
+    pub(crate) typed: Option<TypedCallFn>,
+    pub(crate) json: JsonCallFn,
+    pub(crate) args: TypeDesc,
+    pub(crate) output: TypeDesc,
 }
 
 // SAFETY: provider objects are `Send + Sync` (required by `Provides`); their plugin stays
 // loaded while the snapshot holding this entry lives.
 unsafe impl Send for ProviderCall {}
+// SAFETY: as `Send`.
 unsafe impl Sync for ProviderCall {}
 
 /// Per service: whether a plugin defines it and its functions that have providers.
@@ -207,7 +201,7 @@ pub(crate) fn build(
             service_ids.insert((*provider.service).into(), service_id);
             let index = slot(&mut services, service_id);
             let priority = provider.priority.unwrap_or(default_priority);
-            for (function_index, function) in provider.functions.iter().enumerate() {
+            for function in &provider.functions {
                 let (function_id, function_name) = interner.function(service_id, &function.name);
                 services[index]
                     .functions
@@ -217,15 +211,15 @@ pub(crate) fn build(
                 lists.entry(function_id).or_default().push((
                     key,
                     ProviderCall {
-                        counters: provider.counters[function_index].clone(),
+                        counters: function.counters.clone(),
                         count_calls: config.count_calls,
                         plugin: plugin.app.clone(),
                         provider: provider.label.clone(),
                         service: service_name.clone(),
                         function: function_name,
-                        instance: provider.instance,
-                        call: function.call,
-                        call_json: function.call_json,
+                        instance: provider.object.instance,
+                        typed: function.typed,
+                        json: function.json,
                         args: function.args.clone(),
                         output: function.output.clone(),
                     },

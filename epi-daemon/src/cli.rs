@@ -396,20 +396,22 @@ fn inspect(file: &std::path::Path) -> Result<(Value, String), Failure> {
     let value = json!({
         "plugin": info,
         "compatible": true,
-        "build": epi::abi::BUILD_INFO,
-        "abi_version": epi::abi::ABI_VERSION,
+        "build": info.build,
+        "call_path": info.call_path,
+        "abi": format!("{}.{}", epi::abi::ABI_MAJOR, epi::abi::ABI_MINOR),
         "services": services,
         "data": data,
         "processes": processes.workers.keys().collect::<Vec<_>>(),
     });
     let mut text = format!(
-        "app:        {}\nversion:    {}\nfile:       {}\nhash:       {:016x}\ncompatible: yes (ABI {}, {})\n",
+        "app:        {}\nversion:    {}\nfile:       {}\nhash:       {:016x}\ncompatible: yes (ABI {}, {:?} call path)\nbuilt by:   {}\n",
         info.app,
         info.version,
         info.file.display(),
         info.content_hash,
-        epi::abi::ABI_VERSION,
-        epi::abi::BUILD_INFO
+        epi::abi::ABI_MAJOR,
+        info.call_path,
+        info.build,
     );
     text.push_str(&format!("defines:    {}\n", info.services.join(", ")));
     for service in &services {

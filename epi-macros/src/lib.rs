@@ -225,7 +225,7 @@ fn expand(block: &mut ItemImpl) -> syn::Result<Tokens> {
         const _: () = {
             #(#methods)*
             impl ::epi::Provides for #self_ty {
-                fn functions() -> ::std::vec::Vec<::epi::abi::FunctionEntry> {
+                fn functions() -> ::std::vec::Vec<::epi::export::FunctionEntry<Self>> {
                     ::std::vec![#(#entries),*]
                 }
             }

@@ -5,8 +5,8 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 
 use common::*;
-use epi::abi::{BUILD_INFO, MAGIC};
-use epi::{LoadError, Opts};
+use epi::abi::{ABI_MAJOR, ABI_MINOR, BUILD_INFO, MAGIC, TARGET};
+use epi::{CallPath, Decision, LoadError, Opts};
 use serde_json::json;
 
 #[test]
@@ -97,10 +97,12 @@ fn library_without_entry_symbol_is_refused() {
     assert_still_serving(&registry, dir.path());
 }
 
-/// The entry's magic followed by ABI version 1 and panic=unwind (little-endian).
+/// The entry's magic followed by the ABI major and minor version and panic=unwind
+/// (little-endian).
 fn entry_prefix(abi: u32, unwind: u32) -> Vec<u8> {
     let mut prefix = MAGIC.to_vec();
     prefix.extend_from_slice(&abi.to_le_bytes());
+    prefix.extend_from_slice(&ABI_MINOR.to_le_bytes());
     prefix.extend_from_slice(&unwind.to_le_bytes());
     prefix
 }
@@ -109,7 +111,7 @@ fn entry_prefix(abi: u32, unwind: u32) -> Vec<u8> {
 fn plugin_built_against_another_abi_is_refused_before_running_it() {
     let mut bytes = library_bytes("epi-plugin-hello");
     assert_eq!(
-        patch(&mut bytes, &entry_prefix(1, 1), &entry_prefix(7, 1)),
+        patch(&mut bytes, &entry_prefix(ABI_MAJOR, 1), &entry_prefix(7, 1)),
         1
     );
     let dir = plugin_dir();
@@ -119,19 +121,21 @@ fn plugin_built_against_another_abi_is_refused_before_running_it() {
     match &err {
         LoadError::AbiMismatch {
             expected, found, ..
-        } => assert_eq!((*expected, *found), (1, 7)),
+        } => assert_eq!((*expected, *found), (ABI_MAJOR, 7)),
         other => panic!("expected an ABI mismatch, got {other}"),
     }
     let text = err.to_string();
     assert!(
-        text.contains("old-abi.so") && text.contains("version 7") && text.contains("version 1"),
+        text.contains("old-abi.so")
+            && text.contains("ABI 7")
+            && text.contains(&format!("ABI {ABI_MAJOR}")),
         "{text}"
     );
     assert_still_serving(&registry, dir.path());
 }
 
 #[test]
-fn plugin_built_by_another_compiler_is_refused() {
+fn plugin_announcing_another_compiler_takes_the_stable_path() {
     let mut bytes = library_bytes("epi-plugin-hello");
     let rustc = BUILD_INFO.find("rustc ").expect("rustc in build info") + 6;
     let mut other = BUILD_INFO.as_bytes().to_vec();
@@ -140,16 +144,48 @@ fn plugin_built_by_another_compiler_is_refused() {
     let dir = plugin_dir();
     let path = write_file(dir.path(), "other-rustc.so", &bytes);
     let registry = registry(&[]);
+    let info = registry.load(&path).unwrap();
+    assert_eq!(info.call_path, CallPath::Stable);
+    assert_eq!(info.build.as_bytes(), &other[..]);
+    let greet = registry.function::<String, String>("greeting", "greet");
+    assert_eq!(greet.apply(&"Ada".into()).unwrap(), vec!["Hello, Ada!"]);
+    let language = registry.function::<String, Decision<String>>("greeting", "language");
+    assert_eq!(
+        language.decide(&"en-GB".into(), Opts::new()).unwrap(),
+        Decision::Decided("English".into())
+    );
+    // A type whose shape differs is refused before the provider runs, naming both shapes.
+    let err = registry
+        .function::<u64, String>("greeting", "greet")
+        .apply(&7)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("shapes") && err.contains("U64"), "{err}");
+}
+
+#[test]
+fn plugin_built_for_another_target_is_refused() {
+    let mut bytes = library_bytes("epi-plugin-hello");
+    let other: String = TARGET
+        .chars()
+        .map(|c| if c == 'x' { 'y' } else { c })
+        .collect();
+    assert_ne!(other, TARGET);
+    assert!(patch(&mut bytes, TARGET.as_bytes(), other.as_bytes()) >= 1);
+    let dir = plugin_dir();
+    let path = write_file(dir.path(), "other-target.so", &bytes);
+    let registry = registry(&[]);
     let err = registry.load(&path).unwrap_err();
     match &err {
-        LoadError::BuildMismatch {
+        LoadError::TargetMismatch {
             expected, found, ..
-        } => {
-            assert_eq!(expected, BUILD_INFO);
-            assert_eq!(found.as_bytes(), &other[..]);
-        }
-        other => panic!("expected a build mismatch, got {other}"),
+        } => assert_eq!(
+            (expected.as_str(), found.as_str()),
+            (TARGET, other.as_str())
+        ),
+        other => panic!("expected a target mismatch, got {other}"),
     }
+    assert!(err.to_string().contains("other-target.so"), "{err}");
     assert_still_serving(&registry, dir.path());
 }
 
@@ -157,7 +193,11 @@ fn plugin_built_by_another_compiler_is_refused() {
 fn plugin_built_with_panic_abort_is_refused() {
     let mut bytes = library_bytes("epi-plugin-hello");
     assert_eq!(
-        patch(&mut bytes, &entry_prefix(1, 1), &entry_prefix(1, 0)),
+        patch(
+            &mut bytes,
+            &entry_prefix(ABI_MAJOR, 1),
+            &entry_prefix(ABI_MAJOR, 0)
+        ),
         1
     );
     let dir = plugin_dir();

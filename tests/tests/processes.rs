@@ -131,7 +131,7 @@ fn a_failing_process_is_restarted_with_its_error_in_the_report() {
     let report = registry.process_report();
     assert_eq!(
         report.workers["flaky/worker"].last_error,
-        Some(epi::ProcessError::Failed("lost the socket".into()))
+        Some(epi::engine::WorkerError::Failed("lost the socket".into()))
     );
     assert_eq!(report.state, "running");
 }

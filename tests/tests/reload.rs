@@ -177,16 +177,19 @@ fn every_bad_build_during_an_upgrade_leaves_the_old_version_answering() {
     let good = build(1);
     let mut abi = good.clone();
     let mut entry = epi::abi::MAGIC.to_vec();
-    entry.extend_from_slice(&1u32.to_le_bytes());
+    entry.extend_from_slice(&epi::abi::ABI_MAJOR.to_le_bytes());
     let mut other_abi = epi::abi::MAGIC.to_vec();
     other_abi.extend_from_slice(&9u32.to_le_bytes());
     assert_eq!(patch(&mut abi, &entry, &other_abi), 1);
-    let mut compiler = good.clone();
-    let info = epi::abi::BUILD_INFO.as_bytes();
-    let mut other = info.to_vec();
-    let at = epi::abi::BUILD_INFO.find("rustc ").unwrap() + 6;
-    other[at] = if other[at] == b'9' { b'8' } else { b'9' };
-    assert_eq!(patch(&mut compiler, info, &other), 1);
+    let mut target = good.clone();
+    let other_target = epi::abi::TARGET.replace('x', "y");
+    assert!(
+        patch(
+            &mut target,
+            epi::abi::TARGET.as_bytes(),
+            other_target.as_bytes()
+        ) >= 1
+    );
     let no_entry = library_bytes("epi-fixture-no-entry");
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("empty", Vec::new(), "empty"),
@@ -197,8 +200,8 @@ fn every_bad_build_during_an_upgrade_leaves_the_old_version_answering() {
         ),
         ("truncated", good[..good.len() / 2].to_vec(), "truncated"),
         ("no entry", no_entry, "EPI_PLUGIN_ENTRY"),
-        ("other ABI", abi, "ABI version 9"),
-        ("other compiler", compiler, "incompatible toolchain"),
+        ("other ABI", abi, "ABI 9"),
+        ("other target", target, "built for target"),
         ("panicking init", build(99_999_999), "refuses to start"),
     ];
     for (case, bytes, expected) in cases {

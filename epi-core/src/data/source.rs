@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::abi::DataSourceDescriptor;
+use crate::abi::manifest::DataSource;
 use crate::loader::LoadedPlugin;
 
 /// A successfully read value with the hash of its canonical JSON text.
@@ -53,18 +53,18 @@ pub(crate) fn read(
 ) -> Result<Read, String> {
     let descriptor = &plugin.data_providers[index];
     match (&descriptor.source, file) {
-        (DataSourceDescriptor::File(_), Some(path)) => {
+        (DataSource::File(_), Some(path)) => {
             let text = std::fs::read(path).map_err(|err| format!("{}: {err}", path.display()))?;
             parse_file(path, &text).map(hashed)
         }
-        (DataSourceDescriptor::File(path), None) => Err(format!("{path}: no resolved path")),
-        (DataSourceDescriptor::Static(Ok(json)), _) => serde_json::from_str(json)
+        (DataSource::File(path), None) => Err(format!("{path}: no resolved path")),
+        (DataSource::Static(json), _) => serde_json::from_str(json)
             .map(hashed)
             .map_err(|err| format!("static data: {err}")),
-        (DataSourceDescriptor::Static(Err(reason)), _) => {
+        (DataSource::Invalid(reason), _) => {
             Err(format!("static data could not be encoded: {reason}"))
         }
-        (DataSourceDescriptor::Callback { .. }, _) => {
+        (DataSource::Callback(_), _) => {
             let json = plugin.read_callback(index)?;
             serde_json::from_slice(&json)
                 .map(hashed)

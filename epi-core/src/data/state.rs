@@ -10,10 +10,10 @@ use serde_json::Value;
 
 use super::source;
 use super::table::{self, DataTable, Item};
-use crate::abi::DataSourceDescriptor;
+use crate::abi::manifest::DataSource;
 use crate::loader::LoadedPlugin;
-use crate::plugin::{Notification, SourcedValue};
 use crate::snapshot::Interner;
+use epi_plugin::{Notification, SourcedValue};
 
 /// How often a file or callback source is re-read when its plugin sets no interval.
 pub(crate) const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
@@ -79,7 +79,7 @@ impl Entry {
     fn new(plugin: &Arc<LoadedPlugin>, index: usize, rank: u32) -> Self {
         let descriptor = &plugin.data_providers[index];
         let (kind, path) = match &descriptor.source {
-            DataSourceDescriptor::File(path) => {
+            DataSource::File(path) => {
                 let path = PathBuf::from(path);
                 let path = if path.is_absolute() {
                     path
@@ -88,8 +88,8 @@ impl Entry {
                 };
                 (SourceKind::File, Some(path))
             }
-            DataSourceDescriptor::Static(_) => (SourceKind::Static, None),
-            DataSourceDescriptor::Callback { .. } => (SourceKind::Callback, None),
+            DataSource::Static(_) | DataSource::Invalid(_) => (SourceKind::Static, None),
+            DataSource::Callback(_) => (SourceKind::Callback, None),
         };
         Entry {
             plugin: plugin.clone(),

@@ -13,18 +13,30 @@ use std::ffi::c_void;
 use std::io::Read;
 use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 
+use crate::abi::manifest::{DataManifest, DataSource, Manifest, ProcessManifest, TypeDesc};
 use crate::abi::{
-    DataProviderDescriptor, DataSourceDescriptor, DropFn, ExportStateFn, FunctionEntry, NotifyFn,
-    PluginDescriptor, PluginEntry, ProcessDescriptor, ProcessHost, StrRef, ABI_VERSION, BUILD_INFO,
-    ENTRY_SYMBOL, MAGIC, STATUS_OK,
+    CallbackTable, JsonCallFn, JsonInFn, JsonOutFn, ObjectTable, PluginEntry, PluginTables,
+    ProcessHost, ProcessTable, RVec, StrRef, TypedCallFn, ABI_MAJOR, BUILD_INFO, ENTRY_SYMBOL,
+    EPI_VERSION, MAGIC, STATUS_OK, STATUS_PANICKED, TARGET,
 };
 use crate::engine::{WorkerContext, WorkerError};
 use crate::error::LoadError;
-use crate::plugin::{Notification, PluginState};
+use epi_plugin::{Notification, PluginState};
+
+/// How calls reach a plugin's providers, chosen when it is loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallPath {
+    /// Same rustc, target and epi version as the host: values cross by pointer in Rust layout.
+    Native,
+    /// Another compatible build: values cross as JSON, checked by serde shape.
+    Stable,
+}
 
 /// What a host knows about a loaded plugin.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -41,6 +53,30 @@ pub struct PluginInfo {
     pub priority: i32,
     /// Services it defines.
     pub services: Vec<String>,
+    /// How calls reach it.
+    pub call_path: CallPath,
+    /// The compiler, target and epi version that built it.
+    pub build: String,
+}
+
+/// Calls, errors and panics of one provider function. Shared by every snapshot the
+/// provider's version appears in; a new version starts from zero.
+#[derive(Default, Debug)]
+pub(crate) struct Counters {
+    pub(crate) calls: AtomicU64,
+    pub(crate) errors: AtomicU64,
+    pub(crate) panics: AtomicU64,
+}
+
+/// One function of a loaded provider.
+pub(crate) struct LoadedFunction {
+    pub(crate) name: String,
+    pub(crate) args: TypeDesc,
+    pub(crate) output: TypeDesc,
+    /// The native entry point; `None` on the stable path.
+    pub(crate) typed: Option<TypedCallFn>,
+    pub(crate) json: JsonCallFn,
+    pub(crate) counters: Arc<Counters>,
 }
 
 /// A provider of a loaded plugin, with names copied into host memory.
@@ -48,11 +84,8 @@ pub(crate) struct LoadedProvider {
     pub(crate) label: Arc<str>,
     pub(crate) service: Arc<str>,
     pub(crate) priority: Option<i32>,
-    pub(crate) instance: *mut c_void,
-    drop_instance: DropFn,
-    pub(crate) functions: Vec<FunctionEntry>,
-    /// One per function, in the same order.
-    pub(crate) counters: Vec<Arc<crate::snapshot::Counters>>,
+    pub(crate) object: ObjectTable,
+    pub(crate) functions: Vec<LoadedFunction>,
 }
 
 /// A plugin library mapped into the process, with the objects its `init` created.
@@ -63,70 +96,78 @@ pub struct LoadedPlugin {
     pub(crate) info: PluginInfo,
     pub(crate) app: Arc<str>,
     pub(crate) providers: Vec<LoadedProvider>,
-    pub(crate) data_providers: Vec<DataProviderDescriptor>,
+    pub(crate) data_providers: Vec<DataManifest>,
+    callbacks: Vec<CallbackTable>,
     pub(crate) data_subscriptions: Vec<(String, String)>,
-    pub(crate) processes: Vec<ProcessDescriptor>,
-    notify: NotifyFn,
-    export_state: ExportStateFn,
-    /// Same signature as `notify`: a JSON value for the plugin object.
-    import_state: NotifyFn,
+    pub(crate) processes: Vec<ProcessManifest>,
+    process_tables: Vec<ProcessTable>,
+    notify: JsonInFn,
+    export_state: JsonOutFn,
+    import_state: JsonInFn,
     /// The private copy this instance was mapped from (its name is unlinked at once, so
     /// `/proc/self/maps` shows it as deleted).
     pub(crate) copy: PathBuf,
-    instance: *mut c_void,
-    drop_instance: DropFn,
+    object: ObjectTable,
     library: Option<Library>,
 }
 
 // SAFETY: provider and plugin objects are `Send + Sync` (required by `Provides` and `Plugin`);
 // the raw pointers are only dereferenced by the plugin's own shims.
 unsafe impl Send for LoadedPlugin {}
+// SAFETY: as `Send`: every shared access goes through the plugin's shims.
 unsafe impl Sync for LoadedPlugin {}
+
+/// A buffer's text, taken from the host's heap.
+fn text(buffer: RVec<u8>) -> String {
+    // SAFETY: the buffer was filled by a shim through the shared allocator.
+    let bytes = unsafe { buffer.into_vec() };
+    String::from_utf8(bytes).unwrap_or_else(|err| String::from_utf8_lossy(err.as_bytes()).into())
+}
+
+/// A buffer's bytes, taken from the host's heap.
+pub(crate) fn bytes(buffer: RVec<u8>) -> Vec<u8> {
+    // SAFETY: the buffer was filled by a shim through the shared allocator.
+    unsafe { buffer.into_vec() }
+}
 
 impl LoadedPlugin {
     /// Reads the callback data source `index` of `data_providers`: its JSON text or an error.
     pub(crate) fn read_callback(&self, index: usize) -> Result<Vec<u8>, String> {
-        let Some(DataProviderDescriptor {
-            source: DataSourceDescriptor::Callback { instance, call, .. },
-            ..
-        }) = self.data_providers.get(index)
+        let Some(DataSource::Callback(callback)) =
+            self.data_providers.get(index).map(|d| &d.source)
         else {
             return Err(format!("data provider {index} is not a callback"));
         };
-        let mut output = Vec::new();
-        let mut error = String::new();
+        let Some(table) = self.callbacks.get(*callback) else {
+            return Err(format!("data provider {index} names no callback"));
+        };
+        let mut output = RVec::new();
+        let mut error = RVec::new();
         // SAFETY: the callback object belongs to this plugin, which is mapped while `self`
-        // lives; the shim catches panics and writes the output only on OK.
-        let status = unsafe { call(*instance, &mut output, &mut error) };
+        // lives; the shim catches panics and fills the buffers through the shared allocator.
+        let status = unsafe { (table.call)(table.object.instance, &mut output, &mut error) };
         match status {
-            STATUS_OK => Ok(output),
-            crate::abi::STATUS_PANICKED => Err(format!("the callback panicked: {error}")),
-            _ => Err(error),
+            STATUS_OK => Ok(bytes(output)),
+            STATUS_PANICKED => Err(format!("the callback panicked: {}", text(error))),
+            _ => Err(text(error)),
         }
     }
 
     /// Hands the plugin object a value as JSON through `shim` (notify, import_state); a
     /// failure or panic in the plugin is logged, never propagated.
-    fn send_json<T: serde::Serialize>(&self, shim: NotifyFn, value: &T, what: &str) {
-        let text = match serde_json::to_vec(value) {
-            Ok(text) => text,
+    fn send_json<T: serde::Serialize>(&self, shim: JsonInFn, value: &T, what: &str) {
+        let json = match serde_json::to_vec(value) {
+            Ok(json) => json,
             Err(err) => {
                 tracing::error!(app = %self.info.app, "cannot encode the {what}: {err}");
                 return;
             }
         };
-        let input: &[u8] = &text;
-        let mut error = String::new();
+        let mut error = RVec::new();
         // SAFETY: the plugin object lives as long as `self`; the shim catches panics.
-        let status = unsafe {
-            shim(
-                self.instance,
-                &input as *const &[u8] as *const c_void,
-                &mut error,
-            )
-        };
+        let status = unsafe { shim(self.object.instance, StrRef::bytes(&json), &mut error) };
         if status != STATUS_OK {
-            tracing::warn!(app = %self.info.app, "{what} failed: {error}");
+            tracing::warn!(app = %self.info.app, "{what} failed: {}", text(error));
         }
     }
 
@@ -138,15 +179,15 @@ impl LoadedPlugin {
     /// The state the plugin hands to its successor; errors and panics are logged and give
     /// `None`.
     pub(crate) fn export_state(&self) -> Option<PluginState> {
-        let mut output = Vec::new();
-        let mut error = String::new();
+        let mut output = RVec::new();
+        let mut error = RVec::new();
         // SAFETY: the plugin object lives as long as `self`; the shim catches panics.
-        let status = unsafe { (self.export_state)(self.instance, &mut output, &mut error) };
+        let status = unsafe { (self.export_state)(self.object.instance, &mut output, &mut error) };
         if status != STATUS_OK {
-            tracing::warn!(app = %self.info.app, "export_state failed: {error}");
+            tracing::warn!(app = %self.info.app, "export_state failed: {}", text(error));
             return None;
         }
-        serde_json::from_slice(&output).unwrap_or_else(|err| {
+        serde_json::from_slice(&bytes(output)).unwrap_or_else(|err| {
             tracing::warn!(app = %self.info.app, "export_state returned unreadable state: {err}");
             None
         })
@@ -163,25 +204,24 @@ impl LoadedPlugin {
         index: usize,
         inputs: &std::collections::BTreeMap<String, serde_json::Value>,
     ) -> Result<serde_json::Value, WorkerError> {
-        let process = &self.processes[index];
-        let text =
+        let process = &self.process_tables[index];
+        let json =
             serde_json::to_vec(inputs).map_err(|err| WorkerError::Failed(err.to_string()))?;
-        let input: &[u8] = &text;
-        let mut output = Vec::new();
-        let mut error = String::new();
+        let mut output = RVec::new();
+        let mut error = RVec::new();
         // SAFETY: the process object lives as long as `self`; the shim catches panics.
         let status = unsafe {
             (process.start)(
-                process.instance,
-                &input as *const &[u8] as *const c_void,
+                process.object.instance,
+                StrRef::bytes(&json),
                 &mut output,
                 &mut error,
             )
         };
         if status != STATUS_OK {
-            return Err(worker_error(status, error));
+            return Err(worker_error(status, text(error)));
         }
-        serde_json::from_slice(&output).map_err(|err| WorkerError::Failed(err.to_string()))
+        serde_json::from_slice(&bytes(output)).map_err(|err| WorkerError::Failed(err.to_string()))
     }
 
     /// Runs process `index` on this thread until it stops.
@@ -190,20 +230,20 @@ impl LoadedPlugin {
         index: usize,
         context: &WorkerContext,
     ) -> Result<(), WorkerError> {
-        let process = &self.processes[index];
+        let process = &self.process_tables[index];
         let host = ProcessHost {
             context: context as *const WorkerContext as *const c_void,
             is_stopping: process_is_stopping,
             wait_stop: process_wait_stop,
             set_report: process_set_report,
         };
-        let mut error = String::new();
+        let mut error = RVec::new();
         // SAFETY: `host` and `context` outlive the call; the shim catches panics.
-        let status = unsafe { (process.run)(process.instance, &host, &mut error) };
+        let status = unsafe { (process.run)(process.object.instance, &host, &mut error) };
         if status == STATUS_OK {
             Ok(())
         } else {
-            Err(worker_error(status, error))
+            Err(worker_error(status, text(error)))
         }
     }
 
@@ -213,9 +253,10 @@ impl LoadedPlugin {
     }
 }
 
-/// A process's failure: the worker error it encoded, or a failure with its message.
+/// A process's failure: the worker error it encoded (JSON of `ProcessError`, which has the
+/// engine's `WorkerError` shape), or a failure with its message.
 fn worker_error(status: u32, message: String) -> WorkerError {
-    if status == crate::abi::STATUS_PANICKED {
+    if status == STATUS_PANICKED {
         return WorkerError::Failed(format!("panicked: {message}"));
     }
     serde_json::from_str(&message).unwrap_or(WorkerError::Failed(message))
@@ -234,35 +275,36 @@ unsafe extern "C" fn process_wait_stop(context: *const c_void, timeout_ms: u64) 
 }
 
 unsafe extern "C" fn process_set_report(context: *const c_void, json: StrRef) {
-    // SAFETY: as `process_is_stopping`; the text lives for the call.
+    // SAFETY: the text lives for the call.
     let text = unsafe { json.to_string_lossy() };
     let report = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    // SAFETY: as `process_is_stopping`.
     unsafe { (*(context as *const WorkerContext)).set_report(report) }
+}
+
+/// Releases an object in the plugin's own code.
+///
+/// # Safety
+/// `object` was handed over by this plugin's `init` and is released once.
+unsafe fn release(object: &ObjectTable) {
+    // SAFETY: the caller's contract.
+    unsafe { (object.drop)(object.instance) }
 }
 
 impl Drop for LoadedPlugin {
     fn drop(&mut self) {
+        // SAFETY (each release below): every object was handed over by this plugin's `init`
+        // and is released once, here, while its library is still mapped.
         for provider in &self.providers {
-            // SAFETY: created by this plugin's `Provider::new`; released once, here.
-            unsafe { (provider.drop_instance)(provider.instance) };
+            unsafe { release(&provider.object) };
         }
-        for process in &self.processes {
-            // SAFETY: created by this plugin's `Process::into_descriptor`; released once.
-            unsafe { (process.drop_instance)(process.instance) };
+        for process in &self.process_tables {
+            unsafe { release(&process.object) };
         }
-        for data in &self.data_providers {
-            if let DataSourceDescriptor::Callback {
-                instance,
-                drop_instance,
-                ..
-            } = data.source
-            {
-                // SAFETY: created by this plugin's `DataProvider::callback`; released once.
-                unsafe { drop_instance(instance) };
-            }
+        for callback in &self.callbacks {
+            unsafe { release(&callback.object) };
         }
-        // SAFETY: created by this plugin's `init`; released once, here.
-        unsafe { (self.drop_instance)(self.instance) };
+        unsafe { release(&self.object) };
         if let Some(library) = self.library.take() {
             if let Err(err) = library.close() {
                 tracing::warn!(app = %self.info.app, "dlclose failed: {err:?}");
@@ -376,45 +418,165 @@ pub(crate) fn load(
     })?;
 
     let entry = read_entry(path, &library)?;
-    let descriptor = initialise(path, entry, config)?;
-    let plugin = LoadedPlugin {
-        app: Arc::from(descriptor.app.as_str()),
+    let tables = initialise(path, &entry, config)?;
+    assemble(path, content_hash, &entry, tables, copy, library)
+}
+
+/// Turns the tables `init` handed over into a [`LoadedPlugin`] (which owns them from here on,
+/// so a failure releases every object in the plugin's code before the library closes).
+fn assemble(
+    path: &Path,
+    content_hash: u64,
+    entry: &EntryInfo,
+    tables: PluginTables,
+    copy: PathBuf,
+    library: Library,
+) -> Result<LoadedPlugin, LoadError> {
+    // SAFETY: `init` built these arrays of `#[repr(C)]` tables through the shared allocator.
+    let (mut provider_tables, callbacks, process_tables) = unsafe {
+        (
+            tables.providers.into_vec(),
+            tables.callbacks.into_vec(),
+            tables.processes.into_vec(),
+        )
+    };
+    let manifest_text = bytes(tables.manifest);
+    let parsed: Result<Manifest, _> = serde_json::from_slice(&manifest_text);
+    let native = entry.call_path == CallPath::Native;
+    let mut plugin = LoadedPlugin {
         info: PluginInfo {
-            app: descriptor.app,
-            version: descriptor.version,
-            file: path.clone(),
+            app: String::new(),
+            version: String::new(),
+            file: path.to_owned(),
             content_hash,
-            priority: descriptor.priority,
-            services: descriptor.services,
+            priority: 0,
+            services: Vec::new(),
+            call_path: entry.call_path,
+            build: entry.build.clone(),
         },
-        providers: descriptor
-            .providers
-            .into_iter()
-            .map(|provider| LoadedProvider {
-                label: Arc::from(provider.label.as_str()),
-                service: Arc::from(provider.service.as_str()),
-                priority: provider.priority,
-                instance: provider.instance,
-                drop_instance: provider.drop_instance,
-                counters: provider.functions.iter().map(|_| Arc::default()).collect(),
-                functions: provider.functions,
-            })
-            .collect(),
-        data_providers: descriptor.data_providers,
-        data_subscriptions: descriptor.data_subscriptions,
-        processes: descriptor.processes,
-        notify: descriptor.notify,
-        export_state: descriptor.export_state,
-        import_state: descriptor.import_state,
+        app: Arc::from(""),
+        providers: Vec::new(),
+        data_providers: Vec::new(),
+        callbacks,
+        data_subscriptions: Vec::new(),
+        processes: Vec::new(),
+        process_tables,
+        notify: tables.notify,
+        export_state: tables.export_state,
+        import_state: tables.import_state,
         copy,
-        instance: descriptor.instance,
-        drop_instance: descriptor.drop_instance,
+        object: tables.plugin,
         library: Some(library),
     };
-    validate_descriptor(path, &plugin)?;
+    // From here on `plugin` owns every object: dropping it on an error releases them.
+    let invalid = |app: &str, reason: String| LoadError::Invalid {
+        path: path.to_owned(),
+        app: app.to_owned(),
+        reason,
+    };
+    let manifest = match parsed {
+        Ok(manifest) => manifest,
+        Err(err) => {
+            for provider in provider_tables.drain(..) {
+                // SAFETY: handed over by `init`, released once, library mapped.
+                unsafe { release(&provider.object) };
+            }
+            return Err(invalid("?", format!("unreadable manifest: {err}")));
+        }
+    };
+    plugin.app = Arc::from(manifest.app.as_str());
+    plugin.info.app = manifest.app;
+    plugin.info.version = manifest.version;
+    plugin.info.priority = manifest.priority;
+    plugin.info.services = manifest.services;
+    plugin.data_providers = manifest.data_providers;
+    plugin.data_subscriptions = manifest.data_subscriptions;
+    plugin.processes = manifest.processes;
+    let app = plugin.info.app.clone();
+    let provider_count = provider_tables.len();
+    let mut manifests = manifest.providers.into_iter();
+    for table in provider_tables {
+        // SAFETY: an array of `#[repr(C)]` tables built by `init` through the shared allocator.
+        let functions = unsafe { table.functions.into_vec() };
+        // Owned by the plugin from here, whatever is wrong with its description.
+        let Some(described) = manifests.next() else {
+            plugin.providers.push(LoadedProvider {
+                label: Arc::from(""),
+                service: Arc::from(""),
+                priority: None,
+                object: table.object,
+                functions: Vec::new(),
+            });
+            continue;
+        };
+        if described.functions.len() != functions.len() {
+            plugin.providers.push(LoadedProvider {
+                label: Arc::from(described.label.as_str()),
+                service: Arc::from(described.service.as_str()),
+                priority: None,
+                object: table.object,
+                functions: Vec::new(),
+            });
+            return Err(invalid(
+                &app,
+                format!(
+                    "provider `{}` describes {} functions but exports {}",
+                    described.label,
+                    described.functions.len(),
+                    functions.len()
+                ),
+            ));
+        }
+        plugin.providers.push(LoadedProvider {
+            label: Arc::from(described.label.as_str()),
+            service: Arc::from(described.service.as_str()),
+            priority: described.priority,
+            object: table.object,
+            functions: described
+                .functions
+                .into_iter()
+                .zip(functions)
+                .map(|(function, entry)| LoadedFunction {
+                    name: function.name,
+                    args: function.args,
+                    output: function.output,
+                    typed: native.then_some(entry.typed),
+                    json: entry.json,
+                    counters: Arc::default(),
+                })
+                .collect(),
+        });
+    }
+    if manifests.next().is_some() || plugin.providers.len() != provider_count {
+        return Err(invalid(
+            &app,
+            "the manifest and the provider tables disagree".into(),
+        ));
+    }
+    if plugin.processes.len() != plugin.process_tables.len() {
+        return Err(invalid(
+            &app,
+            "the manifest and the process tables disagree".into(),
+        ));
+    }
+    for data in &plugin.data_providers {
+        if let DataSource::Callback(index) = data.source {
+            if index >= plugin.callbacks.len() {
+                return Err(invalid(
+                    &app,
+                    format!(
+                        "data `{}/{}` names a missing callback",
+                        data.service, data.key
+                    ),
+                ));
+            }
+        }
+    }
+    validate(path, &plugin)?;
     tracing::info!(
         app = %plugin.info.app,
         version = %plugin.info.version,
+        call_path = ?plugin.info.call_path,
         file = %path.display(),
         "plugin loaded"
     );
@@ -444,8 +606,29 @@ fn dl_reason(err: &libloading::Error) -> String {
     reason
 }
 
-/// Reads the entry as plain data and checks it. Runs no plugin code.
-fn read_entry(path: &Path, library: &Library) -> Result<&'static PluginEntry, LoadError> {
+/// What the loader copied out of a plugin's entry after checking it.
+struct EntryInfo {
+    init: crate::abi::InitFn,
+    call_path: CallPath,
+    build: String,
+}
+
+/// The part of a version that must match for plugin and host to share a contract: the major
+/// version, or the minor one while the major is 0 (semver).
+fn compatibility(version: &str) -> &str {
+    let mut parts = version.splitn(3, '.');
+    let major = parts.next().unwrap_or_default();
+    let minor = parts.next().unwrap_or_default();
+    if major == "0" {
+        &version[..(major.len() + 1 + minor.len()).min(version.len())]
+    } else {
+        major
+    }
+}
+
+/// Reads the entry as plain data, checks it, and copies out what loading needs. Runs no
+/// plugin code.
+fn read_entry(path: &Path, library: &Library) -> Result<EntryInfo, LoadError> {
     let symbol_name = format!("{ENTRY_SYMBOL}\0");
     // SAFETY: the symbol's address is the address of the exported static; we only read it as a
     // pointer here and check the fields below before trusting anything else.
@@ -460,8 +643,7 @@ fn read_entry(path: &Path, library: &Library) -> Result<&'static PluginEntry, Lo
             }
         }
     };
-    // SAFETY: the leading fields (magic, ABI version) have the same layout in every ABI version;
-    // we read only those before the version check.
+    // SAFETY: every ABI version starts with the magic; the symbol has at least those bytes.
     let magic = unsafe { (address as *const [u8; 8]).read_unaligned() };
     if magic != MAGIC {
         return Err(LoadError::BadMagic {
@@ -470,63 +652,79 @@ fn read_entry(path: &Path, library: &Library) -> Result<&'static PluginEntry, Lo
             found: magic,
         });
     }
-    let abi_version = unsafe { (address as *const u8).add(8).cast::<u32>().read_unaligned() };
-    if abi_version != ABI_VERSION {
+    // SAFETY: every ABI version has its major version right after the magic.
+    let abi_major = unsafe { (address as *const u8).add(8).cast::<u32>().read_unaligned() };
+    if abi_major != ABI_MAJOR {
         return Err(LoadError::AbiMismatch {
             path: path.to_owned(),
-            expected: ABI_VERSION,
-            found: abi_version,
+            expected: ABI_MAJOR,
+            found: abi_major,
         });
     }
-    // SAFETY: same ABI version, so the whole entry has this layout. The library stays mapped as
-    // long as the `LoadedPlugin` that owns it, which outlives every use of the entry.
-    let entry: &'static PluginEntry = unsafe { &*(address as *const PluginEntry) };
+    // SAFETY: same ABI major version, so the entry has this layout. The reference does not
+    // outlive this function; the library stays mapped while `library` lives.
+    let entry: &PluginEntry = unsafe { &*(address as *const PluginEntry) };
     if entry.panic_unwind != 1 {
         return Err(LoadError::PanicAbort {
             path: path.to_owned(),
         });
     }
-    // SAFETY: a static string in the plugin (ABI checked); invalid UTF-8 is replaced.
-    let found = unsafe { entry.build_info.to_string_lossy() };
-    if found != BUILD_INFO {
-        return Err(LoadError::BuildMismatch {
+    // SAFETY (the three reads below): static strings of the plugin (ABI checked); invalid
+    // UTF-8 is replaced.
+    let target = unsafe { entry.target.to_string_lossy() };
+    let version = unsafe { entry.epi_version.to_string_lossy() };
+    let build = unsafe { entry.build_info.to_string_lossy() };
+    if target != TARGET {
+        return Err(LoadError::TargetMismatch {
             path: path.to_owned(),
-            expected: BUILD_INFO.to_owned(),
-            found,
+            expected: TARGET.to_owned(),
+            found: target,
         });
     }
-    Ok(entry)
+    if compatibility(&version) != compatibility(EPI_VERSION) {
+        return Err(LoadError::VersionMismatch {
+            path: path.to_owned(),
+            expected: format!("{}.x", compatibility(EPI_VERSION)),
+            found: version,
+        });
+    }
+    let call_path = if build == BUILD_INFO {
+        CallPath::Native
+    } else {
+        CallPath::Stable
+    };
+    Ok(EntryInfo {
+        init: entry.init,
+        call_path,
+        build,
+    })
 }
 
 /// Calls the plugin's `init` (the first plugin code that runs).
-fn initialise(
-    path: &Path,
-    entry: &PluginEntry,
-    config: &str,
-) -> Result<PluginDescriptor, LoadError> {
-    let mut descriptor = MaybeUninit::<PluginDescriptor>::uninit();
-    let mut error = String::new();
-    // SAFETY: every check passed: same ABI, compiler, target and panic strategy. `init` catches
-    // its own panics and writes the descriptor only on success.
+fn initialise(path: &Path, entry: &EntryInfo, config: &str) -> Result<PluginTables, LoadError> {
+    let mut tables = MaybeUninit::<PluginTables>::uninit();
+    let mut error = RVec::new();
+    // SAFETY: every check passed: same ABI major, target and panic strategy, compatible epi.
+    // `init` catches its own panics and writes the tables only on success.
     let status = unsafe {
         (entry.init)(
             &host::HOST_VTABLE,
             StrRef::new(config),
-            descriptor.as_mut_ptr(),
+            tables.as_mut_ptr(),
             &mut error,
         )
     };
     if status != STATUS_OK {
         return Err(LoadError::Init {
             path: path.to_owned(),
-            message: error,
+            message: text(error),
         });
     }
-    // SAFETY: `init` returned OK, so it wrote the descriptor.
-    Ok(unsafe { descriptor.assume_init() })
+    // SAFETY: `init` returned OK, so it wrote the tables.
+    Ok(unsafe { tables.assume_init() })
 }
 
-fn validate_descriptor(path: &Path, plugin: &LoadedPlugin) -> Result<(), LoadError> {
+fn validate(path: &Path, plugin: &LoadedPlugin) -> Result<(), LoadError> {
     let invalid = |reason: String| LoadError::Invalid {
         path: path.to_owned(),
         app: plugin.info.app.clone(),
@@ -542,6 +740,15 @@ fn validate_descriptor(path: &Path, plugin: &LoadedPlugin) -> Result<(), LoadErr
                 "two providers are labelled `{}`",
                 provider.label
             )));
+        }
+        let mut names = std::collections::HashSet::new();
+        for function in &provider.functions {
+            if !names.insert(function.name.as_str()) {
+                return Err(invalid(format!(
+                    "provider `{}` has two functions named `{}`",
+                    provider.label, function.name
+                )));
+            }
         }
     }
     Ok(())

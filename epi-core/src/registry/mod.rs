@@ -25,8 +25,8 @@ use crate::data::{self, DataHandle, DataHub, DataStatus, DataWorker};
 use crate::dispatch::{Function, ServiceHandle};
 use crate::engine::{Engine, EngineConfig, EngineReport, RealClock};
 use crate::loader::{CopyDir, LoadedPlugin, PluginInfo};
-use crate::plugin::{Notification, ProviderVersion};
 use crate::snapshot::{self, Interner, Snapshot};
+use epi_plugin::{Notification, ProviderVersion};
 
 /// How a registry orders and runs plugins.
 #[derive(Clone, Debug, Default)]

@@ -1,8 +1,8 @@
-//! Records which compiler and target built this copy of `epi`.
+//! Records which compiler, target and epi version built this copy of `epi-plugin`.
 //!
-//! A host and a plugin exchange Rust values by pointer, which is only sound when both were
-//! compiled by the same rustc for the same target with the same panic strategy. Each side
-//! embeds this build string; the loader refuses a plugin whose string differs from the host's.
+//! A host and a plugin with equal build strings were compiled by the same rustc for the same
+//! target against the same epi: they exchange Rust values by pointer (the native path). Any
+//! other compatible pair exchanges JSON (the stable path).
 
 use std::process::Command;
 
@@ -25,16 +25,15 @@ fn main() {
     let target = std::env::var("TARGET").unwrap_or_default();
     let panic = std::env::var("CARGO_CFG_PANIC").unwrap_or_default();
     let build = format!(
-        "epi {} abi; rustc {} ({}); target {}; panic={}",
-        std::env::var("CARGO_PKG_VERSION_MAJOR").unwrap_or_default()
-            + "."
-            + &std::env::var("CARGO_PKG_VERSION_MINOR").unwrap_or_default(),
+        "epi {}; rustc {} ({}); target {}; panic={}",
+        std::env::var("CARGO_PKG_VERSION").unwrap_or_default(),
         field("release:"),
         field("commit-hash:"),
         target,
         panic,
     );
     println!("cargo:rustc-env=EPI_BUILD_INFO={build}");
+    println!("cargo:rustc-env=EPI_TARGET={target}");
     println!("cargo:rerun-if-env-changed=RUSTC");
     println!("cargo:rerun-if-changed=build.rs");
 }

@@ -1,11 +1,12 @@
 //! What a plugin author implements: the [`Plugin`] trait and the values it returns.
 
-use std::ffi::c_void;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::abi::{DataProviderDescriptor, DataSourceDescriptor, FunctionEntry, ProviderDescriptor};
+use crate::abi::manifest::FunctionManifest;
+use crate::abi::{FunctionTable, ObjectTable};
+use crate::shim::{BoxedCallback, FunctionEntry, Provides};
 
 /// The answer of a provider called through `decide`: the first `Decided` wins.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,24 +162,28 @@ pub enum Notification {
     },
 }
 
+/// Where a [`DataProvider`]'s data comes from, as the plugin keeps it.
+pub(crate) enum Source {
+    File(String),
+    Static(Result<String, String>),
+    Callback(BoxedCallback),
+}
+
 /// Data a plugin contributes, returned from [`Plugin::data_providers`].
 pub struct DataProvider {
-    descriptor: Option<DataProviderDescriptor>,
+    pub(crate) service: String,
+    pub(crate) key: String,
+    pub(crate) source: Source,
+    pub(crate) interval_ms: Option<u64>,
 }
 
 impl DataProvider {
-    fn with_source(
-        service: impl Into<String>,
-        key: impl Into<String>,
-        source: DataSourceDescriptor,
-    ) -> Self {
+    fn with_source(service: impl Into<String>, key: impl Into<String>, source: Source) -> Self {
         DataProvider {
-            descriptor: Some(DataProviderDescriptor {
-                service: service.into(),
-                key: key.into(),
-                source,
-                interval_ms: None,
-            }),
+            service: service.into(),
+            key: key.into(),
+            source,
+            interval_ms: None,
         }
     }
 
@@ -190,7 +195,7 @@ impl DataProvider {
         key: impl Into<String>,
         path: impl Into<String>,
     ) -> Self {
-        Self::with_source(service, key, DataSourceDescriptor::File(path.into()))
+        Self::with_source(service, key, Source::File(path.into()))
     }
 
     /// Data compiled into the plugin: it changes when the plugin is upgraded.
@@ -200,7 +205,7 @@ impl DataProvider {
         data: &T,
     ) -> Self {
         let json = serde_json::to_string(data).map_err(|err| err.to_string());
-        Self::with_source(service, key, DataSourceDescriptor::Static(json))
+        Self::with_source(service, key, Source::Static(json))
     }
 
     /// Data returned by `callback`, called again at every interval (default 5 s); a change is
@@ -215,64 +220,29 @@ impl DataProvider {
         V: Serialize,
         E: std::fmt::Display,
     {
-        let boxed: crate::export::BoxedCallback = Box::new(move || match callback() {
+        let boxed: BoxedCallback = Box::new(move || match callback() {
             Ok(value) => serde_json::to_vec(&value).map_err(|err| err.to_string()),
             Err(err) => Err(err.to_string()),
         });
-        let instance = Box::into_raw(Box::new(boxed)) as *mut c_void;
-        Self::with_source(
-            service,
-            key,
-            DataSourceDescriptor::Callback {
-                instance,
-                call: crate::export::data_shim,
-                drop_instance: crate::export::drop_shim::<crate::export::BoxedCallback>,
-            },
-        )
+        Self::with_source(service, key, Source::Callback(boxed))
     }
 
     /// How often the source is re-checked. A key is re-checked at the shortest interval of
     /// its providers.
     pub fn interval(mut self, interval: Duration) -> Self {
-        if let Some(descriptor) = &mut self.descriptor {
-            descriptor.interval_ms = Some(interval.as_millis() as u64);
-        }
+        self.interval_ms = Some(interval.as_millis() as u64);
         self
     }
-
-    pub(crate) fn into_descriptor(mut self) -> DataProviderDescriptor {
-        self.descriptor.take().expect("data provider taken twice")
-    }
-}
-
-impl Drop for DataProvider {
-    fn drop(&mut self) {
-        if let Some(DataProviderDescriptor {
-            source:
-                DataSourceDescriptor::Callback {
-                    instance,
-                    drop_instance,
-                    ..
-                },
-            ..
-        }) = self.descriptor.take()
-        {
-            // SAFETY: created by `DataProvider::callback` with this drop function and not
-            // handed to anyone.
-            unsafe { drop_instance(instance) };
-        }
-    }
-}
-
-/// A provider object's function table. Implemented by `#[epi::provider]`; not by hand.
-pub trait Provides: Send + Sync + Sized + 'static {
-    /// One entry per public method, in declaration order.
-    fn functions() -> Vec<FunctionEntry>;
 }
 
 /// A provider a plugin returns from [`Plugin::providers`].
 pub struct Provider {
-    descriptor: Option<ProviderDescriptor>,
+    pub(crate) service: String,
+    pub(crate) label: String,
+    pub(crate) priority: Option<i32>,
+    pub(crate) functions: Vec<(FunctionManifest, FunctionTable)>,
+    /// The provider object; `None` once handed to the host.
+    pub(crate) object: Option<ObjectTable>,
 }
 
 impl Provider {
@@ -283,46 +253,37 @@ impl Provider {
             .next()
             .unwrap_or_default()
             .to_owned();
-        let instance = Box::into_raw(Box::new(object)) as *mut c_void;
         Provider {
-            descriptor: Some(ProviderDescriptor {
-                service: service.into(),
-                label,
-                priority: None,
-                instance,
-                drop_instance: crate::export::drop_shim::<P>,
-                functions: P::functions(),
-            }),
+            service: service.into(),
+            label,
+            priority: None,
+            functions: P::functions()
+                .into_iter()
+                .map(FunctionEntry::into_parts)
+                .collect(),
+            object: Some(crate::shim::object(object)),
         }
     }
 
     /// Names the provider (default: its type name). Labels are unique inside a plugin.
     pub fn label(mut self, label: impl Into<String>) -> Self {
-        if let Some(descriptor) = &mut self.descriptor {
-            descriptor.label = label.into();
-        }
+        self.label = label.into();
         self
     }
 
     /// Sets an explicit priority, overriding the plugin's: higher runs first.
     pub fn priority(mut self, priority: i32) -> Self {
-        if let Some(descriptor) = &mut self.descriptor {
-            descriptor.priority = Some(priority);
-        }
+        self.priority = Some(priority);
         self
-    }
-
-    pub(crate) fn into_descriptor(mut self) -> ProviderDescriptor {
-        self.descriptor.take().expect("provider taken twice")
     }
 }
 
 impl Drop for Provider {
     fn drop(&mut self) {
-        if let Some(descriptor) = self.descriptor.take() {
-            // SAFETY: the instance was created by `Provider::new` with this drop function and
-            // has not been handed to anyone.
-            unsafe { (descriptor.drop_instance)(descriptor.instance) };
+        if let Some(object) = self.object.take() {
+            // SAFETY: the object was boxed by `Provider::new` with this drop function and has
+            // not been handed to anyone.
+            unsafe { (object.drop)(object.instance) };
         }
     }
 }

@@ -1,14 +1,39 @@
 //! Plugin side of processes: long-running workers a plugin declares in
-//! [`crate::Plugin::processes`] and the host's engine supervises (see [`crate::engine`]).
+//! [`crate::Plugin::processes`] and the host's dependency engine supervises.
 
 use std::collections::BTreeMap;
 use std::ffi::c_void;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::abi::{ProcessDescriptor, ProcessHost, StrRef, STATUS_FAILED};
-pub use crate::engine::WorkerError as ProcessError;
+use crate::abi::manifest::ProcessManifest;
+use crate::abi::{ProcessHost, ProcessTable, RVec, StrRef, STATUS_FAILED};
+use crate::shim::{guarded, put, read_json, write_json};
+
+/// Why a process (or the computation of its output) stopped; the host's engine acts on it as
+/// juju's dependency engine does. Crosses the boundary as JSON
+/// (`{"kind": "failed", "message": "..."}`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "message", rename_all = "snake_case")]
+pub enum ProcessError {
+    /// An input it needs is unavailable: not restarted until an input changes.
+    #[error("an input is missing")]
+    Missing,
+    /// Restart at once.
+    #[error("bounced")]
+    Bounce,
+    /// Remove this worker from the engine.
+    #[error("uninstall requested")]
+    Uninstall,
+    /// Stop the whole engine with this error.
+    #[error("fatal: {0}")]
+    Fatal(String),
+    /// Restart after the back-off delay.
+    #[error("{0}")]
+    Failed(String),
+}
 
 /// What a running process can ask of the host.
 pub struct ProcessContext<'h> {
@@ -40,7 +65,7 @@ type OutputFn = Box<dyn Fn(&BTreeMap<String, Value>) -> Result<Value, ProcessErr
 type RunFn = Box<dyn Fn(&ProcessContext) -> Result<(), ProcessError> + Send + Sync>;
 
 /// A process object as the plugin keeps it.
-pub(crate) struct ProcessObject {
+struct ProcessObject {
     output: OutputFn,
     run: RunFn,
 }
@@ -102,7 +127,8 @@ impl Process {
         self
     }
 
-    pub(crate) fn into_descriptor(self) -> ProcessDescriptor {
+    /// Splits the process into what the manifest says and what the host calls.
+    pub(crate) fn into_parts(self) -> (ProcessManifest, ProcessTable) {
         let object = ProcessObject {
             output: self.output.unwrap_or_else(|| Box::new(|_| Ok(Value::Null))),
             run: self.run.unwrap_or_else(|| {
@@ -112,31 +138,66 @@ impl Process {
                 })
             }),
         };
-        ProcessDescriptor {
-            name: self.name,
-            inputs: self.inputs,
-            instance: Box::into_raw(Box::new(object)) as *mut c_void,
-            start: crate::export::process_start_shim,
-            run: crate::export::process_run_shim,
-            drop_instance: crate::export::drop_shim::<ProcessObject>,
-        }
-    }
-}
-
-impl ProcessObject {
-    pub(crate) fn output(&self, inputs: &BTreeMap<String, Value>) -> Result<Value, ProcessError> {
-        (self.output)(inputs)
-    }
-
-    pub(crate) fn run(&self, host: &ProcessHost) -> Result<(), ProcessError> {
-        (self.run)(&ProcessContext { host })
+        (
+            ProcessManifest {
+                name: self.name,
+                inputs: self.inputs,
+            },
+            ProcessTable {
+                object: crate::shim::object(object),
+                start: process_start_shim,
+                run: process_run_shim,
+            },
+        )
     }
 }
 
 /// Encodes a process error for the boundary.
-pub(crate) fn encode_error(err: &ProcessError) -> (u32, String) {
+fn encode_error(err: &ProcessError) -> (u32, String) {
     (
         STATUS_FAILED,
         serde_json::to_string(err).unwrap_or_else(|_| err.to_string()),
     )
+}
+
+/// Computes a process's output from its inputs (JSON object text).
+///
+/// # Safety
+/// `instance` is a `ProcessObject` of this plugin, `input` live bytes, `output` and `error`
+/// live buffers.
+unsafe extern "C" fn process_start_shim(
+    instance: *const c_void,
+    input: StrRef,
+    output: *mut RVec<u8>,
+    error: *mut RVec<u8>,
+) -> u32 {
+    // SAFETY: the caller's contract.
+    unsafe {
+        guarded(error, || {
+            let process = &*(instance as *const ProcessObject);
+            let inputs = read_json(input.as_bytes(), || "unreadable inputs".into())?;
+            let value = (process.output)(&inputs).map_err(|err| encode_error(&err))?;
+            put(output, write_json(&value, "output")?);
+            Ok(())
+        })
+    }
+}
+
+/// Runs a process until it stops.
+///
+/// # Safety
+/// `instance` is a `ProcessObject` of this plugin, `host` valid for the call, `error` a live
+/// buffer.
+unsafe extern "C" fn process_run_shim(
+    instance: *const c_void,
+    host: *const ProcessHost,
+    error: *mut RVec<u8>,
+) -> u32 {
+    // SAFETY: the caller's contract.
+    unsafe {
+        guarded(error, || {
+            let process = &*(instance as *const ProcessObject);
+            (process.run)(&ProcessContext { host: &*host }).map_err(|err| encode_error(&err))
+        })
+    }
 }

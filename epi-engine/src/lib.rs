@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! A dependency engine for long-running workers, with the semantics of juju's.
 //!
 //! Each named [`Manifold`] lists `inputs` (other workers' names) and a `start` function that

@@ -1,0 +1,232 @@
+//! What [`crate::export_plugin!`] expands to call: the plugin's `init`, which installs the
+//! host's allocator and log, builds the plugin object and describes it, and the shims of the
+//! plugin object itself.
+
+use std::ffi::c_void;
+
+use crate::abi::manifest::{DataManifest, DataSource, Manifest, ProviderManifest};
+use crate::abi::{
+    CallbackTable, HostVTable, PluginTables, ProviderTable, RVec, StrRef, STATUS_BAD_INPUT,
+};
+use crate::plugin::{Plugin, PluginContext, Source};
+use crate::shim::{guarded, put, read_json, write_json};
+
+pub use crate::host::PluginAllocator;
+pub use crate::shim::{function_entry, FunctionEntry, Method};
+
+/// What `export_plugin!` knows about the plugin crate.
+pub trait Export {
+    /// The plugin type.
+    type Plugin: Plugin;
+    /// `CARGO_PKG_VERSION` of the plugin crate.
+    const PACKAGE_VERSION: &'static str;
+    /// Builds the plugin object.
+    fn create(context: &PluginContext) -> Self::Plugin;
+}
+
+/// Delivers a notification (JSON text) to the plugin object `P`.
+///
+/// # Safety
+/// `plugin` is the `P` this plugin's `init` created, `input` live bytes, `error` a live buffer.
+unsafe extern "C" fn notify_shim<P: Plugin>(
+    plugin: *const c_void,
+    input: StrRef,
+    error: *mut RVec<u8>,
+) -> u32 {
+    // SAFETY: the caller's contract.
+    unsafe {
+        guarded(error, || {
+            let notification = read_json(input.as_bytes(), || "unreadable notification".into())?;
+            (*(plugin as *const P)).notify(&notification);
+            Ok(())
+        })
+    }
+}
+
+/// Exports the state of plugin object `P` as JSON of `Option<PluginState>`.
+///
+/// # Safety
+/// `plugin` is the `P` this plugin's `init` created, `output` and `error` live buffers.
+unsafe extern "C" fn export_state_shim<P: Plugin>(
+    plugin: *const c_void,
+    output: *mut RVec<u8>,
+    error: *mut RVec<u8>,
+) -> u32 {
+    // SAFETY: the caller's contract.
+    unsafe {
+        guarded(error, || {
+            let state = (*(plugin as *const P)).export_state();
+            put(output, write_json(&state, "state")?);
+            Ok(())
+        })
+    }
+}
+
+/// Imports a state (JSON of `PluginState`) into plugin object `P`.
+///
+/// # Safety
+/// As [`notify_shim`].
+unsafe extern "C" fn import_state_shim<P: Plugin>(
+    plugin: *const c_void,
+    input: StrRef,
+    error: *mut RVec<u8>,
+) -> u32 {
+    // SAFETY: the caller's contract.
+    unsafe {
+        guarded(error, || {
+            let state = read_json(input.as_bytes(), || "unreadable state".into())?;
+            (*(plugin as *const P)).import_state(state);
+            Ok(())
+        })
+    }
+}
+
+/// The manifest and tables describing `plugin`.
+fn describe<P: Plugin>(plugin: P, package_version: &str) -> PluginTables {
+    let app = plugin.app();
+    crate::host::set_app(&app);
+    let mut providers = Vec::new();
+    let mut provider_tables = Vec::new();
+    for mut provider in plugin.providers() {
+        let (functions, tables): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut provider.functions).into_iter().unzip();
+        providers.push(ProviderManifest {
+            service: std::mem::take(&mut provider.service),
+            label: std::mem::take(&mut provider.label),
+            priority: provider.priority,
+            functions,
+        });
+        provider_tables.push(ProviderTable {
+            object: provider
+                .object
+                .take()
+                .expect("a provider's object is handed over once"),
+            functions: RVec::from_vec(tables),
+        });
+    }
+    let mut callbacks = Vec::new();
+    let data_providers = plugin
+        .data_providers()
+        .into_iter()
+        .map(|data| DataManifest {
+            service: data.service,
+            key: data.key,
+            interval_ms: data.interval_ms,
+            source: match data.source {
+                Source::File(path) => DataSource::File(path),
+                Source::Static(Ok(json)) => DataSource::Static(json),
+                Source::Static(Err(reason)) => DataSource::Invalid(reason),
+                Source::Callback(callback) => {
+                    callbacks.push(CallbackTable {
+                        object: crate::shim::object(callback),
+                        call: crate::shim::data_shim,
+                    });
+                    DataSource::Callback(callbacks.len() - 1)
+                }
+            },
+        })
+        .collect();
+    let (processes, process_tables): (Vec<_>, Vec<_>) = plugin
+        .processes()
+        .into_iter()
+        .map(crate::process::Process::into_parts)
+        .unzip();
+    let manifest = Manifest {
+        version: plugin
+            .version()
+            .unwrap_or_else(|| package_version.to_owned()),
+        priority: plugin.priority(),
+        services: plugin.services(),
+        providers,
+        data_providers,
+        data_subscriptions: plugin.data_subscriptions(),
+        processes,
+        app,
+    };
+    PluginTables {
+        manifest: RVec::from_vec(serde_json::to_vec(&manifest).expect("a manifest encodes")),
+        plugin: crate::shim::object(plugin),
+        notify: notify_shim::<P>,
+        export_state: export_state_shim::<P>,
+        import_state: import_state_shim::<P>,
+        providers: RVec::from_vec(provider_tables),
+        callbacks: RVec::from_vec(callbacks),
+        processes: RVec::from_vec(process_tables),
+    }
+}
+
+/// The plugin's `init`: installs the host's allocator and log, builds the plugin object and
+/// describes it.
+///
+/// # Safety
+/// Called by the loader exactly once, with a host table that lives for the process, `config`
+/// live bytes, `out` pointing at uninitialised room for the tables and `error` at a live
+/// buffer.
+pub unsafe extern "C" fn init<E: Export>(
+    host_table: *const HostVTable,
+    config: StrRef,
+    out: *mut PluginTables,
+    error: *mut RVec<u8>,
+) -> u32 {
+    // Must come first: from here on every allocation is the host's.
+    crate::host::install(host_table);
+    // SAFETY: the caller's contract.
+    unsafe {
+        guarded(error, || {
+            std::panic::set_hook(Box::new(|info| {
+                crate::host::log(1, &format!("plugin panicked: {info}"));
+            }));
+            let config_text = config.as_bytes();
+            let config = if config_text.trim_ascii().is_empty() {
+                serde_json::Value::Null
+            } else {
+                serde_json::from_slice(config_text)
+                    .map_err(|err| (STATUS_BAD_INPUT, format!("plugin configuration: {err}")))?
+            };
+            let plugin = E::create(&PluginContext { config });
+            out.write(describe(plugin, E::PACKAGE_VERSION));
+            Ok(())
+        })
+    }
+}
+
+/// Exports a plugin from a `cdylib` crate. Use it once per crate.
+///
+/// `export_plugin!(Type)` builds the plugin with `Type::default()`;
+/// `export_plugin!(Type, constructor)` with `constructor(&epi::PluginContext) -> Type`.
+///
+/// ```ignore
+/// epi::export_plugin!(Hello);
+/// epi::export_plugin!(Configured, Configured::from_context);
+/// ```
+///
+/// It also installs [`PluginAllocator`] as the crate's global allocator.
+#[macro_export]
+macro_rules! export_plugin {
+    ($plugin:ty) => {
+        $crate::export_plugin!($plugin, |_: &$crate::PluginContext| {
+            <$plugin as ::std::default::Default>::default()
+        });
+    };
+    ($plugin:ty, $constructor:expr) => {
+        #[global_allocator]
+        static EPI_PLUGIN_ALLOCATOR: $crate::export::PluginAllocator =
+            $crate::export::PluginAllocator;
+
+        #[doc(hidden)]
+        pub struct EpiPluginExport;
+
+        impl $crate::export::Export for EpiPluginExport {
+            type Plugin = $plugin;
+            const PACKAGE_VERSION: &'static str = env!("CARGO_PKG_VERSION");
+            fn create(context: &$crate::PluginContext) -> $plugin {
+                let constructor: fn(&$crate::PluginContext) -> $plugin = $constructor;
+                constructor(context)
+            }
+        }
+
+        #[no_mangle]
+        pub static EPI_PLUGIN_ENTRY: $crate::abi::PluginEntry =
+            $crate::abi::PluginEntry::new($crate::export::init::<EpiPluginExport>);
+    };
+}

@@ -1,0 +1,240 @@
+//! The `extern "C"` functions a plugin exports for its objects, and the traits the macros
+//! implement. Every shim runs its body inside `catch_unwind`: no panic crosses the boundary.
+
+use std::any::Any;
+use std::ffi::c_void;
+use std::marker::PhantomData;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::abi::manifest::{FunctionManifest, TypeDesc};
+use crate::abi::{
+    FunctionTable, RVec, StrRef, STATUS_BAD_INPUT, STATUS_FAILED, STATUS_OK, STATUS_PANICKED,
+};
+
+/// One public method of a provider, described by `#[epi::provider]`.
+///
+/// Implementing it by hand is safe: the shims only ever cast a provider object to
+/// `Self::Provider`, and [`FunctionEntry`] ties each entry to that type.
+pub trait Method: 'static {
+    /// The provider type the method belongs to.
+    type Provider: Send + Sync + 'static;
+    /// The argument type (`()` when the method takes none, a tuple when several).
+    type Args: Serialize + DeserializeOwned + 'static;
+    /// The value it returns (the `T` of a `Result<T, E>`).
+    type Output: Serialize + DeserializeOwned + 'static;
+    /// The method's name.
+    const NAME: &'static str;
+    /// Calls the method; an `Err` carries the error's `Display` text.
+    fn call(provider: &Self::Provider, args: &Self::Args) -> Result<Self::Output, String>;
+}
+
+/// A provider object's function table. Implemented by `#[epi::provider]`.
+///
+/// Safe to implement: a [`FunctionEntry<Self>`] can only be made from a [`Method`] whose
+/// provider is `Self`, so no table can make the host call a shim with an object of another
+/// type.
+pub trait Provides: Send + Sync + Sized + 'static {
+    /// One entry per public method, in declaration order.
+    fn functions() -> Vec<FunctionEntry<Self>>;
+}
+
+/// One function of provider type `P`: its description and entry points. Made only by
+/// [`function_entry`].
+pub struct FunctionEntry<P> {
+    manifest: FunctionManifest,
+    table: FunctionTable,
+    _provider: PhantomData<fn(&P)>,
+}
+
+impl<P> FunctionEntry<P> {
+    /// The function's name.
+    pub fn name(&self) -> &str {
+        &self.manifest.name
+    }
+
+    pub(crate) fn into_parts(self) -> (FunctionManifest, FunctionTable) {
+        (self.manifest, self.table)
+    }
+}
+
+/// The type description of `T` (see [`crate::describe`]).
+pub fn type_desc<T: DeserializeOwned>() -> TypeDesc {
+    TypeDesc {
+        name: std::any::type_name::<T>().to_owned(),
+        size: std::mem::size_of::<T>(),
+        align: std::mem::align_of::<T>(),
+        shape: crate::describe::shape_of::<T>(),
+    }
+}
+
+/// The function table entry of `M`.
+pub fn function_entry<M: Method>() -> FunctionEntry<M::Provider> {
+    FunctionEntry {
+        manifest: FunctionManifest {
+            name: M::NAME.to_owned(),
+            args: type_desc::<M::Args>(),
+            output: type_desc::<M::Output>(),
+        },
+        table: FunctionTable {
+            typed: typed_shim::<M>,
+            json: json_shim::<M>,
+        },
+        _provider: PhantomData,
+    }
+}
+
+/// Text of a caught panic payload.
+pub(crate) fn panic_message(payload: Box<dyn Any + Send>) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "panic with a non-string payload".to_owned()
+    }
+}
+
+/// A failure: a status and its message.
+pub(crate) type Failure = (u32, String);
+
+/// Decodes JSON text; a failure is [`STATUS_BAD_INPUT`] with `what` and the reason.
+pub(crate) fn read_json<T: DeserializeOwned>(
+    text: &[u8],
+    what: impl FnOnce() -> String,
+) -> Result<T, Failure> {
+    serde_json::from_slice(text).map_err(|err| (STATUS_BAD_INPUT, format!("{}: {err}", what())))
+}
+
+/// Encodes `value` as JSON text; a failure is [`STATUS_FAILED`] naming `what`.
+pub(crate) fn write_json<T: Serialize>(value: &T, what: &str) -> Result<Vec<u8>, Failure> {
+    serde_json::to_vec(value)
+        .map_err(|err| (STATUS_FAILED, format!("cannot encode the {what}: {err}")))
+}
+
+/// Replaces the buffer `slot` points at with `bytes`.
+///
+/// # Safety
+/// `slot` points at a live [`RVec<u8>`] owned by the caller (the host's heap).
+pub(crate) unsafe fn put(slot: *mut RVec<u8>, bytes: Vec<u8>) {
+    // SAFETY: the caller hands a live buffer; the old one is released through the shared
+    // allocator and replaced.
+    unsafe { drop(std::ptr::replace(slot, RVec::from_vec(bytes)).into_vec()) }
+}
+
+/// Runs `body`, turning an error into its status and a panic into [`STATUS_PANICKED`], with the
+/// message in `error`.
+///
+/// # Safety
+/// `error` points at a live [`RVec<u8>`].
+pub(crate) unsafe fn guarded(
+    error: *mut RVec<u8>,
+    body: impl FnOnce() -> Result<(), Failure>,
+) -> u32 {
+    let (status, message) = match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(())) => return STATUS_OK,
+        Ok(Err(failure)) => failure,
+        Err(payload) => (STATUS_PANICKED, panic_message(payload)),
+    };
+    // SAFETY: the caller's contract.
+    unsafe { put(error, message.into_bytes()) };
+    status
+}
+
+/// Native call shim of `M`: arguments and output by pointer.
+///
+/// # Safety
+/// `instance` is an `M::Provider`, `input` an `M::Args`, `output` uninitialised room for an
+/// `M::Output`, `error` a live buffer; the host checked that its types are `M`'s (same build,
+/// same type names, sizes and alignments) before calling.
+pub unsafe extern "C" fn typed_shim<M: Method>(
+    instance: *const c_void,
+    input: *const c_void,
+    output: *mut c_void,
+    error: *mut RVec<u8>,
+) -> u32 {
+    // SAFETY: the caller's contract: every pointer has the type named above.
+    unsafe {
+        guarded(error, || {
+            let provider = &*(instance as *const M::Provider);
+            let args = &*(input as *const M::Args);
+            let value = M::call(provider, args).map_err(|message| (STATUS_FAILED, message))?;
+            (output as *mut M::Output).write(value);
+            Ok(())
+        })
+    }
+}
+
+/// Stable call shim of `M`: arguments and output as JSON text.
+///
+/// # Safety
+/// `instance` is an `M::Provider`, `input` live bytes, `output` and `error` live buffers.
+pub unsafe extern "C" fn json_shim<M: Method>(
+    instance: *const c_void,
+    input: StrRef,
+    output: *mut RVec<u8>,
+    error: *mut RVec<u8>,
+) -> u32 {
+    // SAFETY: the caller's contract: every pointer has the type named above.
+    unsafe {
+        guarded(error, || {
+            let provider = &*(instance as *const M::Provider);
+            let args: M::Args = read_json(input.as_bytes(), || {
+                format!("expected {}", std::any::type_name::<M::Args>())
+            })?;
+            let value = M::call(provider, &args).map_err(|message| (STATUS_FAILED, message))?;
+            put(output, write_json(&value, "result")?);
+            Ok(())
+        })
+    }
+}
+
+/// Releases a boxed `T` created by this plugin, catching a panicking `Drop`.
+///
+/// # Safety
+/// `instance` came from `Box::<T>::into_raw` in this plugin and is released once.
+pub unsafe extern "C" fn drop_shim<T>(instance: *mut c_void) {
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the caller's contract.
+        drop(unsafe { Box::from_raw(instance as *mut T) })
+    }));
+    if let Err(payload) = result {
+        crate::host::log(
+            1,
+            &format!("panic while dropping: {}", panic_message(payload)),
+        );
+    }
+}
+
+/// Boxes `object` for the host: the pointer and the function that releases it.
+pub(crate) fn object<T: Send + Sync + 'static>(object: T) -> crate::abi::ObjectTable {
+    crate::abi::ObjectTable {
+        instance: Box::into_raw(Box::new(object)) as *mut c_void,
+        drop: drop_shim::<T>,
+    }
+}
+
+/// A callback data source as the plugin stores it: returns JSON text or an error message.
+pub(crate) type BoxedCallback = Box<dyn Fn() -> Result<Vec<u8>, String> + Send + Sync>;
+
+/// Calls a callback data source.
+///
+/// # Safety
+/// `instance` is a [`BoxedCallback`] created by this plugin, `output` and `error` live buffers.
+pub(crate) unsafe extern "C" fn data_shim(
+    instance: *const c_void,
+    output: *mut RVec<u8>,
+    error: *mut RVec<u8>,
+) -> u32 {
+    // SAFETY: the caller's contract.
+    unsafe {
+        guarded(error, || {
+            let callback = &*(instance as *const BoxedCallback);
+            let json = callback().map_err(|message| (STATUS_FAILED, message))?;
+            put(output, json);
+            Ok(())
+        })
+    }
+}
