@@ -108,3 +108,158 @@ pub fn write_file(dir: &Path, file_name: &str, bytes: &[u8]) -> PathBuf {
     std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).expect("chmod file");
     target
 }
+
+/// Where Debian's `rustc-web` and `cargo-web` packages install the second toolchain.
+pub const SECOND_RUSTC: &str = "/usr/bin/rustc";
+/// See [`SECOND_RUSTC`].
+pub const SECOND_CARGO: &str = "/usr/bin/cargo";
+
+/// Builds a plugin crate of this workspace with Debian's second toolchain (`rustc-web`,
+/// `cargo-web`), a different rustc than the one building the tests, and returns the library
+/// (staged with safe permissions, built once per process). Panics saying what to install when
+/// that toolchain is missing.
+pub fn build_with_second_toolchain(crate_name: &str) -> PathBuf {
+    for tool in [SECOND_RUSTC, SECOND_CARGO] {
+        assert!(
+            Path::new(tool).exists(),
+            "{tool} is missing: this test builds a plugin with a second Rust toolchain; \
+             install it with `apt-get install rustc-web cargo-web` (or run `cargo xtask test`, \
+             which does)"
+        );
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace");
+    let target = profile_dir()
+        .parent()
+        .expect("target directory")
+        .join("second-toolchain");
+    foreign_build(
+        workspace,
+        &target,
+        crate_name,
+        SECOND_CARGO,
+        Some(SECOND_RUSTC),
+    )
+}
+
+/// Builds a plugin crate of this workspace against a copy of `epi-plugin` whose version is
+/// `epi_version` (as if it were built against another release of epi), with this toolchain.
+/// Returns the staged library.
+pub fn build_against_epi_version(crate_name: &str, epi_version: &str) -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace");
+    let copy = tempfile::Builder::new()
+        .prefix("epi-version-")
+        .tempdir()
+        .expect("temporary workspace");
+    let crate_dir = workspace
+        .join("plugins")
+        .join(crate_name.trim_start_matches("epi-plugin-"));
+    let members = ["epi-plugin", "epi-macros"];
+    for member in members {
+        copy_tree(&workspace.join(member), &copy.path().join(member));
+    }
+    let plugin_dir = copy
+        .path()
+        .join("plugins")
+        .join(crate_dir.file_name().unwrap());
+    copy_tree(&crate_dir, &plugin_dir);
+    std::fs::copy(workspace.join("Cargo.lock"), copy.path().join("Cargo.lock")).expect("lock");
+    let manifest = std::fs::read_to_string(workspace.join("Cargo.toml")).expect("manifest");
+    let manifest = rewrite_workspace(&manifest, &plugin_dir, copy.path(), epi_version);
+    std::fs::write(copy.path().join("Cargo.toml"), manifest).expect("write manifest");
+    let target = profile_dir()
+        .parent()
+        .expect("target directory")
+        .join(format!("epi-{epi_version}"));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    foreign_build(copy.path(), &target, crate_name, &cargo, None)
+}
+
+/// The workspace manifest for a copy holding only the plugin side and one plugin, with the
+/// workspace version set to `version`.
+fn rewrite_workspace(manifest: &str, plugin: &Path, root: &Path, version: &str) -> String {
+    let relative = plugin.strip_prefix(root).expect("inside the copy");
+    let mut out = String::new();
+    let mut in_members = false;
+    for line in manifest.lines() {
+        if line.starts_with("members") {
+            in_members = true;
+            out.push_str(&format!(
+                "members = [\"epi-plugin\", \"epi-macros\", \"{}\"]\n",
+                relative.display()
+            ));
+            continue;
+        }
+        if in_members {
+            in_members = !line.starts_with(']');
+            continue;
+        }
+        if line.starts_with("version = ") {
+            out.push_str(&format!("version = \"{version}\"\n"));
+            continue;
+        }
+        out.push_str(&line.replace(
+            "version = \"0.1.0\" }",
+            &format!("version = \"{version}\" }}"),
+        ));
+        out.push('\n');
+    }
+    out
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create directory");
+    for entry in std::fs::read_dir(from).expect("read directory") {
+        let entry = entry.expect("directory entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy file");
+        }
+    }
+}
+
+/// Runs `cargo build` for one plugin crate in `workspace` into `target` and stages the library.
+fn foreign_build(
+    workspace: &Path,
+    target: &Path,
+    crate_name: &str,
+    cargo: &str,
+    rustc: Option<&str>,
+) -> PathBuf {
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(workspace)
+        .args(["build", "--quiet", "--offline", "-p", crate_name])
+        .env("CARGO_TARGET_DIR", target);
+    for variable in [
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC",
+        "RUSTDOC",
+        "RUSTC_WRAPPER",
+        "CARGO_MAKEFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+    ] {
+        command.env_remove(variable);
+    }
+    if let Some(rustc) = rustc {
+        command.env("RUSTC", rustc);
+    }
+    let status = command
+        .status()
+        .unwrap_or_else(|err| panic!("run {cargo}: {err}"));
+    assert!(
+        status.success(),
+        "building {crate_name} with {cargo} failed"
+    );
+    let staged = plugin_dir().keep();
+    install_from(
+        &target.join("debug").join(library_name(crate_name)),
+        &staged,
+        &library_name(crate_name),
+    )
+}

@@ -12,17 +12,6 @@ use common::*;
 use epi::{LoadError, Notification, Opts, Registry, RegistryConfig, RetirePolicy, Upgrade};
 use serde_json::{json, Value};
 
-/// Publishes by writing a temporary dotfile and renaming it into place.
-fn publish_by_rename(path: &Path, bytes: &[u8]) {
-    let dir = path.parent().unwrap();
-    let temp = write_file(
-        dir,
-        &format!(".{}.tmp", path.file_name().unwrap().to_string_lossy()),
-        bytes,
-    );
-    std::fs::rename(temp, path).unwrap();
-}
-
 /// Publishes the way `cp new old` does: truncate the existing file and write into it.
 fn publish_by_copy(path: &Path, bytes: &[u8]) {
     std::fs::write(path, bytes).unwrap();

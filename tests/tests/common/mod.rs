@@ -140,3 +140,14 @@ pub fn wait_until_called(registry: &Registry, service: &str, function: &str) {
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
 }
+
+/// Publishes a new build the safe way: write a temporary dotfile, rename it into place.
+pub fn publish_by_rename(path: &Path, bytes: &[u8]) {
+    let dir = path.parent().unwrap();
+    let temp = write_file(
+        dir,
+        &format!(".{}.tmp", path.file_name().unwrap().to_string_lossy()),
+        bytes,
+    );
+    std::fs::rename(temp, path).unwrap();
+}

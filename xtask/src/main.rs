@@ -1,0 +1,67 @@
+//! Project tasks, run as `cargo xtask TASK`.
+//!
+//! `cargo xtask test [ARGS]`: installs the Debian packages the tests need when they are missing
+//! (`rustc-web` and `cargo-web`: a second Rust toolchain, to build a plugin with another
+//! compiler than the host's), then runs `cargo test --workspace [ARGS]`.
+
+use std::path::Path;
+use std::process::{exit, Command};
+
+/// Debian packages the tests need, with a file each one installs.
+const PACKAGES: &[(&str, &str)] = &[
+    ("rustc-web", "/usr/bin/rustc"),
+    ("cargo-web", "/usr/bin/cargo"),
+];
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    match args.next().as_deref() {
+        Some("test") => {
+            install_missing();
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["test", "--workspace"])
+                .args(args)
+                .status()
+                .unwrap_or_else(|err| fail(&format!("cannot run cargo test: {err}")));
+            exit(status.code().unwrap_or(1));
+        }
+        _ => fail("usage: cargo xtask test [cargo test arguments]"),
+    }
+}
+
+/// Installs the missing packages with apt-get; says what to install when that is impossible
+/// (the tests that need them then fail, naming the package).
+fn install_missing() {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(_, file)| !Path::new(file).exists())
+        .map(|(package, _)| *package)
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    eprintln!("xtask: installing {} with apt-get", missing.join(" "));
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    install.extend(&missing);
+    if !(apt(&install) || (apt(&["update", "-qq"]) && apt(&install))) {
+        eprintln!(
+            "xtask: could not install {}: run `apt-get install {}` as root; the tests that \
+             build a plugin with a second toolchain will fail until then",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+}
+
+fn fail(message: &str) -> ! {
+    eprintln!("xtask: {message}");
+    exit(2)
+}
