@@ -257,6 +257,9 @@ impl<A, O> Function<A, O> {
     }
 }
 
+/// A function's providers, with the proof that all match the handle's types when they do.
+type Resolved<'s, A, O> = (&'s [ProviderCall], Option<Checked<'s, A, O>>);
+
 impl<A: Argument, O: Output> Function<A, O> {
     /// Providers of the current snapshot, with the proof that all of them match `A` and `O`
     /// when they do (checked once per snapshot generation).
@@ -265,7 +268,7 @@ impl<A: Argument, O: Output> Function<A, O> {
         &self,
         snapshot: &'s Snapshot,
         ignore_errors: bool,
-    ) -> Result<(&'s [ProviderCall], Option<Checked<'s, A, O>>), Error> {
+    ) -> Result<Resolved<'s, A, O>, Error> {
         let list = snapshot
             .providers(self.service, self.id)
             .ok_or_else(|| Error::UnknownService(self.service_name.clone()))?;

@@ -293,17 +293,19 @@ unsafe fn release(object: &ObjectTable) {
 
 impl Drop for LoadedPlugin {
     fn drop(&mut self) {
-        // SAFETY (each release below): every object was handed over by this plugin's `init`
-        // and is released once, here, while its library is still mapped.
         for provider in &self.providers {
+            // SAFETY: handed over by this plugin's `init`, released once, library mapped.
             unsafe { release(&provider.object) };
         }
         for process in &self.process_tables {
+            // SAFETY: as above.
             unsafe { release(&process.object) };
         }
         for callback in &self.callbacks {
+            // SAFETY: as above.
             unsafe { release(&callback.object) };
         }
+        // SAFETY: as above; the plugin object goes last, after everything it may share.
         unsafe { release(&self.object) };
         if let Some(library) = self.library.take() {
             if let Err(err) = library.close() {
@@ -669,10 +671,11 @@ fn read_entry(path: &Path, library: &Library) -> Result<EntryInfo, LoadError> {
             path: path.to_owned(),
         });
     }
-    // SAFETY (the three reads below): static strings of the plugin (ABI checked); invalid
-    // UTF-8 is replaced.
+    // SAFETY: a static string of the plugin (ABI checked); invalid UTF-8 is replaced.
     let target = unsafe { entry.target.to_string_lossy() };
+    // SAFETY: as above.
     let version = unsafe { entry.epi_version.to_string_lossy() };
+    // SAFETY: as above.
     let build = unsafe { entry.build_info.to_string_lossy() };
     if target != TARGET {
         return Err(LoadError::TargetMismatch {
