@@ -12,6 +12,7 @@ use serde_json::json;
 
 trait Provide: Send + Sync {
     fn inc(&self, x: &u64) -> u64;
+    fn tag(&self, name: &str, n: u64) -> String;
     fn pass(&self, x: &u64) -> Decision<u64>;
 }
 
@@ -21,6 +22,13 @@ struct Native {
 }
 
 impl Provide for Native {
+    fn tag(&self, name: &str, n: u64) -> String {
+        if n % 2 == 1 {
+            name.to_owned()
+        } else {
+            String::new()
+        }
+    }
     fn inc(&self, x: &u64) -> u64 {
         x.wrapping_add(self.add as u64)
     }
@@ -68,6 +76,36 @@ fn registry(count: usize) -> Registry {
     registry
 }
 
+/// The test plugin with one byte of its rustc release changed in its build string: the loader
+/// takes it for another compiler's build and puts it on the stable path.
+fn stable_registry(count: usize) -> Registry {
+    let library = epi_testkit::plugin_library("epi-plugin-testplug");
+    let mut bytes = std::fs::read(&library).expect("read the test plugin");
+    let info = epi::abi::BUILD_INFO.as_bytes();
+    let at = epi::abi::BUILD_INFO
+        .find("rustc ")
+        .expect("rustc in the build string")
+        + 6;
+    let mut other = info.to_vec();
+    other[at] = if other[at] == b'9' { b'8' } else { b'9' };
+    let mut start = 0;
+    while let Some(found) = bytes[start..].windows(info.len()).position(|w| w == info) {
+        bytes[start + found..start + found + info.len()].copy_from_slice(&other);
+        start += found + info.len();
+    }
+    let dir = epi_testkit::plugin_dir().keep();
+    let path = epi_testkit::write_file(&dir, "stable.so", &bytes);
+    let registry = Registry::new(RegistryConfig::default()).expect("registry");
+    let providers: Vec<_> = (0..count)
+        .map(|i| json!({"label": format!("p{i}"), "add": 1}))
+        .collect();
+    let info = registry
+        .load_with_config(&path, &json!({"app": "bench", "providers": providers}))
+        .expect("load the test plugin");
+    assert_eq!(info.call_path, epi::CallPath::Stable);
+    registry
+}
+
 fn main() {
     let mut rows = Vec::new();
     for count in [1usize, 5, 10, 100] {
@@ -89,8 +127,8 @@ fn main() {
         });
         rows.push(json!({"workload": format!("apply, {count} providers"), "epi_ns": epi_ns, "native_ns": native_ns}));
     }
-    let registry = registry(10);
-    let pass = registry.function::<u64, Decision<u64>>("math", "pass");
+    let ten = registry(10);
+    let pass = ten.function::<u64, Decision<u64>>("math", "pass");
     let native: Vec<Box<dyn Provide>> = (0..10)
         .map(|_| Box::new(Native { add: 1 }) as Box<dyn Provide>)
         .collect();
@@ -108,6 +146,34 @@ fn main() {
         black_box(decision);
     });
     rows.push(json!({"workload": "decide, 10 providers, none decides", "epi_ns": epi_ns, "native_ns": native_ns}));
+    // `tag((String, u64)) -> String` on both call paths: the native path (same build) and the
+    // stable path (the same library announcing another rustc, so its values cross as JSON).
+    for count in [1usize, 10] {
+        let args = ("Ada".to_string(), 7u64);
+        let native: Vec<Box<dyn Provide>> = (0..count)
+            .map(|_| Box::new(Native { add: 1 }) as Box<dyn Provide>)
+            .collect();
+        let native_ns = time(|| {
+            let providers = black_box(&native);
+            let mut out = Vec::with_capacity(providers.len());
+            for provider in providers {
+                let (name, n) = black_box(&args);
+                out.push(provider.tag(name, *n));
+            }
+            black_box(out);
+        });
+        for (path, registry) in [
+            ("native", registry(count)),
+            ("stable", stable_registry(count)),
+        ] {
+            let tag = registry.function::<(String, u64), String>("math", "tag");
+            assert_eq!(tag.apply(&args).unwrap(), vec!["Ada".to_string(); count]);
+            let epi_ns = time(|| {
+                black_box(tag.apply(black_box(&args)).unwrap());
+            });
+            rows.push(json!({"workload": format!("tag, {count} providers, {path} path"), "epi_ns": epi_ns, "native_ns": native_ns}));
+        }
+    }
     for row in rows {
         println!("{row}");
     }

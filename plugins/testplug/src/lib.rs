@@ -412,6 +412,16 @@ impl Scripted {
 
 #[epi::provider]
 impl Scripted {
+    /// `name` back when `n` is odd, else an empty string: a `(String, u64)` argument and a
+    /// `String` result with a trivial body, for the benchmarks of the stable call path.
+    pub fn tag(&self, name: &str, n: u64) -> String {
+        if n % 2 == 1 {
+            name.to_owned()
+        } else {
+            String::new()
+        }
+    }
+
     /// `x + add`.
     pub fn value(&self, x: &i64) -> Result<i64, String> {
         self.act()?;
