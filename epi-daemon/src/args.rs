@@ -80,6 +80,18 @@ pub enum Command {
         /// Only this plugin (app name).
         plugin: Option<String>,
     },
+    /// Create a plugin crate: a cdylib with one provider and a test that loads it.
+    New {
+        /// Crate and app name (lowercase letters, digits, `-`, `_`).
+        name: String,
+        /// Where to create the crate's directory.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// An epi checkout to depend on (default: the sources this binary was built from,
+        /// else the registry).
+        #[arg(long)]
+        epi_path: Option<PathBuf>,
+    },
 }
 
 /// Data queries.

@@ -14,6 +14,8 @@ use crate::serve::{groups, pairs, reload_all, reload_plugin};
 
 /// The call failed (unknown service, provider error, bad arguments).
 pub const EXIT_CALL: u8 = 1;
+/// The command line was wrong (clap uses the same code for its own errors).
+pub const EXIT_USAGE: u8 = 2;
 /// The configuration or a plugin file could not be used.
 pub const EXIT_CONFIG: u8 = 3;
 /// The daemon could not be reached.
@@ -86,6 +88,26 @@ fn remote(response: Result<ureq::Response, ureq::Error>) -> Result<Value, Failur
 pub fn run(command: Command, config: &Config, daemon: Option<&str>, as_json: bool) -> ExitCode {
     let outcome = match command {
         Command::Inspect { file } => inspect(&file),
+        Command::New {
+            name,
+            dir,
+            epi_path,
+        } => crate::scaffold::create(&name, &dir, epi_path.as_deref())
+            .map(|created| {
+                let text = format!(
+                    "created {}\nbuild it with `cargo build`, test it with `cargo test`, then `epi inspect {}`\n",
+                    created.display(),
+                    created
+                        .join("target/debug")
+                        .join(format!("lib{}.so", name.replace('-', "_")))
+                        .display()
+                );
+                (json!({ "created": created }), text)
+            })
+            .map_err(|err| Failure {
+                code: EXIT_USAGE,
+                message: err.to_string(),
+            }),
         command => backend(config, daemon).and_then(|backend| execute(&backend, command)),
     };
     match outcome {
@@ -130,7 +152,9 @@ fn parse_args(args: &str) -> Result<Value, Failure> {
 /// Runs a command on a backend: its JSON and its table.
 fn execute(backend: &Backend, command: Command) -> Result<(Value, String), Failure> {
     match command {
-        Command::Serve | Command::Inspect { .. } => unreachable!("handled by the caller"),
+        Command::Serve | Command::Inspect { .. } | Command::New { .. } => {
+            unreachable!("handled by the caller")
+        }
         Command::List => {
             let status = backend.get("/_epi/plugins", |r| to_json(r.status()))?;
             Ok((status.clone(), plugins_table(&status)))

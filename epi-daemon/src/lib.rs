@@ -6,4 +6,5 @@ pub mod args;
 pub mod cli;
 pub mod config;
 pub mod registry;
+pub mod scaffold;
 pub mod serve;
