@@ -369,7 +369,7 @@ pub(crate) mod witness {
     use serde::Serialize;
 
     use crate::abi::manifest::TypeDesc;
-    use crate::abi::{RVec, StrRef, STATUS_OK};
+    use crate::abi::{RVec, StrRef, ENCODING_MSGPACK, STATUS_OK};
     use crate::error::{Error, Failure, ProviderError};
     use crate::snapshot::ProviderCall;
 
@@ -530,29 +530,37 @@ pub(crate) mod witness {
         Ok(Some(unsafe { Checked::assume_checked(list) }))
     }
 
-    /// A call's arguments, with their JSON text encoded on first need (stable-path providers).
+    /// A call's arguments, encoded on first need (stable-path providers), once per call.
     pub(crate) struct Args<'a, A> {
         value: &'a A,
-        json: OnceLock<Result<Vec<u8>, String>>,
+        encoded: OnceLock<Result<Vec<u8>, String>>,
     }
 
     impl<'a, A: Serialize> Args<'a, A> {
         pub(crate) fn new(value: &'a A) -> Self {
             Args {
                 value,
-                json: OnceLock::new(),
+                encoded: OnceLock::new(),
             }
         }
 
-        fn json(&self) -> Result<&[u8], &str> {
+        fn encoded(&self) -> Result<&[u8], &str> {
             match self
-                .json
-                .get_or_init(|| serde_json::to_vec(self.value).map_err(|err| err.to_string()))
+                .encoded
+                .get_or_init(|| rmp_serde::to_vec_named(self.value).map_err(|err| err.to_string()))
             {
-                Ok(json) => Ok(json),
+                Ok(bytes) => Ok(bytes),
                 Err(reason) => Err(reason),
             }
         }
+    }
+
+    /// The largest output buffer a thread keeps for its next stable call.
+    const MAX_KEPT_OUTPUT: usize = 64 * 1024;
+
+    thread_local! {
+        /// Each thread's output buffer for stable calls: its capacity is reused.
+        static OUTPUT: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
     }
 
     impl<'s, A: Serialize, O: DeserializeOwned> Typed<'s, A, O> {
@@ -593,7 +601,7 @@ pub(crate) mod witness {
             }
         }
 
-        /// The stable path: arguments and output as JSON text.
+        /// The stable path: arguments and output as MessagePack.
         #[inline(never)]
         fn call_stable(
             self,
@@ -601,30 +609,37 @@ pub(crate) mod witness {
             output: &mut MaybeUninit<O>,
         ) -> Result<(), ProviderError> {
             let provider = self.provider;
-            let json = args.json().map_err(|reason| {
+            let input = args.encoded().map_err(|reason| {
                 provider_error(
                     provider,
                     Failure::BadInput(format!("cannot encode the arguments: {reason}")),
                 )
             })?;
-            let mut result = RVec::new();
+            let mut result = RVec::from_vec(OUTPUT.take());
             let mut error = RVec::new();
-            // SAFETY: the JSON shim takes any bytes and fills the buffers through the shared
+            // SAFETY: the stable shim takes any bytes and fills the buffers through the shared
             // allocator; the plugin is mapped while the snapshot lives; it catches panics.
             let status = unsafe {
-                (provider.json)(
+                (provider.stable)(
                     provider.instance,
-                    StrRef::bytes(json),
+                    ENCODING_MSGPACK,
+                    StrRef::bytes(input),
                     &mut result,
                     &mut error,
                 )
             };
-            if status != STATUS_OK {
-                return Err(failure(provider, status, crate::loader::bytes(error)));
+            let result = crate::loader::bytes(result);
+            let decoded = if status == STATUS_OK {
+                rmp_serde::from_slice(&result)
+                    .map_err(|err| provider_error(provider, Failure::BadOutput(err.to_string())))
+            } else {
+                Err(failure(provider, status, crate::loader::bytes(error)))
+            };
+            // Keep the buffer for the next call unless a large result made it large.
+            if result.capacity() <= MAX_KEPT_OUTPUT {
+                OUTPUT.set(result);
             }
-            let value = serde_json::from_slice(&crate::loader::bytes(result))
-                .map_err(|err| provider_error(provider, Failure::BadOutput(err.to_string())))?;
-            output.write(value);
+            output.write(decoded?);
             Ok(())
         }
 

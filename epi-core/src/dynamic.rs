@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::abi::{RVec, StrRef, STATUS_OK};
+use crate::abi::{RVec, StrRef, ENCODING_JSON, STATUS_OK};
 use crate::dispatch::{failure, provider_error, refuse_for_decide, run_concurrent, Opts};
 use crate::error::{Error, Failure, ProviderError};
 use crate::loader::bytes;
@@ -75,8 +75,9 @@ fn call_json(provider: &ProviderCall, input: &[u8]) -> Result<Vec<u8>, ProviderE
     // SAFETY: the JSON shim takes any bytes and fills the buffers through the shared
     // allocator; the plugin is mapped while the snapshot lives; the shim catches panics.
     let status = unsafe {
-        (provider.json)(
+        (provider.stable)(
             provider.instance,
+            ENCODING_JSON,
             StrRef::bytes(input),
             &mut output,
             &mut error,

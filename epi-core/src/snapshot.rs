@@ -11,7 +11,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 
 use crate::abi::manifest::TypeDesc;
-use crate::abi::{JsonCallFn, TypedCallFn};
+use crate::abi::{StableCallFn, TypedCallFn};
 use crate::loader::{Counters, LoadedPlugin};
 use crate::registry::RegistryConfig;
 
@@ -69,7 +69,7 @@ pub(crate) struct ProviderCall {
     pub(crate) instance: *const c_void,
     /// The native entry point; `None` when the plugin is on the stable path.
     pub(crate) typed: Option<TypedCallFn>,
-    pub(crate) json: JsonCallFn,
+    pub(crate) stable: StableCallFn,
     pub(crate) args: TypeDesc,
     pub(crate) output: TypeDesc,
 }
@@ -219,7 +219,7 @@ pub(crate) fn build(
                         function: function_name,
                         instance: provider.object.instance,
                         typed: function.typed,
-                        json: function.json,
+                        stable: function.stable,
                         args: function.args.clone(),
                         output: function.output.clone(),
                     },

@@ -16,8 +16,9 @@
 //! - **native**: the plugin's [`PluginEntry::build_info`] equals the host's (same rustc
 //!   release and commit, same target, same epi version). Arguments and outputs cross by pointer
 //!   in Rust layout through [`TypedCallFn`], checked per function by name, size and alignment.
-//! - **stable**: any other compatible plugin. Arguments and outputs cross as JSON text through
-//!   [`JsonCallFn`], checked per function by their [`manifest::TypeDesc::shape`].
+//! - **stable**: any other compatible plugin. Arguments and outputs cross as MessagePack through
+//!   [`StableCallFn`], checked per function by their [`manifest::TypeDesc::shape`]. Calls by
+//!   name use the same entry point with JSON.
 //!
 //! Every function pointer in this module points at a shim that catches panics before they reach
 //! the boundary and reports them as [`STATUS_PANICKED`].
@@ -54,8 +55,14 @@ pub const STATUS_OK: u32 = 0;
 pub const STATUS_FAILED: u32 = 1;
 /// A call panicked; the panic message was written to the error buffer.
 pub const STATUS_PANICKED: u32 = 2;
-/// A call could not decode its JSON input; the reason was written to the error buffer.
+/// A call could not decode its input; the reason was written to the error buffer.
 pub const STATUS_BAD_INPUT: u32 = 3;
+
+/// Values as JSON text: calls by name, and everything descriptive.
+pub const ENCODING_JSON: u32 = 0;
+/// Values as MessagePack with named struct fields (as `rmp_serde::to_vec_named` writes them):
+/// typed calls on the stable path.
+pub const ENCODING_MSGPACK: u32 = 1;
 
 /// Borrowed bytes (UTF-8 where the field says text) in `#[repr(C)]` form.
 #[repr(C)]
@@ -254,9 +261,25 @@ pub type TypedCallFn = unsafe extern "C" fn(
     error: *mut RVec<u8>,
 ) -> u32;
 
-/// Stable call of one function of a plugin object: JSON text in, JSON text out.
+/// Stable call of one provider function: encoded arguments in, encoded result out.
 ///
-/// * `instance`: the object (provider, process);
+/// * `instance`: the provider object;
+/// * `encoding`: [`ENCODING_JSON`] or [`ENCODING_MSGPACK`], for both input and output;
+/// * `input`: the encoded arguments;
+/// * `output`: a buffer (possibly with spare capacity) the shim clears and fills with the
+///   encoded result on [`STATUS_OK`];
+/// * `error`: an empty buffer replaced by the message (UTF-8) on any other status.
+pub type StableCallFn = unsafe extern "C" fn(
+    instance: *const c_void,
+    encoding: u32,
+    input: StrRef,
+    output: *mut RVec<u8>,
+    error: *mut RVec<u8>,
+) -> u32;
+
+/// Call of one function of a plugin object with JSON: JSON text in, JSON text out.
+///
+/// * `instance`: the object (a process);
 /// * `input`: the arguments as JSON text;
 /// * `output`: an empty buffer replaced by the result's JSON text on [`STATUS_OK`];
 /// * `error`: an empty buffer replaced by the message (UTF-8) on any other status.
@@ -295,8 +318,8 @@ pub struct ObjectTable {
 pub struct FunctionTable {
     /// Native call (same build only).
     pub typed: TypedCallFn,
-    /// Stable call, also used for calls by name with JSON values.
-    pub json: JsonCallFn,
+    /// Stable call (MessagePack), also used for calls by name (JSON).
+    pub stable: StableCallFn,
 }
 
 /// A provider object and its functions, in the order of the manifest's entry.

@@ -11,7 +11,8 @@ use serde::Serialize;
 
 use crate::abi::manifest::{FunctionManifest, TypeDesc};
 use crate::abi::{
-    FunctionTable, RVec, StrRef, STATUS_BAD_INPUT, STATUS_FAILED, STATUS_OK, STATUS_PANICKED,
+    FunctionTable, RVec, StrRef, ENCODING_JSON, ENCODING_MSGPACK, STATUS_BAD_INPUT, STATUS_FAILED,
+    STATUS_OK, STATUS_PANICKED,
 };
 
 /// One public method of a provider, described by `#[epi::provider]`.
@@ -80,7 +81,7 @@ pub fn function_entry<M: Method>() -> FunctionEntry<M::Provider> {
         },
         table: FunctionTable {
             typed: typed_shim::<M>,
-            json: json_shim::<M>,
+            stable: stable_shim::<M>,
         },
         _provider: PhantomData,
     }
@@ -167,12 +168,37 @@ pub unsafe extern "C" fn typed_shim<M: Method>(
     }
 }
 
-/// Stable call shim of `M`: arguments and output as JSON text.
+/// Decodes arguments in `encoding`; a failure is [`STATUS_BAD_INPUT`] naming the type.
+fn decode<T: DeserializeOwned>(encoding: u32, bytes: &[u8]) -> Result<T, Failure> {
+    let expected = || format!("expected {}", std::any::type_name::<T>());
+    match encoding {
+        ENCODING_MSGPACK => rmp_serde::from_slice(bytes)
+            .map_err(|err| (STATUS_BAD_INPUT, format!("{}: {err}", expected()))),
+        ENCODING_JSON => read_json(bytes, expected),
+        other => Err((STATUS_BAD_INPUT, format!("unknown encoding {other}"))),
+    }
+}
+
+/// Appends `value` in `encoding` to `buffer`.
+fn encode<T: Serialize>(encoding: u32, value: &T, buffer: &mut Vec<u8>) -> Result<(), Failure> {
+    let failed =
+        |err: &dyn std::fmt::Display| (STATUS_FAILED, format!("cannot encode the result: {err}"));
+    match encoding {
+        ENCODING_MSGPACK => {
+            rmp_serde::encode::write_named(buffer, value).map_err(|err| failed(&err))
+        }
+        _ => serde_json::to_writer(buffer, value).map_err(|err| failed(&err)),
+    }
+}
+
+/// Stable call shim of `M`: arguments and output encoded (MessagePack for typed calls, JSON
+/// for calls by name).
 ///
 /// # Safety
 /// `instance` is an `M::Provider`, `input` live bytes, `output` and `error` live buffers.
-pub unsafe extern "C" fn json_shim<M: Method>(
+pub unsafe extern "C" fn stable_shim<M: Method>(
     instance: *const c_void,
+    encoding: u32,
     input: StrRef,
     output: *mut RVec<u8>,
     error: *mut RVec<u8>,
@@ -181,12 +207,14 @@ pub unsafe extern "C" fn json_shim<M: Method>(
     unsafe {
         guarded(error, || {
             let provider = &*(instance as *const M::Provider);
-            let args: M::Args = read_json(input.as_bytes(), || {
-                format!("expected {}", std::any::type_name::<M::Args>())
-            })?;
+            let args: M::Args = decode(encoding, input.as_bytes())?;
             let value = M::call(provider, &args).map_err(|message| (STATUS_FAILED, message))?;
-            put(output, write_json(&value, "result")?);
-            Ok(())
+            // The host's buffer, reused: cleared, then filled.
+            let mut buffer = std::ptr::replace(output, RVec::new()).into_vec();
+            buffer.clear();
+            let encoded = encode(encoding, &value, &mut buffer);
+            output.write(RVec::from_vec(buffer));
+            encoded
         })
     }
 }

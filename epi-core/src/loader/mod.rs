@@ -20,8 +20,8 @@ use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 
 use crate::abi::manifest::{DataManifest, DataSource, Manifest, ProcessManifest, TypeDesc};
 use crate::abi::{
-    CallbackTable, JsonCallFn, JsonInFn, JsonOutFn, ObjectTable, PluginEntry, PluginTables,
-    ProcessHost, ProcessTable, RVec, StrRef, TypedCallFn, ABI_MAJOR, BUILD_INFO, ENTRY_SYMBOL,
+    CallbackTable, JsonInFn, JsonOutFn, ObjectTable, PluginEntry, PluginTables, ProcessHost,
+    ProcessTable, RVec, StableCallFn, StrRef, TypedCallFn, ABI_MAJOR, BUILD_INFO, ENTRY_SYMBOL,
     EPI_VERSION, MAGIC, STATUS_OK, STATUS_PANICKED, TARGET,
 };
 use crate::engine::{WorkerContext, WorkerError};
@@ -75,7 +75,7 @@ pub(crate) struct LoadedFunction {
     pub(crate) output: TypeDesc,
     /// The native entry point; `None` on the stable path.
     pub(crate) typed: Option<TypedCallFn>,
-    pub(crate) json: JsonCallFn,
+    pub(crate) stable: StableCallFn,
     pub(crate) counters: Arc<Counters>,
 }
 
@@ -543,7 +543,7 @@ fn assemble(
                     args: function.args,
                     output: function.output,
                     typed: native.then_some(entry.typed),
-                    json: entry.json,
+                    stable: entry.stable,
                     counters: Arc::default(),
                 })
                 .collect(),
