@@ -57,7 +57,7 @@ pub struct PluginsConfig {
     pub order: Vec<String>,
     /// Priority per app name (higher first).
     pub priorities: BTreeMap<String, i32>,
-    /// `unload` retired versions, or `keep_loaded` them.
+    /// `release` retired versions (the default), `unload` them, or `keep_loaded` them.
     pub retire: Retire,
     /// Follow the directories for new, changed and removed files.
     pub watch: bool,
@@ -72,7 +72,7 @@ impl Default for PluginsConfig {
             pattern: "libepi_plugin_*.so".into(),
             order: Vec::new(),
             priorities: BTreeMap::new(),
-            retire: Retire::Unload,
+            retire: Retire::Release,
             watch: true,
             config: BTreeMap::new(),
         }
@@ -83,8 +83,11 @@ impl Default for PluginsConfig {
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Retire {
-    /// Close the library once no call uses it.
+    /// Release a retired version once no call uses it; close its library unless it is on the
+    /// native path (whose values may borrow it).
     #[default]
+    Release,
+    /// As `release`, and close native-path libraries too.
     Unload,
     /// Keep every version loaded.
     KeepLoaded,

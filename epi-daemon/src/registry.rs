@@ -15,6 +15,7 @@ pub fn open_registry(
         priorities: config.plugins.priorities.clone(),
         runtime_dir: config.data.dir.clone(),
         retire: match config.plugins.retire {
+            Retire::Release => RetirePolicy::Release,
             Retire::Unload => RetirePolicy::Unload,
             Retire::KeepLoaded => RetirePolicy::KeepLoaded,
         },

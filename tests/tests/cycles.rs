@@ -23,6 +23,8 @@ fn a_thousand_load_retire_cycles_stay_bounded() {
     let path = write_file(dir.path(), "cycle.so", &build(0));
     let registry = registry_with(RegistryConfig {
         runtime_dir: Some(runtime.path().to_owned()),
+        // Close every retired library: the default keeps native-path ones mapped.
+        retire: epi::RetirePolicy::Unload,
         ..Default::default()
     });
     registry.upgrade(&path).unwrap();

@@ -308,6 +308,7 @@ fn unloading_removes_providers_and_closes_the_library() {
     let runtime = tempfile::tempdir().unwrap();
     let registry = registry_with(epi::RegistryConfig {
         runtime_dir: Some(runtime.path().to_owned()),
+        retire: epi::RetirePolicy::Unload,
         ..Default::default()
     });
     let mapped = || {

@@ -355,6 +355,7 @@ fn a_retired_version_stays_mapped_while_a_call_runs_on_it() {
     let path = write_file(dir.path(), "counter.so", &build(1));
     let registry = registry_with(RegistryConfig {
         count_calls: true,
+        retire: RetirePolicy::Unload,
         ..Default::default()
     });
     registry
@@ -391,4 +392,57 @@ fn removing_the_file_unloads_on_upgrade() {
         Upgrade::Removed(_)
     ));
     assert!(registry.plugins().is_empty());
+}
+
+const MOTTO: &str = "static text from the plugin's own memory";
+
+#[test]
+fn a_borrowed_static_stays_readable_after_its_version_is_retired() {
+    use std::borrow::Cow;
+    let dir = plugin_dir();
+    let runtime = tempfile::tempdir().unwrap();
+    let registry = registry_with(RegistryConfig {
+        runtime_dir: Some(runtime.path().to_owned()),
+        ..Default::default()
+    });
+
+    // Native path: the value points into the library, which the default policy keeps mapped.
+    let path = write_file(dir.path(), "counter.so", &build(1));
+    registry.load(&path).unwrap();
+    let motto = registry.function::<(), Cow<'static, str>>("probe", "motto");
+    let native = motto.apply(&()).unwrap().remove(0);
+    assert!(
+        matches!(native, Cow::Borrowed(_)),
+        "zero-copy on the native path"
+    );
+    publish_by_rename(&path, &build(2));
+    assert!(matches!(
+        registry.upgrade(&path).unwrap(),
+        Upgrade::Replaced { .. }
+    ));
+    assert_eq!(
+        registry.status().retired_mapped,
+        1,
+        "retired but kept mapped"
+    );
+    assert_eq!(native, MOTTO);
+    assert!(registry.unload("testplug"));
+
+    // Stable path: the value is decoded into host memory and the library really is unmapped.
+    let stable_path = write_file(dir.path(), "stable.so", &as_other_compiler(build(3)));
+    let info = registry.load(&stable_path).unwrap();
+    assert_eq!(info.call_path, epi::CallPath::Stable);
+    let copies_before = mapped_copies(runtime.path());
+    let stable = motto.apply(&()).unwrap().remove(0);
+    assert!(
+        matches!(stable, Cow::Owned(_)),
+        "decoded on the stable path"
+    );
+    assert!(registry.unload("testplug"));
+    assert_eq!(
+        mapped_copies(runtime.path()),
+        copies_before - 1,
+        "the stable-path library is closed"
+    );
+    assert_eq!(stable, MOTTO);
 }

@@ -109,6 +109,8 @@ pub struct LoadedPlugin {
     pub(crate) copy: PathBuf,
     object: ObjectTable,
     library: Option<Library>,
+    /// Whether dropping this version closes its library (see `RetirePolicy`).
+    close_library: bool,
 }
 
 // SAFETY: provider and plugin objects are `Send + Sync` (required by `Provides` and `Plugin`);
@@ -308,7 +310,11 @@ impl Drop for LoadedPlugin {
         // SAFETY: as above; the plugin object goes last, after everything it may share.
         unsafe { release(&self.object) };
         if let Some(library) = self.library.take() {
-            if let Err(err) = library.close() {
+            if !self.close_library {
+                // Values this native-path version returned may borrow its memory: it stays
+                // mapped for the life of the process.
+                std::mem::forget(library);
+            } else if let Err(err) = library.close() {
                 tracing::warn!(app = %self.info.app, "dlclose failed: {err:?}");
             }
         }
@@ -399,6 +405,7 @@ pub(crate) fn load(
     copies: &CopyDir,
     sequence: u64,
     config: &str,
+    close_native: bool,
 ) -> Result<LoadedPlugin, LoadError> {
     let path = &checked.path;
     let content_hash = checked.hash;
@@ -421,7 +428,16 @@ pub(crate) fn load(
 
     let entry = read_entry(path, &library)?;
     let tables = initialise(path, &entry, config)?;
-    assemble(path, content_hash, &entry, tables, copy, library)
+    let close_library = close_native || entry.call_path == CallPath::Stable;
+    assemble(
+        path,
+        content_hash,
+        &entry,
+        tables,
+        copy,
+        library,
+        close_library,
+    )
 }
 
 /// Turns the tables `init` handed over into a [`LoadedPlugin`] (which owns them from here on,
@@ -433,6 +449,7 @@ fn assemble(
     tables: PluginTables,
     copy: PathBuf,
     library: Library,
+    close_library: bool,
 ) -> Result<LoadedPlugin, LoadError> {
     // SAFETY: `init` built these arrays of `#[repr(C)]` tables through the shared allocator.
     let (mut provider_tables, callbacks, process_tables) = unsafe {
@@ -469,6 +486,7 @@ fn assemble(
         copy,
         object: tables.plugin,
         library: Some(library),
+        close_library,
     };
     // From here on `plugin` owns every object: dropping it on an error releases them.
     let invalid = |app: &str, reason: String| LoadError::Invalid {

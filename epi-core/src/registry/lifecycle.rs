@@ -250,7 +250,14 @@ impl Registry {
         };
         let sequence = self.shared.sequence.fetch_add(1, Ordering::Relaxed);
         // The slow part (copy, dlopen, init) runs before taking the lock.
-        let plugin = loader::load(checked, &self.shared.copies, sequence, &config_text)?;
+        let close_native = self.shared.config.retire == RetirePolicy::Unload;
+        let plugin = loader::load(
+            checked,
+            &self.shared.copies,
+            sequence,
+            &config_text,
+            close_native,
+        )?;
 
         let mut state = self.shared.state.lock();
         let previous = if replace {
@@ -340,7 +347,7 @@ impl Registry {
         state.retired_total += 1;
         match self.shared.config.retire {
             RetirePolicy::KeepLoaded => state.kept.push(old),
-            RetirePolicy::Unload => {
+            RetirePolicy::Release | RetirePolicy::Unload => {
                 state.retired.push(Retired {
                     copy: old.copy.clone(),
                     plugin: Arc::downgrade(&old),

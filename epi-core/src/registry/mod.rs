@@ -71,15 +71,25 @@ pub struct ProviderCounters {
 }
 
 /// What happens to a plugin version once an upgrade replaced it or it was unloaded.
+///
+/// A value a provider on the native path returns may borrow the plugin library's memory (a
+/// `Cow::Borrowed("static text")`); a host may hold it long after the version was retired.
+/// The default therefore never unmaps a native-path library; values from the stable path are
+/// decoded into host memory, so those libraries are closed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum RetirePolicy {
-    /// Close its library once no call uses it (the default). A library that still has live
-    /// threads or thread-local destructors stays mapped (glibc pins it); the status counts
-    /// those.
+    /// Once no call uses a retired version, release its objects (in the plugin's code) and
+    /// close its library if it is on the stable path. A native-path library stays mapped for
+    /// the life of the process, so every value it returned stays readable (the default).
     #[default]
+    Release,
+    /// As `Release`, and close native-path libraries too. Only for plugins whose outputs own
+    /// their data: a borrowed static from a closed library would dangle. A library that still
+    /// has live threads or thread-local destructors stays mapped (glibc pins it); the status
+    /// counts those.
     Unload,
-    /// Keep every version's library loaded for the life of the process, for plugins known not
-    /// to unload cleanly.
+    /// Keep every version's objects and library loaded for the life of the process, for
+    /// plugins known not to release cleanly.
     KeepLoaded,
 }
 

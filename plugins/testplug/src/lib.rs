@@ -37,6 +37,9 @@ fn build_mark() -> String {
     String::from_utf8_lossy(&bytes[8..]).into_owned()
 }
 
+/// What `motto` returns, borrowed from the library's read-only data.
+pub const MOTTO: &str = "static text from the plugin's own memory";
+
 /// Format of the state this plugin hands over on upgrade.
 const STATE_FORMAT: u32 = 1;
 
@@ -358,6 +361,11 @@ impl Probe {
     /// Counts a call; returns the count so far (including previous builds').
     pub fn hit(&self) -> u64 {
         self.hits.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Text borrowed from this library's static memory (zero-copy on the native path).
+    pub fn motto(&self) -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed(MOTTO)
     }
 
     /// This build's mark.
