@@ -15,13 +15,15 @@ use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::abi::{STATUS_BAD_INPUT, STATUS_FAILED, STATUS_PANICKED};
 use crate::error::{Error, Failure, ProviderError};
-use crate::registry::{Registry, Shared};
-use crate::snapshot::{FunctionId, ProviderCall, ServiceId, Snapshot};
+use crate::ids::{FunctionId, Interner, ServiceId};
+use crate::snapshot::{ProviderCall, Snapshot};
 use epi_plugin::Decision;
 
 use witness::{Args, Checked};
@@ -86,10 +88,29 @@ impl Opts {
     }
 }
 
+/// What handles call through: the current dispatch table, the ids of names, and the pool for
+/// concurrent calls. The registry publishes tables; handles only read them.
+pub(crate) struct Dispatcher {
+    /// The current dispatch table.
+    pub(crate) current: ArcSwap<Snapshot>,
+    /// Names to ids (shared with the data hub).
+    pub(crate) interner: Arc<Mutex<Interner>>,
+    /// Runs `concurrent` calls.
+    pub(crate) pool: rayon::ThreadPool,
+}
+
+impl Dispatcher {
+    /// A handle to a service.
+    pub(crate) fn service(self: &Arc<Self>, name: &str) -> ServiceHandle {
+        let (id, name) = self.interner.lock().service(name);
+        ServiceHandle::new(self.clone(), id, name)
+    }
+}
+
 /// A resolved service: call its functions by name. Valid across reloads; cheap to clone.
 #[derive(Clone)]
 pub struct ServiceHandle {
-    shared: Arc<Shared>,
+    shared: Arc<Dispatcher>,
     id: ServiceId,
     name: Arc<str>,
 }
@@ -99,7 +120,7 @@ pub struct ServiceHandle {
 /// `A` is what every provider receives by reference; `O` what each returns (for `decide`,
 /// `O` is [`Decision<T>`]; for `pipe`, `O` is `A`).
 pub struct Function<A, O> {
-    shared: Arc<Shared>,
+    shared: Arc<Dispatcher>,
     service: ServiceId,
     id: FunctionId,
     service_name: Arc<str>,
@@ -124,7 +145,7 @@ impl<A, O> Clone for Function<A, O> {
 }
 
 impl ServiceHandle {
-    pub(crate) fn new(shared: Arc<Shared>, id: ServiceId, name: Arc<str>) -> Self {
+    pub(crate) fn new(shared: Arc<Dispatcher>, id: ServiceId, name: Arc<str>) -> Self {
         ServiceHandle { shared, id, name }
     }
 
@@ -135,7 +156,7 @@ impl ServiceHandle {
 
     /// A typed handle to one of the service's functions.
     pub fn function<A, O>(&self, name: &str) -> Function<A, O> {
-        let (id, name) = Registry::intern_function(&self.shared, self.id, name);
+        let (id, name) = self.shared.interner.lock().function(self.id, name);
         Function {
             shared: self.shared.clone(),
             service: self.id,
@@ -712,7 +733,7 @@ fn apply_values<A: Argument, O: Output>(
 }
 
 fn apply_results<A: Argument, O: Output>(
-    shared: &Shared,
+    shared: &Dispatcher,
     list: &[ProviderCall],
     checked: Option<Checked<'_, A, O>>,
     args: &A,
@@ -757,7 +778,7 @@ fn apply_results<A: Argument, O: Output>(
 
 /// Runs `call` for every item on the registry's pool; results in item order.
 pub(crate) fn run_concurrent<T: Sync, R: Send>(
-    shared: &Shared,
+    shared: &Dispatcher,
     items: &[T],
     call: impl Fn(&T) -> R + Sync,
 ) -> Vec<R> {

@@ -4,10 +4,11 @@
 use serde_json::Value;
 
 use crate::abi::{RVec, StrRef, ENCODING_JSON, STATUS_OK};
-use crate::dispatch::{failure, provider_error, refuse_for_decide, run_concurrent, Opts};
+use crate::dispatch::{
+    failure, provider_error, refuse_for_decide, run_concurrent, Dispatcher, Opts,
+};
 use crate::error::{Error, Failure, ProviderError};
 use crate::loader::bytes;
-use crate::registry::Registry;
 use crate::snapshot::ProviderCall;
 use epi_plugin::Decision;
 
@@ -98,7 +99,7 @@ fn decode<T: serde::de::DeserializeOwned>(
         .map_err(|err| provider_error(provider, Failure::BadOutput(err.to_string())))
 }
 
-impl Registry {
+impl Dispatcher {
     fn providers_json<R>(
         &self,
         service: &str,
@@ -106,7 +107,7 @@ impl Registry {
         args: &Value,
         body: impl FnOnce(&[ProviderCall], Vec<u8>) -> Result<R, Error>,
     ) -> Result<R, Error> {
-        let snapshot = self.shared.current.load();
+        let snapshot = self.current.load();
         let list = snapshot
             .service_ids
             .get(service)
@@ -122,7 +123,7 @@ impl Registry {
 
     /// `apply` by name with JSON arguments. Options as for typed calls; with `pipe`, a provider
     /// whose input does not fit the previous output fails with a `BadInput` naming it.
-    pub fn apply_json(
+    pub(crate) fn apply_json(
         &self,
         service: &str,
         function: &str,
@@ -141,7 +142,7 @@ impl Registry {
                 result: call_json(provider, &input).and_then(|bytes| decode(provider, &bytes)),
             };
             let replies = if opts.concurrent && list.len() > 1 {
-                run_concurrent(&self.shared, list, one)
+                run_concurrent(self, list, one)
             } else {
                 let mut replies = Vec::with_capacity(list.len());
                 for provider in list {
@@ -169,7 +170,7 @@ impl Registry {
 
     /// `decide` by name with JSON arguments: each provider returns `"no_decision"` or
     /// `{"decided": value}`.
-    pub fn decide_json(
+    pub(crate) fn decide_json(
         &self,
         service: &str,
         function: &str,

@@ -21,6 +21,7 @@ mod data;
 mod dispatch;
 mod dynamic;
 mod error;
+mod ids;
 mod loader;
 mod registry;
 mod snapshot;

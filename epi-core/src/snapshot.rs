@@ -1,10 +1,11 @@
 //! The immutable dispatch table calls read without a lock, and how it is built.
 //!
-//! Services and functions are interned to dense ids that never change for the life of a
+//! Services and functions have dense ids ([`crate::ids`]) that never change for the life of a
 //! registry, so handles resolved once stay valid across every later snapshot: a call indexes
 //! `functions[id]` and finds the providers already in order.
 
 use std::cmp::Reverse;
+use std::collections::BTreeMap;
 use std::ffi::c_void;
 use std::sync::Arc;
 
@@ -12,50 +13,8 @@ use rustc_hash::FxHashMap;
 
 use crate::abi::manifest::TypeDesc;
 use crate::abi::{StableCallFn, TypedCallFn};
+use crate::ids::{FunctionId, Interner, ServiceId};
 use crate::loader::{Counters, LoadedPlugin};
-use crate::registry::RegistryConfig;
-
-/// Dense id of a service name.
-pub(crate) type ServiceId = u32;
-/// Dense id of a `(service, function)` pair.
-pub(crate) type FunctionId = u32;
-
-/// Names to ids. Grows only; guarded by the registry's mutex, never touched by calls.
-#[derive(Default)]
-pub(crate) struct Interner {
-    services: FxHashMap<String, ServiceId>,
-    service_names: Vec<Arc<str>>,
-    functions: FxHashMap<(ServiceId, String), FunctionId>,
-    function_names: Vec<Arc<str>>,
-}
-
-impl Interner {
-    pub(crate) fn service(&mut self, name: &str) -> (ServiceId, Arc<str>) {
-        if let Some(&id) = self.services.get(name) {
-            return (id, self.service_names[id as usize].clone());
-        }
-        let id = self.service_names.len() as ServiceId;
-        let shared: Arc<str> = Arc::from(name);
-        self.services.insert(name.to_owned(), id);
-        self.service_names.push(shared.clone());
-        (id, shared)
-    }
-
-    pub(crate) fn service_name(&self, id: ServiceId) -> &Arc<str> {
-        &self.service_names[id as usize]
-    }
-
-    pub(crate) fn function(&mut self, service: ServiceId, name: &str) -> (FunctionId, Arc<str>) {
-        if let Some(&id) = self.functions.get(&(service, name.to_owned())) {
-            return (id, self.function_names[id as usize].clone());
-        }
-        let id = self.function_names.len() as FunctionId;
-        let shared: Arc<str> = Arc::from(name);
-        self.functions.insert((service, name.to_owned()), id);
-        self.function_names.push(shared.clone());
-        (id, shared)
-    }
-}
 
 /// One provider function as a call sees it.
 pub(crate) struct ProviderCall {
@@ -148,16 +107,27 @@ impl Snapshot {
     }
 }
 
+/// What the host configured about dispatch: plugin order, priorities, call counting.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Rules {
+    /// App names in dispatch order; the rest follow by app name.
+    pub(crate) order: Vec<String>,
+    /// Priority per app name, overriding the plugin's.
+    pub(crate) priorities: BTreeMap<String, i32>,
+    /// Count every call.
+    pub(crate) count_calls: bool,
+}
+
 /// Position of a plugin in the configured order: listed plugins first, in list order, then the
 /// rest by app name.
-fn plugin_rank(config: &RegistryConfig, app: &str) -> (usize, String) {
-    let listed = config.order.iter().position(|name| name == app);
+fn plugin_rank(rules: &Rules, app: &str) -> (usize, String) {
+    let listed = rules.order.iter().position(|name| name == app);
     (listed.unwrap_or(usize::MAX), app.to_owned())
 }
 
 /// The priority a plugin's providers take unless they set their own.
-pub(crate) fn plugin_priority(config: &RegistryConfig, plugin: &LoadedPlugin) -> i32 {
-    config
+pub(crate) fn plugin_priority(rules: &Rules, plugin: &LoadedPlugin) -> i32 {
+    rules
         .priorities
         .get(&plugin.info.app)
         .copied()
@@ -168,7 +138,7 @@ pub(crate) fn plugin_priority(config: &RegistryConfig, plugin: &LoadedPlugin) ->
 pub(crate) fn build(
     generation: u64,
     loaded: &[Arc<LoadedPlugin>],
-    config: &RegistryConfig,
+    config: &Rules,
     interner: &mut Interner,
 ) -> Snapshot {
     let mut plugins = loaded.to_vec();

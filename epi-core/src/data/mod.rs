@@ -22,8 +22,8 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use parking_lot::Mutex;
 use serde_json::Value;
 
+use crate::ids::{Interner, ServiceId};
 use crate::loader::LoadedPlugin;
-use crate::snapshot::{Interner, ServiceId};
 use state::{DataState, Delivery, KeyRef};
 pub use state::{DataStatus, SourceKind};
 use table::DataTable;

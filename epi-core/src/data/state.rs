@@ -11,8 +11,8 @@ use serde_json::Value;
 use super::source;
 use super::table::{self, DataTable, Item};
 use crate::abi::manifest::DataSource;
+use crate::ids::Interner;
 use crate::loader::LoadedPlugin;
-use crate::snapshot::Interner;
 use epi_plugin::{Notification, SourcedValue};
 
 /// How often a file or callback source is re-read when its plugin sets no interval.

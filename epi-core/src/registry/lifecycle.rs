@@ -277,7 +277,7 @@ impl Registry {
             });
         }
         let mut info = plugin.info.clone();
-        info.priority = snapshot::plugin_priority(&self.shared.config, &plugin);
+        info.priority = snapshot::plugin_priority(&self.shared.rules, &plugin);
         let plugin = Arc::new(plugin);
         let new_plugin = plugin.clone();
         let retired = match previous {
@@ -311,7 +311,7 @@ impl Registry {
         let outcome = match retired {
             Some(old) => {
                 let mut old_info = old.info.clone();
-                old_info.priority = snapshot::plugin_priority(&self.shared.config, &old);
+                old_info.priority = snapshot::plugin_priority(&self.shared.rules, &old);
                 tracing::info!(
                     app = %info.app,
                     from = %old_info.version,

@@ -22,10 +22,13 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
 use crate::data::{self, DataHandle, DataHub, DataStatus, DataWorker};
-use crate::dispatch::{Function, ServiceHandle};
+use crate::dispatch::{Dispatcher, Function, Opts, ServiceHandle};
+use crate::dynamic::Applied;
 use crate::engine::{Engine, EngineConfig, EngineReport, RealClock};
+use crate::error::Error;
+use crate::ids::Interner;
 use crate::loader::{CopyDir, LoadedPlugin, PluginInfo};
-use crate::snapshot::{self, Interner, Snapshot};
+use crate::snapshot::{self, Snapshot};
 use epi_plugin::{Notification, ProviderVersion};
 
 /// How a registry orders and runs plugins.
@@ -107,8 +110,8 @@ pub struct ServiceInfo {
 pub(crate) struct Shared {
     /// Runs plugin processes; dropped (every worker stopped) before the plugins.
     engine: Engine,
-    pub(crate) current: ArcSwap<Snapshot>,
-    interner: Arc<Mutex<Interner>>,
+    /// The dispatch table and what handles need to call through it.
+    pub(crate) dispatcher: Arc<Dispatcher>,
     data: Arc<DataHub>,
     /// Stops the data thread when the registry goes away.
     _data_worker: DataWorker,
@@ -120,7 +123,8 @@ pub(crate) struct Shared {
     copies: CopyDir,
     _copies_dir: tempfile::TempDir,
     sequence: AtomicU64,
-    pub(crate) pool: rayon::ThreadPool,
+    /// Order, priorities and counting, as the snapshot builder needs them.
+    rules: snapshot::Rules,
 }
 
 /// Loads plugins and hands out handles to call them. Cheap to clone; clones share everything.
@@ -156,8 +160,16 @@ impl Registry {
         Ok(Registry {
             shared: Arc::new(Shared {
                 engine: Engine::new(config.engine, Arc::new(RealClock::default())),
-                current: ArcSwap::from_pointee(Snapshot::default()),
-                interner,
+                dispatcher: Arc::new(Dispatcher {
+                    current: ArcSwap::from_pointee(Snapshot::default()),
+                    interner,
+                    pool,
+                }),
+                rules: snapshot::Rules {
+                    order: config.order.clone(),
+                    priorities: config.priorities.clone(),
+                    count_calls: config.count_calls,
+                },
                 data,
                 _data_worker: data_worker,
                 state: Mutex::new(lifecycle::State::default()),
@@ -168,20 +180,19 @@ impl Registry {
                 _copies_dir: copies_dir,
                 config,
                 sequence: AtomicU64::new(0),
-                pool,
             }),
         })
     }
 
     /// Loaded plugins in dispatch order.
     pub fn plugins(&self) -> Vec<PluginInfo> {
-        let snapshot = self.shared.current.load();
+        let snapshot = self.shared.dispatcher.current.load();
         snapshot
             .plugins
             .iter()
             .map(|plugin| {
                 let mut info = plugin.info.clone();
-                info.priority = snapshot::plugin_priority(&self.shared.config, plugin);
+                info.priority = snapshot::plugin_priority(&self.shared.rules, plugin);
                 info
             })
             .collect()
@@ -189,8 +200,8 @@ impl Registry {
 
     /// Every service named by a loaded plugin, sorted by name, with providers in call order.
     pub fn services(&self) -> Vec<ServiceInfo> {
-        let snapshot = self.shared.current.load();
-        let interner = self.shared.interner.lock();
+        let snapshot = self.shared.dispatcher.current.load();
+        let interner = self.shared.dispatcher.interner.lock();
         let mut services: Vec<ServiceInfo> = snapshot
             .services
             .iter()
@@ -223,8 +234,7 @@ impl Registry {
     /// A handle to call a service's functions. Resolve it once and reuse it: it stays valid
     /// across loads, unloads and reloads.
     pub fn service(&self, name: &str) -> ServiceHandle {
-        let (id, name) = self.shared.interner.lock().service(name);
-        ServiceHandle::new(self.shared.clone(), id, name)
+        self.shared.dispatcher.service(name)
     }
 
     /// A handle to one function with its argument and output types: the fastest way to call.
@@ -232,14 +242,38 @@ impl Registry {
         self.service(service).function(function)
     }
 
-    pub(crate) fn intern_function(shared: &Shared, service: u32, name: &str) -> (u32, Arc<str>) {
-        shared.interner.lock().function(service, name)
+    /// `apply` by name with JSON arguments. Options as for typed calls; with `pipe`, a provider
+    /// whose input does not fit the previous output fails with a `BadInput` naming it.
+    pub fn apply_json(
+        &self,
+        service: &str,
+        function: &str,
+        args: &serde_json::Value,
+        opts: Opts,
+    ) -> Result<Applied, Error> {
+        self.shared
+            .dispatcher
+            .apply_json(service, function, args, opts)
+    }
+
+    /// `decide` by name with JSON arguments: each provider returns `"no_decision"` or
+    /// `{"decided": value}`.
+    pub fn decide_json(
+        &self,
+        service: &str,
+        function: &str,
+        args: &serde_json::Value,
+        opts: Opts,
+    ) -> Result<epi_plugin::Decision<serde_json::Value>, Error> {
+        self.shared
+            .dispatcher
+            .decide_json(service, function, args, opts)
     }
 
     /// Per provider function counters, sorted by service, function, then call order.
     pub fn counters(&self) -> Vec<ProviderCounters> {
         use std::sync::atomic::Ordering::Relaxed;
-        let snapshot = self.shared.current.load();
+        let snapshot = self.shared.dispatcher.current.load();
         let mut rows: Vec<ProviderCounters> = snapshot
             .functions
             .iter()
@@ -271,7 +305,7 @@ impl Registry {
 
     /// Data contributed under `service`: lock-free queries. Resolve once and reuse.
     pub fn data(&self, service: &str) -> DataHandle {
-        let (id, name) = self.shared.interner.lock().service(service);
+        let (id, name) = self.shared.dispatcher.interner.lock().service(service);
         DataHandle::new(self.shared.data.clone(), id, name)
     }
 
@@ -292,14 +326,14 @@ impl Registry {
     /// Publishes the dispatch table for `loaded`, then syncs data. Returns the notifications to
     /// deliver once the caller released its locks.
     fn publish(&self, loaded: &[Arc<LoadedPlugin>]) -> Vec<(Arc<LoadedPlugin>, Notification)> {
-        let old = self.shared.current.load_full();
+        let old = self.shared.dispatcher.current.load_full();
         let generation = old.generation + 1;
         let snapshot = {
-            let mut interner = self.shared.interner.lock();
-            snapshot::build(generation, loaded, &self.shared.config, &mut interner)
+            let mut interner = self.shared.dispatcher.interner.lock();
+            snapshot::build(generation, loaded, &self.shared.rules, &mut interner)
         };
         let snapshot = Arc::new(snapshot);
-        self.shared.current.store(snapshot.clone());
+        self.shared.dispatcher.current.store(snapshot.clone());
         tracing::debug!(
             generation,
             plugins = loaded.len(),

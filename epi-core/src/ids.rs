@@ -1,0 +1,48 @@
+//! Dense ids for service and function names, given out once and never changed for the life of
+//! a registry, so handles resolved once stay valid across every snapshot.
+
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+
+/// Dense id of a service name.
+pub(crate) type ServiceId = u32;
+/// Dense id of a `(service, function)` pair.
+pub(crate) type FunctionId = u32;
+
+/// Names to ids. Grows only; guarded by a mutex, never touched by calls.
+#[derive(Default)]
+pub(crate) struct Interner {
+    services: FxHashMap<String, ServiceId>,
+    service_names: Vec<Arc<str>>,
+    functions: FxHashMap<(ServiceId, String), FunctionId>,
+    function_names: Vec<Arc<str>>,
+}
+
+impl Interner {
+    pub(crate) fn service(&mut self, name: &str) -> (ServiceId, Arc<str>) {
+        if let Some(&id) = self.services.get(name) {
+            return (id, self.service_names[id as usize].clone());
+        }
+        let id = self.service_names.len() as ServiceId;
+        let shared: Arc<str> = Arc::from(name);
+        self.services.insert(name.to_owned(), id);
+        self.service_names.push(shared.clone());
+        (id, shared)
+    }
+
+    pub(crate) fn service_name(&self, id: ServiceId) -> &Arc<str> {
+        &self.service_names[id as usize]
+    }
+
+    pub(crate) fn function(&mut self, service: ServiceId, name: &str) -> (FunctionId, Arc<str>) {
+        if let Some(&id) = self.functions.get(&(service, name.to_owned())) {
+            return (id, self.function_names[id as usize].clone());
+        }
+        let id = self.function_names.len() as FunctionId;
+        let shared: Arc<str> = Arc::from(name);
+        self.functions.insert((service, name.to_owned()), id);
+        self.function_names.push(shared.clone());
+        (id, shared)
+    }
+}
