@@ -9,7 +9,7 @@ use crate::dispatch::{
 };
 use crate::error::{Error, Failure, ProviderError};
 use crate::loader::bytes;
-use crate::snapshot::ProviderCall;
+use crate::snapshot::{text, ProviderCall};
 use epi_plugin::Decision;
 
 /// One provider's answer in a dynamic `apply`.
@@ -67,9 +67,9 @@ impl Applied {
 fn call_json(provider: &ProviderCall, input: &[u8]) -> Result<Vec<u8>, ProviderError> {
     let mut output = RVec::new();
     let mut error = RVec::new();
-    if provider.count_calls {
-        provider
-            .counters
+    if provider.count_calls != 0 {
+        // SAFETY: the counters live as long as the snapshot holding the entry.
+        unsafe { &*provider.counters }
             .calls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
@@ -137,12 +137,12 @@ impl Dispatcher {
                 return pipe_json(list, input, opts).map(Applied::Piped);
             }
             let one = |provider: &ProviderCall| Reply {
-                plugin: provider.plugin.to_string(),
-                provider: provider.provider.to_string(),
+                plugin: text(&provider.plugin).to_owned(),
+                provider: text(&provider.provider).to_owned(),
                 result: call_json(provider, &input).and_then(|bytes| decode(provider, &bytes)),
             };
             let replies = if opts.concurrent && list.len() > 1 {
-                run_concurrent(self, list, one)
+                run_concurrent(self, list.len(), |index| one(&list[index]))
             } else {
                 let mut replies = Vec::with_capacity(list.len());
                 for provider in list {
@@ -216,11 +216,11 @@ fn pipe_json(list: &[ProviderCall], input: Vec<u8>, opts: Opts) -> Result<Value,
     serde_json::from_slice(&value).map_err(|err| Error::BadArguments {
         service: list
             .first()
-            .map(|p| p.service.clone())
+            .map(|p| text(&p.service).into())
             .unwrap_or_else(|| "?".into()),
         function: list
             .first()
-            .map(|p| p.function.clone())
+            .map(|p| text(&p.function).into())
             .unwrap_or_else(|| "?".into()),
         reason: format!("the pipe's result is not JSON: {err}"),
     })

@@ -6,38 +6,34 @@
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
-use std::ffi::c_void;
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
 use crate::abi::manifest::TypeDesc;
-use crate::abi::{StableCallFn, TypedCallFn};
+use crate::abi::{ProviderEntry, StrRef, TypeRef};
 use crate::ids::{FunctionId, Interner, ServiceId};
-use crate::loader::{Counters, LoadedPlugin};
+use crate::loader::LoadedPlugin;
 
-/// One provider function as a call sees it.
-pub(crate) struct ProviderCall {
-    pub(crate) counters: Arc<Counters>,
-    /// Whether calls are counted (`RegistryConfig::count_calls`); failures always are.
-    pub(crate) count_calls: bool,
-    pub(crate) plugin: Arc<str>,
-    pub(crate) provider: Arc<str>,
-    pub(crate) service: Arc<str>,
-    pub(crate) function: Arc<str>,
-    pub(crate) instance: *const c_void,
-    /// The native entry point; `None` when the plugin is on the stable path.
-    pub(crate) typed: Option<TypedCallFn>,
-    pub(crate) stable: StableCallFn,
-    pub(crate) args: TypeDesc,
-    pub(crate) output: TypeDesc,
+/// One provider function as a call sees it: the `#[repr(C)]` entry the host and calling
+/// plugins share. Its strings point into the snapshot's plugins and `names`.
+pub(crate) type ProviderCall = ProviderEntry;
+
+/// A string of an entry of a live snapshot.
+pub(crate) fn text(value: &StrRef) -> &str {
+    // SAFETY: entries are only read through a snapshot, which keeps every string they point
+    // at alive (its plugins and its `names`); the strings came from `str`s.
+    std::str::from_utf8(unsafe { value.as_bytes() }).unwrap_or("?")
 }
 
-// SAFETY: provider objects are `Send + Sync` (required by `Provides`); their plugin stays
-// loaded while the snapshot holding this entry lives.
-unsafe impl Send for ProviderCall {}
-// SAFETY: as `Send`.
-unsafe impl Sync for ProviderCall {}
+fn type_ref(desc: &TypeDesc) -> TypeRef {
+    TypeRef {
+        name: StrRef::new(&desc.name),
+        shape: StrRef::new(&desc.shape),
+        size: desc.size,
+        align: desc.align,
+    }
+}
 
 /// Per service: whether a plugin defines it and its functions that have providers.
 #[derive(Default)]
@@ -59,6 +55,8 @@ pub(crate) struct Snapshot {
     pub(crate) service_ids: FxHashMap<Box<str>, ServiceId>,
     /// Indexed by `FunctionId`: providers in call order.
     pub(crate) functions: Vec<Box<[ProviderCall]>>,
+    /// The service and function names the entries point at (kept alive, never read).
+    _names: Vec<Arc<str>>,
 }
 
 impl Snapshot {
@@ -156,6 +154,7 @@ pub(crate) fn build(
 
     // (priority, plugin position, declaration position) orders providers; collect then sort.
     type Key = (Reverse<i32>, usize, usize);
+    let mut names: Vec<Arc<str>> = Vec::new();
     let mut lists: FxHashMap<FunctionId, Vec<(Key, ProviderCall)>> = FxHashMap::default();
     for (position, plugin) in plugins.iter().enumerate() {
         for service in &plugin.info.services {
@@ -180,20 +179,22 @@ pub(crate) fn build(
                 declaration += 1;
                 lists.entry(function_id).or_default().push((
                     key,
-                    ProviderCall {
-                        counters: function.counters.clone(),
-                        count_calls: config.count_calls,
-                        plugin: plugin.app.clone(),
-                        provider: provider.label.clone(),
-                        service: service_name.clone(),
-                        function: function_name,
+                    ProviderEntry {
+                        counters: Arc::as_ptr(&function.counters),
+                        count_calls: config.count_calls as u32,
+                        plugin: StrRef::new(&plugin.app),
+                        provider: StrRef::new(&provider.label),
+                        service: StrRef::new(&service_name),
+                        function: StrRef::new(&function_name),
                         instance: provider.object.instance,
                         typed: function.typed,
                         stable: function.stable,
-                        args: function.args.clone(),
-                        output: function.output.clone(),
+                        args: type_ref(&function.args),
+                        output: type_ref(&function.output),
                     },
                 ));
+                names.push(service_name.clone());
+                names.push(function_name);
             }
         }
     }
@@ -214,5 +215,6 @@ pub(crate) fn build(
         services,
         service_ids,
         functions,
+        _names: names,
     }
 }

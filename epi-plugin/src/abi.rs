@@ -176,6 +176,66 @@ impl RVec<u8> {
     }
 }
 
+/// Calls, errors and panics of one provider function, counted by whoever calls it.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct CallCounters {
+    /// Calls (counted only when the entry says so).
+    pub calls: std::sync::atomic::AtomicU64,
+    /// Calls that returned an error.
+    pub errors: std::sync::atomic::AtomicU64,
+    /// Calls that panicked.
+    pub panics: std::sync::atomic::AtomicU64,
+}
+
+/// A type as a dispatch table entry describes it (see [`manifest::TypeDesc`]).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TypeRef {
+    /// `std::any::type_name`.
+    pub name: StrRef,
+    /// The serde shape.
+    pub shape: StrRef,
+    /// `size_of`.
+    pub size: usize,
+    /// `align_of`.
+    pub align: usize,
+}
+
+/// One provider function in a host's dispatch table, as both the host and plugins calling
+/// through it read it. Every pointer stays valid while the table that holds the entry lives.
+#[repr(C)]
+pub struct ProviderEntry {
+    /// The provider object.
+    pub instance: *const c_void,
+    /// The native entry point; `None` when the provider's plugin is on the stable path.
+    pub typed: Option<TypedCallFn>,
+    /// The stable entry point.
+    pub stable: StableCallFn,
+    /// The argument type.
+    pub args: TypeRef,
+    /// The output type.
+    pub output: TypeRef,
+    /// The plugin's app name.
+    pub plugin: StrRef,
+    /// The provider's label.
+    pub provider: StrRef,
+    /// The service.
+    pub service: StrRef,
+    /// The function.
+    pub function: StrRef,
+    /// Its counters.
+    pub counters: *const CallCounters,
+    /// 1 when every call is counted (errors and panics always are).
+    pub count_calls: u32,
+}
+
+// SAFETY: an entry is immutable; the objects it points at are `Send + Sync` (required of
+// providers) and the strings and counters it points at are immutable or atomic.
+unsafe impl Send for ProviderEntry {}
+// SAFETY: as `Send`.
+unsafe impl Sync for ProviderEntry {}
+
 /// Initialises a plugin: builds its object and describes it.
 ///
 /// `host` lives as long as the process. `config` is the plugin's configuration as JSON text (may

@@ -43,7 +43,9 @@
 //! Hosts use the `epi-core` crate, which re-exports everything here.
 
 pub mod abi;
+pub mod call;
 pub mod describe;
+pub mod error;
 pub mod export;
 mod host;
 pub mod http;
@@ -51,7 +53,9 @@ mod plugin;
 mod process;
 mod shim;
 
+pub use call::Opts;
 pub use epi_macros::provider;
+pub use error::{Error, Failure, ProviderError};
 pub use plugin::{
     DataProvider, Decision, Notification, Plugin, PluginContext, PluginState, Provider,
     ProviderVersion, SourcedValue,

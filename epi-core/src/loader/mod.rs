@@ -13,7 +13,6 @@ use std::ffi::c_void;
 use std::io::Read;
 use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
@@ -61,12 +60,7 @@ pub struct PluginInfo {
 
 /// Calls, errors and panics of one provider function. Shared by every snapshot the
 /// provider's version appears in; a new version starts from zero.
-#[derive(Default, Debug)]
-pub(crate) struct Counters {
-    pub(crate) calls: AtomicU64,
-    pub(crate) errors: AtomicU64,
-    pub(crate) panics: AtomicU64,
-}
+pub(crate) type Counters = crate::abi::CallCounters;
 
 /// One function of a loaded provider.
 pub(crate) struct LoadedFunction {

@@ -214,7 +214,12 @@ impl Registry {
                     .map(|(name, &function)| {
                         let providers = snapshot.functions[function as usize]
                             .iter()
-                            .map(|call| (call.plugin.to_string(), call.provider.to_string()))
+                            .map(|call| {
+                                (
+                                    snapshot::text(&call.plugin).to_owned(),
+                                    snapshot::text(&call.provider).to_owned(),
+                                )
+                            })
                             .collect();
                         (name.to_string(), providers)
                     })
@@ -278,14 +283,19 @@ impl Registry {
             .functions
             .iter()
             .flat_map(|list| list.iter())
-            .map(|call| ProviderCounters {
-                plugin: call.plugin.to_string(),
-                provider: call.provider.to_string(),
-                service: call.service.to_string(),
-                function: call.function.to_string(),
-                calls: call.counters.calls.load(Relaxed),
-                errors: call.counters.errors.load(Relaxed),
-                panics: call.counters.panics.load(Relaxed),
+            .map(|call| {
+                // SAFETY: the counters live as long as the snapshot holding the entry.
+                let counters = unsafe { &*call.counters };
+                (call, counters)
+            })
+            .map(|(call, counters)| ProviderCounters {
+                plugin: snapshot::text(&call.plugin).to_owned(),
+                provider: snapshot::text(&call.provider).to_owned(),
+                service: snapshot::text(&call.service).to_owned(),
+                function: snapshot::text(&call.function).to_owned(),
+                calls: counters.calls.load(Relaxed),
+                errors: counters.errors.load(Relaxed),
+                panics: counters.panics.load(Relaxed),
             })
             .collect();
         rows.sort_by(|a, b| (&a.service, &a.function).cmp(&(&b.service, &b.function)));

@@ -1,0 +1,632 @@
+//! The dispatch core: `apply`, `decide`, `pipe`, `any` and `all` over a list of
+//! [`ProviderEntry`]s, with the type checks and the two call paths.
+//!
+//! One implementation serves both directions: a host runs it over its current dispatch table
+//! (`epi::Function`), and a plugin calling a service through its host runs it over the same
+//! table, which the host pins for the duration of the call (`epi::host`). Same semantics,
+//! errors and ordering by construction.
+//!
+//! A provider's shims trust the types they are given: the native shim reads its arguments and
+//! writes its output by pointer. The only way to call one is through a [`Typed`], and the
+//! only ways to get one are a passed check ([`check`], [`precheck`]) or a [`Checked`] list,
+//! itself made by [`precheck`] or asserted (unsafely) by a caller that checked the same
+//! immutable list before. A [`Providers`] list can only be made unsafely, by whoever vouches
+//! that its entries describe live providers.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::mem::MaybeUninit;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::abi::{
+    ProviderEntry, RVec, StrRef, TypeRef, ENCODING_MSGPACK, STATUS_BAD_INPUT, STATUS_FAILED,
+    STATUS_OK, STATUS_PANICKED,
+};
+use crate::error::{Error, Failure, ProviderError};
+use crate::Decision;
+
+/// What an argument type must be: shared by every provider, and encodable for plugins on the
+/// stable path (whose type check traces its shape).
+pub trait Argument: Serialize + DeserializeOwned + Sync + 'static {}
+impl<T: Serialize + DeserializeOwned + Sync + 'static> Argument for T {}
+
+/// What an output type must be: decodable from plugins on the stable path.
+pub trait Output: DeserializeOwned + Send + 'static {}
+impl<T: DeserializeOwned + Send + 'static> Output for T {}
+
+/// How `apply` and `decide` treat providers (couch_epi's options).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Opts {
+    /// Call every provider; a failure becomes that provider's result (apply), counts as no
+    /// decision (decide) or is skipped, passing the value on unchanged (pipe).
+    pub ignore_errors: bool,
+    /// Run providers in parallel on the host's bounded pool; results stay in provider order.
+    pub concurrent: bool,
+    /// Feed each provider's output to the next as input (dynamic calls; typed calls use `pipe`).
+    pub pipe: bool,
+}
+
+impl Opts {
+    /// No option set: providers in order, the first error stops the call.
+    pub const fn new() -> Self {
+        Opts {
+            ignore_errors: false,
+            concurrent: false,
+            pipe: false,
+        }
+    }
+
+    /// Sets `ignore_errors`.
+    pub const fn ignore_errors(mut self) -> Self {
+        self.ignore_errors = true;
+        self
+    }
+
+    /// Sets `concurrent`.
+    pub const fn concurrent(mut self) -> Self {
+        self.concurrent = true;
+        self
+    }
+
+    /// Sets `pipe`.
+    pub const fn pipe(mut self) -> Self {
+        self.pipe = true;
+        self
+    }
+
+    /// Refuses combinations that cannot work.
+    pub fn check(self) -> Result<Self, Error> {
+        if self.concurrent && self.pipe {
+            return Err(Error::IncompatibleOptions(
+                "`concurrent` and `pipe` cannot be combined: a pipe runs providers one after another",
+            ));
+        }
+        Ok(self)
+    }
+
+    /// The options as bits, for the boundary: 1 ignore_errors, 2 concurrent, 4 pipe.
+    pub const fn bits(self) -> u32 {
+        self.ignore_errors as u32 | (self.concurrent as u32) << 1 | (self.pipe as u32) << 2
+    }
+
+    /// The options from [`Opts::bits`].
+    pub const fn from_bits(bits: u32) -> Self {
+        Opts {
+            ignore_errors: bits & 1 != 0,
+            concurrent: bits & 2 != 0,
+            pipe: bits & 4 != 0,
+        }
+    }
+}
+
+/// Runs tasks in parallel for `concurrent` calls: the host's pool.
+pub trait Pool: Sync {
+    /// Runs `task(0)` .. `task(count - 1)`, in parallel where it can, and returns when all
+    /// returned.
+    fn run(&self, count: usize, task: &(dyn Fn(usize) + Sync));
+}
+
+/// A provider list a call can run over.
+#[derive(Clone, Copy)]
+pub struct Providers<'s> {
+    list: &'s [ProviderEntry],
+}
+
+impl<'s> Providers<'s> {
+    /// Wraps a host's list.
+    ///
+    /// # Safety
+    /// Every entry describes a live provider of a loaded plugin (its object, entry points,
+    /// strings and counters stay valid for `'s`), as the host's dispatch table does.
+    pub unsafe fn new(list: &'s [ProviderEntry]) -> Self {
+        Providers { list }
+    }
+
+    /// How many providers.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// The entries.
+    pub fn entries(&self) -> &'s [ProviderEntry] {
+        self.list
+    }
+}
+
+/// The bytes of a string of a live entry.
+fn text(value: &StrRef) -> &str {
+    // SAFETY: `Providers::new` vouches that an entry's strings are live; the host wrote them
+    // from `str`s, so they are UTF-8 (checked anyway).
+    std::str::from_utf8(unsafe { value.as_bytes() }).unwrap_or("?")
+}
+
+/// Whether `desc` is `T` as this build compiled it (native path).
+fn is_native<T>(desc: &TypeRef) -> bool {
+    desc.size == std::mem::size_of::<T>()
+        && desc.align == std::mem::align_of::<T>()
+        && text(&desc.name) == std::any::type_name::<T>()
+}
+
+/// The serde shape of `T`, traced once per type for the life of the process.
+fn shape<T: DeserializeOwned + 'static>() -> Arc<str> {
+    static SHAPES: OnceLock<RwLock<HashMap<std::any::TypeId, Arc<str>>>> = OnceLock::new();
+    let shapes = SHAPES.get_or_init(Default::default);
+    let id = std::any::TypeId::of::<T>();
+    if let Some(shape) = shapes.read().unwrap_or_else(|e| e.into_inner()).get(&id) {
+        return shape.clone();
+    }
+    let shape: Arc<str> = crate::describe::shape_of::<T>().into();
+    shapes
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(id)
+        .or_insert(shape)
+        .clone()
+}
+
+/// Whether `desc` describes `T` on the provider's call path.
+fn matches<T: DeserializeOwned + 'static>(provider: &ProviderEntry, desc: &TypeRef) -> bool {
+    if provider.typed.is_some() {
+        is_native::<T>(desc)
+    } else {
+        text(&desc.shape) == &*shape::<T>()
+    }
+}
+
+/// A provider proven to take `&A` and return `O`.
+pub struct Typed<'s, A, O> {
+    provider: &'s ProviderEntry,
+    _types: PhantomData<fn(&A) -> O>,
+}
+
+impl<A, O> Clone for Typed<'_, A, O> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<A, O> Copy for Typed<'_, A, O> {}
+
+/// A provider list proven to take `&A` and return `O`, every one of them.
+pub struct Checked<'s, A, O> {
+    list: &'s [ProviderEntry],
+    _types: PhantomData<fn(&A) -> O>,
+}
+
+impl<A, O> Clone for Checked<'_, A, O> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<A, O> Copy for Checked<'_, A, O> {}
+
+impl<'s, A, O> Checked<'s, A, O> {
+    /// A list checked before.
+    ///
+    /// # Safety
+    /// Every provider of `list` passed [`check::<A, O>`](check) (the same immutable list).
+    pub unsafe fn assume_checked(list: Providers<'s>) -> Self {
+        Checked {
+            list: list.list,
+            _types: PhantomData,
+        }
+    }
+
+    fn get(&self, index: usize) -> Typed<'s, A, O> {
+        Typed {
+            provider: &self.list[index],
+            _types: PhantomData,
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = Typed<'s, A, O>> + 's {
+        self.list.iter().map(|provider| Typed {
+            provider,
+            _types: PhantomData,
+        })
+    }
+}
+
+/// Checks that `provider` declares exactly `A -> O` on its call path.
+pub fn check<'s, A, O>(provider: &'s ProviderEntry) -> Result<Typed<'s, A, O>, ProviderError>
+where
+    A: DeserializeOwned + 'static,
+    O: DeserializeOwned + 'static,
+{
+    if matches::<A>(provider, &provider.args) && matches::<O>(provider, &provider.output) {
+        return Ok(Typed {
+            provider,
+            _types: PhantomData,
+        });
+    }
+    let ours = format!(
+        "fn(&{}) -> {}",
+        std::any::type_name::<A>(),
+        std::any::type_name::<O>()
+    );
+    let theirs = format!(
+        "fn(&{}) -> {}",
+        text(&provider.args.name),
+        text(&provider.output.name)
+    );
+    let (expected, found) = if provider.typed.is_some() {
+        (ours, theirs)
+    } else {
+        (
+            format!("{ours} with shapes {} -> {}", shape::<A>(), shape::<O>()),
+            format!(
+                "{theirs} with shapes {} -> {}",
+                text(&provider.args.shape),
+                text(&provider.output.shape)
+            ),
+        )
+    };
+    Err(provider_error(
+        provider,
+        Failure::TypeMismatch { expected, found },
+    ))
+}
+
+/// Checks every provider. `Some`: all match. With `ignore_errors`, a mismatch gives `None`
+/// (each provider is then checked as it is called); without, the first mismatch is returned
+/// before any provider runs.
+pub fn precheck<'s, A, O>(
+    list: Providers<'s>,
+    ignore_errors: bool,
+) -> Result<Option<Checked<'s, A, O>>, Error>
+where
+    A: DeserializeOwned + 'static,
+    O: DeserializeOwned + 'static,
+{
+    for provider in list.list {
+        if let Err(err) = check::<A, O>(provider) {
+            if ignore_errors {
+                return Ok(None);
+            }
+            return Err(err.into());
+        }
+    }
+    // SAFETY: every provider passed `check` just above.
+    Ok(Some(unsafe { Checked::assume_checked(list) }))
+}
+
+/// A call's arguments, encoded on first need (stable-path providers), once per call.
+pub struct Args<'a, A> {
+    value: &'a A,
+    encoded: OnceLock<Result<Vec<u8>, String>>,
+}
+
+impl<'a, A: Serialize> Args<'a, A> {
+    /// The arguments of one call.
+    pub fn new(value: &'a A) -> Self {
+        Args {
+            value,
+            encoded: OnceLock::new(),
+        }
+    }
+
+    fn encoded(&self) -> Result<&[u8], &str> {
+        match self
+            .encoded
+            .get_or_init(|| rmp_serde::to_vec_named(self.value).map_err(|err| err.to_string()))
+        {
+            Ok(bytes) => Ok(bytes),
+            Err(reason) => Err(reason),
+        }
+    }
+}
+
+/// The largest output buffer a thread keeps for its next stable call.
+const MAX_KEPT_OUTPUT: usize = 64 * 1024;
+
+thread_local! {
+    /// Each thread's output buffer for stable calls: its capacity is reused.
+    static OUTPUT: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// A buffer's bytes, taken back from the boundary.
+pub fn take_bytes(buffer: RVec<u8>) -> Vec<u8> {
+    // SAFETY: every `RVec<u8>` a shim fills was made through the host's allocator, which this
+    // side shares (a plugin forwards to it; a host is it).
+    unsafe { buffer.into_vec() }
+}
+
+impl<'s, A: Serialize, O: DeserializeOwned> Typed<'s, A, O> {
+    /// Calls the provider, leaving its output in `output` (initialised on `Ok`), so a caller
+    /// can inspect it in place instead of moving it.
+    #[inline]
+    pub fn call_into(
+        self,
+        args: &Args<'_, A>,
+        output: &mut MaybeUninit<O>,
+    ) -> Result<(), ProviderError> {
+        let provider = self.provider;
+        if provider.count_calls != 0 {
+            // SAFETY: the counters live as long as the entry (`Providers::new`).
+            unsafe { &*provider.counters }
+                .calls
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let mut error = RVec::new();
+        let status = match provider.typed {
+            // SAFETY: `self` proves the provider declares exactly `A -> O` as this build
+            // compiled them (native path); its plugin is mapped while the list lives; the shim
+            // writes `output` only on OK and catches panics.
+            Some(typed) => unsafe {
+                typed(
+                    provider.instance,
+                    args.value as *const A as *const std::ffi::c_void,
+                    output.as_mut_ptr() as *mut std::ffi::c_void,
+                    &mut error,
+                )
+            },
+            None => return self.call_stable(args, output),
+        };
+        if status == STATUS_OK {
+            Ok(())
+        } else {
+            Err(failure(provider, status, take_bytes(error)))
+        }
+    }
+
+    /// The stable path: arguments and output as MessagePack.
+    #[inline(never)]
+    fn call_stable(
+        self,
+        args: &Args<'_, A>,
+        output: &mut MaybeUninit<O>,
+    ) -> Result<(), ProviderError> {
+        let provider = self.provider;
+        let input = args.encoded().map_err(|reason| {
+            provider_error(
+                provider,
+                Failure::BadInput(format!("cannot encode the arguments: {reason}")),
+            )
+        })?;
+        let mut result = RVec::from_vec(OUTPUT.take());
+        let mut error = RVec::new();
+        // SAFETY: the stable shim takes any bytes and fills the buffers through the shared
+        // allocator; the plugin is mapped while the list lives; it catches panics.
+        let status = unsafe {
+            (provider.stable)(
+                provider.instance,
+                ENCODING_MSGPACK,
+                StrRef::bytes(input),
+                &mut result,
+                &mut error,
+            )
+        };
+        let result = take_bytes(result);
+        let decoded = if status == STATUS_OK {
+            rmp_serde::from_slice(&result)
+                .map_err(|err| provider_error(provider, Failure::BadOutput(err.to_string())))
+        } else {
+            Err(failure(provider, status, take_bytes(error)))
+        };
+        // Keep the buffer for the next call unless a large result made it large.
+        if result.capacity() <= MAX_KEPT_OUTPUT {
+            OUTPUT.set(result);
+        }
+        output.write(decoded?);
+        Ok(())
+    }
+
+    /// Calls the provider and returns its output.
+    #[inline]
+    pub fn call(self, args: &Args<'_, A>) -> Result<O, ProviderError> {
+        let mut output = MaybeUninit::<O>::uninit();
+        self.call_into(args, &mut output)?;
+        // SAFETY: `call_into` returned OK, so the output is initialised.
+        Ok(unsafe { output.assume_init() })
+    }
+}
+
+/// Builds the error for a status other than OK, counting it.
+#[cold]
+pub fn failure(provider: &ProviderEntry, status: u32, message: Vec<u8>) -> ProviderError {
+    let message = String::from_utf8(message)
+        .unwrap_or_else(|err| String::from_utf8_lossy(err.as_bytes()).into_owned());
+    // SAFETY: the counters live as long as the entry (`Providers::new`).
+    let counters = unsafe { &*provider.counters };
+    let counter = match status {
+        STATUS_PANICKED => &counters.panics,
+        _ => &counters.errors,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    let failure = match status {
+        STATUS_FAILED => Failure::Failed(message),
+        STATUS_PANICKED => Failure::Panicked(message),
+        STATUS_BAD_INPUT => Failure::BadInput(message),
+        other => Failure::Failed(format!("unknown status {other}: {message}")),
+    };
+    provider_error(provider, failure)
+}
+
+/// The error naming `provider`.
+#[cold]
+pub fn provider_error(provider: &ProviderEntry, failure: Failure) -> ProviderError {
+    ProviderError {
+        plugin: text(&provider.plugin).into(),
+        provider: text(&provider.provider).into(),
+        service: text(&provider.service).into(),
+        function: text(&provider.function).into(),
+        failure,
+    }
+}
+
+/// Calls one provider, checking its types first unless the whole list was checked.
+#[inline]
+fn checked_call<A: Argument, O: Output>(
+    list: Providers<'_>,
+    checked: Option<Checked<'_, A, O>>,
+    index: usize,
+    args: &Args<'_, A>,
+) -> Result<O, ProviderError> {
+    let typed = match checked {
+        Some(checked) => checked.get(index),
+        None => check::<A, O>(&list.list[index])?,
+    };
+    typed.call(args)
+}
+
+/// `apply` over providers whose types all match: results in provider order; the first error
+/// stops the call and is returned.
+pub fn apply<A: Argument, O: Output>(
+    checked: Checked<'_, A, O>,
+    args: &A,
+) -> Result<Vec<O>, Error> {
+    let args = Args::new(args);
+    let mut values = Vec::with_capacity(checked.list.len());
+    for typed in checked.iter() {
+        values.push(typed.call(&args)?);
+    }
+    Ok(values)
+}
+
+/// `apply` with options: with `ignore_errors` failures stay in the list as per-provider
+/// errors; with `concurrent` providers run in parallel on `pool`. `pipe` is refused.
+pub fn apply_with<A: Argument, O: Output>(
+    pool: &dyn Pool,
+    list: Providers<'_>,
+    checked: Option<Checked<'_, A, O>>,
+    args: &A,
+    opts: Opts,
+) -> Result<Vec<Result<O, ProviderError>>, Error> {
+    let opts = opts.check()?;
+    if opts.pipe {
+        return Err(Error::IncompatibleOptions(
+            "`pipe` changes the result type: call `pipe` instead of `apply`",
+        ));
+    }
+    let args = Args::new(args);
+    let results = if opts.concurrent && list.len() > 1 {
+        run_concurrent(pool, list.len(), |index| {
+            checked_call(list, checked, index, &args)
+        })
+    } else {
+        let mut results = Vec::with_capacity(list.len());
+        for index in 0..list.len() {
+            let result = checked_call(list, checked, index, &args);
+            let failed = result.is_err();
+            results.push(result);
+            if failed && !opts.ignore_errors {
+                break;
+            }
+        }
+        results
+    };
+    if !opts.ignore_errors {
+        if let Some(position) = results.iter().position(Result::is_err) {
+            let mut results = results;
+            return Err(results
+                .swap_remove(position)
+                .err()
+                .expect("an error")
+                .into());
+        }
+    }
+    Ok(results)
+}
+
+/// Runs `call(index)` for `0..count` on `pool`; results in index order.
+pub fn run_concurrent<R: Send>(
+    pool: &dyn Pool,
+    count: usize,
+    call: impl Fn(usize) -> R + Sync,
+) -> Vec<R> {
+    let slots: Vec<Mutex<Option<R>>> = (0..count).map(|_| Mutex::new(None)).collect();
+    pool.run(count, &|index| {
+        let value = call(index);
+        *slots[index].lock().unwrap_or_else(|e| e.into_inner()) = Some(value);
+    });
+    slots
+        .into_iter()
+        .map(|slot| {
+            slot.into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .expect("every provider ran")
+        })
+        .collect()
+}
+
+/// couch_epi's `any`: some provider returned `true`.
+pub fn any_true(results: &[Result<bool, ProviderError>]) -> bool {
+    results.iter().any(|result| matches!(result, Ok(true)))
+}
+
+/// couch_epi's `all`: there are providers and every one returned `true`.
+pub fn all_true(results: &[Result<bool, ProviderError>]) -> bool {
+    !results.is_empty() && results.iter().all(|result| matches!(result, Ok(true)))
+}
+
+/// Asks providers in order until one returns `Decided`; none → `NoDecision`.
+pub fn decide<A: Argument, T: DeserializeOwned + 'static>(
+    list: Providers<'_>,
+    checked: Option<Checked<'_, A, Decision<T>>>,
+    args: &A,
+    opts: Opts,
+) -> Result<Decision<T>, Error> {
+    refuse_for_decide(opts)?;
+    let args = Args::new(args);
+    let mut output = MaybeUninit::<Decision<T>>::uninit();
+    for (index, provider) in list.list.iter().enumerate() {
+        let answered = match checked {
+            Some(checked) => checked.get(index).call_into(&args, &mut output),
+            None => check::<A, Decision<T>>(provider)
+                .and_then(|typed| typed.call_into(&args, &mut output)),
+        };
+        match answered {
+            // Look at the tag in place: moving the whole value out right after the plugin wrote
+            // it stalls on store forwarding, and most providers do not decide.
+            // SAFETY: `call_into` returned OK, so the output is initialised.
+            Ok(()) => match unsafe { output.assume_init_ref() } {
+                // SAFETY: initialised (above); read once, then the loop ends.
+                Decision::Decided(_) => return Ok(unsafe { output.assume_init_read() }),
+                // SAFETY: initialised (above); dropped once before the next provider writes.
+                Decision::NoDecision => unsafe { output.assume_init_drop() },
+            },
+            Err(_) if opts.ignore_errors => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(Decision::NoDecision)
+}
+
+/// `decide` asks providers one at a time and stops at the first decision.
+pub fn refuse_for_decide(opts: Opts) -> Result<(), Error> {
+    if opts.concurrent || opts.pipe {
+        return Err(Error::IncompatibleOptions(
+            "`decide` asks providers one at a time: `concurrent` and `pipe` do not apply",
+        ));
+    }
+    Ok(())
+}
+
+/// Passes `input` through every provider in order, each one's output the next one's input.
+/// No providers → `input` comes back unchanged.
+pub fn pipe<T: Argument + Send>(
+    list: Providers<'_>,
+    checked: Option<Checked<'_, T, T>>,
+    input: T,
+    opts: Opts,
+) -> Result<T, Error> {
+    opts.pipe().check()?;
+    let mut value = input;
+    for index in 0..list.len() {
+        match checked_call::<T, T>(list, checked, index, &Args::new(&value)) {
+            Ok(next) => value = next,
+            Err(_) if opts.ignore_errors => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(value)
+}

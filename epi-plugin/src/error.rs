@@ -1,0 +1,91 @@
+//! Why a call failed: [`Error`] for the call as a whole, [`ProviderError`] for one provider.
+//! Shared by hosts and by plugins calling services through their host.
+
+use std::sync::Arc;
+
+/// How one provider failed during a call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The provider returned an error.
+    Failed(String),
+    /// The provider panicked; the panic was caught in the plugin.
+    Panicked(String),
+    /// The provider could not decode its (JSON) input.
+    BadInput(String),
+    /// The provider's argument or output type differs from the call's.
+    TypeMismatch {
+        /// What the caller uses.
+        expected: String,
+        /// What the provider declares.
+        found: String,
+    },
+    /// The provider's output could not be read (dynamic calls).
+    BadOutput(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Failed(message) => write!(f, "failed: {message}"),
+            Failure::Panicked(message) => write!(f, "panicked: {message}"),
+            Failure::BadInput(message) => write!(f, "rejected its input: {message}"),
+            Failure::TypeMismatch { expected, found } => {
+                write!(f, "has another signature: the call uses {expected}, the provider declares {found}")
+            }
+            Failure::BadOutput(message) => write!(f, "returned unreadable output: {message}"),
+        }
+    }
+}
+
+/// One provider's failure, naming plugin, provider, service and function.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("plugin `{plugin}` provider `{provider}`: {service}.{function} {failure}")]
+pub struct ProviderError {
+    /// The plugin's app name.
+    pub plugin: Arc<str>,
+    /// The provider's label.
+    pub provider: Arc<str>,
+    /// The service called.
+    pub service: Arc<str>,
+    /// The function called.
+    pub function: Arc<str>,
+    /// What went wrong.
+    pub failure: Failure,
+}
+
+/// Why a call (`apply`, `decide`, ...) failed as a whole.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// No loaded plugin defines the service.
+    #[error("unknown service `{0}`: no loaded plugin defines it")]
+    UnknownService(Arc<str>),
+    /// The options cannot be combined.
+    #[error("incompatible options: {0}")]
+    IncompatibleOptions(&'static str),
+    /// A provider failed and `ignore_errors` was not set.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    /// Calls from plugins nested deeper than the host allows (a cycle such as A calls B calls
+    /// A ...).
+    #[error("calls nested deeper than {max}: {chain}")]
+    TooDeep {
+        /// The host's limit.
+        max: usize,
+        /// The calls in progress on this thread, outermost first (`service.function`).
+        chain: String,
+    },
+    /// A plugin called the host's services while no host runs it (in a plugin's own unit
+    /// tests, or after its host was dropped).
+    #[error("no host: {0}")]
+    NoHost(&'static str),
+    /// The arguments of a dynamic call could not be encoded.
+    #[error("bad arguments for {service}.{function}: {reason}")]
+    BadArguments {
+        /// The service called.
+        service: Arc<str>,
+        /// The function called.
+        function: Arc<str>,
+        /// Why.
+        reason: String,
+    },
+}
