@@ -3,7 +3,8 @@
 //!
 //! Groups: handle resolution; `apply` over 1/5/10/100 providers in each mode (default,
 //! ignore_errors, concurrent, pipe); `decide` over 10 providers decided by the first, by the
-//! last, and by none; dynamic (JSON) apply.
+//! last, and by none; dynamic (JSON) apply; the same apply from the host and from inside a
+//! plugin through the host (`from_plugin`).
 //!
 //! `cargo bench -p epi-core --bench dispatch` (builds the test plugin in release first).
 
@@ -220,9 +221,33 @@ fn dynamic(c: &mut Criterion) {
     group.finish();
 }
 
+/// One `apply` of `math.inc` (1 and 10 providers) from the host, beside the same call made
+/// from inside a plugin through the host: `probe.inner_loop(1000)` makes 1000 of them with a
+/// handle resolved once, so its time / 1000 is the cost of one call from a plugin.
+fn from_plugin(c: &mut Criterion) {
+    const INNER: u64 = 1000;
+    let mut group = c.benchmark_group("from_plugin");
+    for count in [1usize, 10] {
+        let registry = registry(count, None);
+        let inc = registry.function::<u64, u64>("math", "inc");
+        group.bench_function(BenchmarkId::new("host_x1000", count), |b| {
+            b.iter(|| {
+                for _ in 0..INNER {
+                    black_box(inc.apply(black_box(&0)).unwrap());
+                }
+            })
+        });
+        let inner = registry.function::<u64, u64>("probe", "inner_loop");
+        group.bench_function(BenchmarkId::new("plugin_x1000", count), |b| {
+            b.iter(|| black_box(inner.apply(black_box(&INNER)).unwrap()))
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = configure(&mut Criterion::default());
-    targets = resolve, apply, decide, dynamic
+    targets = resolve, apply, decide, dynamic, from_plugin
 }
 criterion_main!(benches);

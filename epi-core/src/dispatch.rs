@@ -31,6 +31,8 @@ pub(crate) struct Dispatcher {
     pub(crate) interner: Arc<Mutex<Interner>>,
     /// Runs `concurrent` calls.
     pub(crate) pool: rayon::ThreadPool,
+    /// How deeply calls from plugins may nest on one thread.
+    pub(crate) max_depth: usize,
 }
 
 impl Dispatcher {

@@ -31,6 +31,10 @@ impl Interner {
         (id, shared)
     }
 
+    pub(crate) fn function_name(&self, id: FunctionId) -> &Arc<str> {
+        &self.function_names[id as usize]
+    }
+
     pub(crate) fn service_name(&self, id: ServiceId) -> &Arc<str> {
         &self.service_names[id as usize]
     }

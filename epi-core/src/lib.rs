@@ -21,6 +21,7 @@ mod data;
 mod dispatch;
 mod dynamic;
 mod error;
+mod host_calls;
 mod ids;
 mod loader;
 mod registry;

@@ -367,7 +367,7 @@ fn call_error(err: Error) -> Response {
     let status = match err {
         Error::UnknownService(_) => StatusCode::NOT_FOUND,
         Error::IncompatibleOptions(_) | Error::BadArguments { .. } => StatusCode::BAD_REQUEST,
-        Error::Provider(_) | Error::TooDeep { .. } => StatusCode::BAD_GATEWAY,
+        Error::Provider(_) | Error::TooDeep { .. } | Error::Remote(_) => StatusCode::BAD_GATEWAY,
         Error::NoHost(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error(status, err)

@@ -58,6 +58,13 @@ pub const STATUS_PANICKED: u32 = 2;
 /// A call could not decode its input; the reason was written to the error buffer.
 pub const STATUS_BAD_INPUT: u32 = 3;
 
+/// A call from a plugin named a service no loaded plugin defines.
+pub const STATUS_UNKNOWN_SERVICE: u32 = 4;
+/// A call from a plugin was nested deeper than the host allows; the chain is in the error.
+pub const STATUS_TOO_DEEP: u32 = 5;
+/// The options of a call from a plugin cannot be combined; the reason is in the error.
+pub const STATUS_BAD_OPTIONS: u32 = 6;
+
 /// Values as JSON text: calls by name, and everything descriptive.
 pub const ENCODING_JSON: u32 = 0;
 /// Values as MessagePack with named struct fields (as `rmp_serde::to_vec_named` writes them):
@@ -238,11 +245,13 @@ unsafe impl Sync for ProviderEntry {}
 
 /// Initialises a plugin: builds its object and describes it.
 ///
-/// `host` lives as long as the process. `config` is the plugin's configuration as JSON text (may
+/// `host` lives as long as the process; `context` identifies the registry the plugin is
+/// loaded into and is passed back with every call the plugin makes through `host`. `config` is the plugin's configuration as JSON text (may
 /// be empty). On [`STATUS_OK`] the plugin wrote its [`PluginTables`] into `out`; otherwise it
 /// wrote a message into `error`.
 pub type InitFn = unsafe extern "C" fn(
     host: *const HostVTable,
+    context: *const c_void,
     config: StrRef,
     out: *mut PluginTables,
     error: *mut RVec<u8>,
@@ -305,6 +314,77 @@ pub struct HostVTable {
         unsafe extern "C" fn(ptr: *mut u8, size: usize, align: usize, new_size: usize) -> *mut u8,
     /// Emits a log record in the host (levels: 1 error, 2 warn, 3 info, 4 debug, 5 trace).
     pub log: unsafe extern "C" fn(level: u32, plugin: StrRef, message: StrRef),
+    /// Gives the ids of a service and one of its functions (valid for the registry's life).
+    pub resolve: unsafe extern "C" fn(
+        context: *const c_void,
+        service: StrRef,
+        function: StrRef,
+        out: *mut CallIds,
+    ),
+    /// Starts a call from the plugin: pins the current dispatch table on this thread, and
+    /// writes the function's providers into `out`. On another status ([`STATUS_UNKNOWN_SERVICE`],
+    /// [`STATUS_TOO_DEEP`]) `error` holds the message and nothing is pinned. Every OK is
+    /// followed by one `leave` on the same thread.
+    pub enter: unsafe extern "C" fn(
+        context: *const c_void,
+        ids: CallIds,
+        out: *mut CallView,
+        error: *mut RVec<u8>,
+    ) -> u32,
+    /// Ends the innermost call `enter` started on this thread.
+    pub leave: unsafe extern "C" fn(context: *const c_void),
+    /// Runs `run(task, 0)` .. `run(task, count - 1)` on the host's pool and returns when all
+    /// returned (`concurrent` calls). `run` must not unwind.
+    pub run_concurrent: unsafe extern "C" fn(
+        context: *const c_void,
+        count: usize,
+        task: *const c_void,
+        run: unsafe extern "C" fn(task: *const c_void, index: usize),
+    ),
+    /// A call by name with JSON: `verb` 0 apply (result: the JSON the host's `apply_json`
+    /// gives, detailed with `ignore_errors`), 1 decide (result: `"no_decision"` or
+    /// `{"decided": value}`). `opts` as [`crate::Opts::bits`].
+    pub call_json: unsafe extern "C" fn(
+        context: *const c_void,
+        verb: u32,
+        service: StrRef,
+        function: StrRef,
+        args: StrRef,
+        opts: u32,
+        output: *mut RVec<u8>,
+        error: *mut RVec<u8>,
+    ) -> u32,
+    /// A data query on `service`: `query` 0 `get(key)` (JSON array of every source's value),
+    /// 1 `keys` (JSON array of keys), 2 `get_value(source, key)` (the value or `null`).
+    pub data: unsafe extern "C" fn(
+        context: *const c_void,
+        query: u32,
+        service: StrRef,
+        key: StrRef,
+        source: StrRef,
+        output: *mut RVec<u8>,
+    ) -> u32,
+}
+
+/// The ids of a service and one of its functions in a registry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallIds {
+    /// The service.
+    pub service: u32,
+    /// The function.
+    pub function: u32,
+}
+
+/// What `enter` pinned: the function's providers in call order.
+#[repr(C)]
+pub struct CallView {
+    /// The first entry.
+    pub entries: *const ProviderEntry,
+    /// How many.
+    pub len: usize,
+    /// The dispatch table's generation (a type check stays valid while it is unchanged).
+    pub generation: u64,
 }
 
 /// Native call of one provider function (native path only): arguments and output by pointer

@@ -78,6 +78,9 @@ pub enum Error {
     /// tests, or after its host was dropped).
     #[error("no host: {0}")]
     NoHost(&'static str),
+    /// The host answered a plugin's call by name or data query with an error.
+    #[error("{0}")]
+    Remote(String),
     /// The arguments of a dynamic call could not be encoded.
     #[error("bad arguments for {service}.{function}: {reason}")]
     BadArguments {

@@ -11,7 +11,7 @@ use crate::abi::{
 use crate::plugin::{Plugin, PluginContext, Source};
 use crate::shim::{guarded, put, read_json, write_json};
 
-pub use crate::host::PluginAllocator;
+pub use crate::runtime::PluginAllocator;
 pub use crate::shim::{function_entry, FunctionEntry, Method};
 
 /// What `export_plugin!` knows about the plugin crate.
@@ -84,7 +84,7 @@ unsafe extern "C" fn import_state_shim<P: Plugin>(
 /// The manifest and tables describing `plugin`.
 fn describe<P: Plugin>(plugin: P, package_version: &str) -> PluginTables {
     let app = plugin.app();
-    crate::host::set_app(&app);
+    crate::runtime::set_app(&app);
     let mut providers = Vec::new();
     let mut provider_tables = Vec::new();
     for mut provider in plugin.providers() {
@@ -164,17 +164,18 @@ fn describe<P: Plugin>(plugin: P, package_version: &str) -> PluginTables {
 /// buffer.
 pub unsafe extern "C" fn init<E: Export>(
     host_table: *const HostVTable,
+    context: *const c_void,
     config: StrRef,
     out: *mut PluginTables,
     error: *mut RVec<u8>,
 ) -> u32 {
     // Must come first: from here on every allocation is the host's.
-    crate::host::install(host_table);
+    crate::runtime::install(host_table, context);
     // SAFETY: the caller's contract.
     unsafe {
         guarded(error, || {
             std::panic::set_hook(Box::new(|info| {
-                crate::host::log(1, &format!("plugin panicked: {info}"));
+                crate::runtime::log(1, &format!("plugin panicked: {info}"));
             }));
             let config_text = config.as_bytes();
             let config = if config_text.trim_ascii().is_empty() {

@@ -1,85 +1,389 @@
-//! What a plugin borrows from its host: the global allocator and the log.
+//! Calling services through the host, from plugin code: provider methods, `notify`, process
+//! bodies and threads the plugin starts.
+//!
+//! ```ignore
+//! // Resolve once (e.g. when the plugin is created), call many times:
+//! let greet = epi::host::function::<String, String>("greeting", "greet");
+//! let all: Vec<String> = greet.apply(&"Ada".to_string())?;
+//! let first = epi::host::function::<String, Decision<String>>("greeting", "language")
+//!     .decide(&"fr".to_string(), Opts::new())?;
+//! ```
+//!
+//! The calls have the semantics, errors and ordering of the host's own (`epi::Function`): the
+//! host pins its current dispatch table for the duration of the call and this plugin runs the
+//! same dispatch code over it ([`crate::call`]). Providers of plugins built by the same
+//! toolchain get the arguments by pointer; others get them encoded. A call may reach this
+//! plugin again (re-entrancy needs no lock); calls nested deeper than the host allows fail
+//! with [`Error::TooDeep`] naming the chain.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicPtr, Ordering};
-use std::sync::OnceLock;
+use std::ffi::c_void;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-use crate::abi::{HostVTable, StrRef};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
-/// The host's table, set by `init` before the plugin allocates anything.
-static HOST: AtomicPtr<HostVTable> = AtomicPtr::new(std::ptr::null_mut());
+use crate::abi::{
+    CallIds, CallView, HostVTable, RVec, StrRef, STATUS_BAD_OPTIONS, STATUS_OK, STATUS_TOO_DEEP,
+    STATUS_UNKNOWN_SERVICE,
+};
+use crate::call::{self as core, Argument, Checked, Opts, Output, Pool, Providers};
+use crate::error::{Error, ProviderError};
+use crate::Decision;
 
-/// The app name, for the log lines this plugin emits.
-static APP: OnceLock<String> = OnceLock::new();
+const NO_HOST: &str = "this plugin was not loaded by an epi host";
 
-/// Installs the host's table. Called by `init` before anything else.
-pub(crate) fn install(table: *const HostVTable) {
-    HOST.store(table as *mut HostVTable, Ordering::Release);
+fn host() -> Result<(&'static HostVTable, *const c_void), Error> {
+    crate::runtime::host().ok_or(Error::NoHost(NO_HOST))
 }
 
-/// Records the app name for log lines.
-pub(crate) fn set_app(app: &str) {
-    let _ = APP.set(app.to_owned());
+fn text(buffer: RVec<u8>) -> String {
+    let bytes = core::take_bytes(buffer);
+    String::from_utf8(bytes).unwrap_or_else(|err| String::from_utf8_lossy(err.as_bytes()).into())
 }
 
-fn table() -> Option<&'static HostVTable> {
-    let table = HOST.load(Ordering::Acquire);
-    // SAFETY: the host's table is a `static` of the host, which outlives every plugin; the
-    // pointer is null until `init` installed it.
-    unsafe { table.as_ref() }
+/// A function of a service, resolved once: the plugin side of `epi::Function`.
+pub struct Function<A, O> {
+    ids: Option<CallIds>,
+    service: Arc<str>,
+    name: Arc<str>,
+    /// Generation of the table whose providers all matched `A` and `O`; `u64::MAX` for none.
+    checked: AtomicU64,
+    _types: PhantomData<fn(&A) -> O>,
 }
 
-/// Global allocator of every plugin library: forwards to the host's allocator once the host
-/// introduced itself, so the host and all plugins share one heap and a value allocated on one
-/// side may be freed on the other. Falls back to the system allocator before that (for
-/// example when a plugin crate is linked into its own unit tests).
-pub struct PluginAllocator;
-
-// SAFETY: forwards each request unchanged to an allocator honouring the `GlobalAlloc` contract.
-unsafe impl GlobalAlloc for PluginAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        match table() {
-            // SAFETY: the host's allocator receives the caller's valid layout.
-            Some(table) => unsafe { (table.alloc)(layout.size(), layout.align()) },
-            // SAFETY: as above, for the system allocator.
-            None => unsafe { System.alloc(layout) },
-        }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        match table() {
-            // SAFETY: as `alloc`.
-            Some(table) => unsafe { (table.alloc_zeroed)(layout.size(), layout.align()) },
-            // SAFETY: as `alloc`.
-            None => unsafe { System.alloc_zeroed(layout) },
-        }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        match table() {
-            // SAFETY: `ptr` came from the same allocator with this layout.
-            Some(table) => unsafe { (table.dealloc)(ptr, layout.size(), layout.align()) },
-            // SAFETY: as above.
-            None => unsafe { System.dealloc(ptr, layout) },
-        }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        match table() {
-            // SAFETY: `ptr` came from the same allocator with this layout.
-            Some(table) => unsafe { (table.realloc)(ptr, layout.size(), layout.align(), new_size) },
-            // SAFETY: as above.
-            None => unsafe { System.realloc(ptr, layout, new_size) },
+impl<A, O> Clone for Function<A, O> {
+    fn clone(&self) -> Self {
+        Function {
+            ids: self.ids,
+            service: self.service.clone(),
+            name: self.name.clone(),
+            checked: AtomicU64::new(self.checked.load(Ordering::Relaxed)),
+            _types: PhantomData,
         }
     }
 }
 
-/// Sends a log line to the host's `tracing` subscriber (a plugin has its own copy of every
-/// crate, so its own `tracing` macros would reach no subscriber). Levels: 1 error .. 5 trace.
-pub(crate) fn log(level: u32, message: &str) {
-    if let Some(table) = table() {
-        let app = APP.get().map(String::as_str).unwrap_or("?");
-        // SAFETY: both strings outlive the call; the host copies what it keeps.
-        unsafe { (table.log)(level, StrRef::new(app), StrRef::new(message)) };
+/// A typed handle to `service.function`. Resolve it once and reuse it: it stays valid across
+/// the host's loads, unloads and upgrades.
+pub fn function<A, O>(service: &str, function: &str) -> Function<A, O> {
+    let ids = crate::runtime::host().map(|(table, context)| {
+        let mut ids = CallIds::default();
+        // SAFETY: the host's table and this plugin's context, as `init` received them; the
+        // strings live for the call.
+        unsafe {
+            (table.resolve)(
+                context,
+                StrRef::new(service),
+                StrRef::new(function),
+                &mut ids,
+            )
+        };
+        ids
+    });
+    Function {
+        ids,
+        service: service.into(),
+        name: function.into(),
+        checked: AtomicU64::new(u64::MAX),
+        _types: PhantomData,
+    }
+}
+
+/// A call in progress: the host keeps its dispatch table pinned until this is dropped.
+struct Entered {
+    table: &'static HostVTable,
+    context: *const c_void,
+    view: CallView,
+}
+
+impl Entered {
+    fn providers(&self) -> Providers<'_> {
+        let entries = if self.view.len == 0 {
+            &[][..]
+        } else {
+            // SAFETY: the host wrote a pointer to `len` entries of the table it pinned until
+            // `leave`, which runs when `self` is dropped.
+            unsafe { std::slice::from_raw_parts(self.view.entries, self.view.len) }
+        };
+        // SAFETY: the entries are the host's dispatch table, pinned while `self` lives.
+        unsafe { Providers::new(entries) }
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        // SAFETY: one `leave` for the `enter` that made `self`, on the same thread.
+        unsafe { (self.table.leave)(self.context) }
+    }
+}
+
+/// The host's pool, for `concurrent` calls.
+struct HostPool {
+    table: &'static HostVTable,
+    context: *const c_void,
+}
+
+// SAFETY: the context is the host's registry, which is shared between threads.
+unsafe impl Sync for HostPool {}
+
+unsafe extern "C" fn run_task(task: *const c_void, index: usize) {
+    // SAFETY: `task` is the `&dyn Fn(usize)` `HostPool::run` passed, live until it returns.
+    let task = unsafe { &*(task as *const &(dyn Fn(usize) + Sync)) };
+    // The tasks call shims that catch their own panics; nothing else may unwind out of here.
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task(index)));
+}
+
+impl Pool for HostPool {
+    fn run(&self, count: usize, task: &(dyn Fn(usize) + Sync)) {
+        let task: *const &(dyn Fn(usize) + Sync) = &task;
+        // SAFETY: the host runs `run_task` for each index and returns when all returned, so
+        // `task` outlives every use.
+        unsafe { (self.table.run_concurrent)(self.context, count, task as *const c_void, run_task) }
+    }
+}
+
+impl<A, O> Function<A, O> {
+    /// The service's name.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// The function's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn enter(&self) -> Result<Entered, Error> {
+        let (table, context) = host()?;
+        let ids = self.ids.ok_or(Error::NoHost(NO_HOST))?;
+        let mut view = CallView {
+            entries: std::ptr::null(),
+            len: 0,
+            generation: 0,
+        };
+        let mut error = RVec::new();
+        // SAFETY: the host's table and this plugin's context; `view` and `error` are live.
+        let status = unsafe { (table.enter)(context, ids, &mut view, &mut error) };
+        match status {
+            STATUS_OK => Ok(Entered {
+                table,
+                context,
+                view,
+            }),
+            STATUS_UNKNOWN_SERVICE => Err(Error::UnknownService(self.service.clone())),
+            STATUS_TOO_DEEP => {
+                let message = text(error);
+                let (max, chain) = message.split_once(':').unwrap_or(("0", &message));
+                Err(Error::TooDeep {
+                    max: max.parse().unwrap_or(0),
+                    chain: chain.trim().to_owned(),
+                })
+            }
+            _ => Err(Error::NoHost(NO_HOST)),
+        }
+    }
+
+    /// Whether any provider implements this function now.
+    pub fn is_configured(&self) -> bool {
+        self.enter().is_ok_and(|call| call.view.len > 0)
+    }
+}
+
+impl<A: Argument, O: Output> Function<A, O> {
+    /// The providers with the proof that all match `A` and `O` when they do (checked once per
+    /// table generation).
+    fn checked<'s>(
+        &self,
+        call: &'s Entered,
+        ignore_errors: bool,
+    ) -> Result<Option<Checked<'s, A, O>>, Error> {
+        let list = call.providers();
+        if self.checked.load(Ordering::Relaxed) == call.view.generation {
+            // SAFETY: this handle checked every provider of this generation's list against
+            // `A` and `O`; a generation's lists never change.
+            return Ok(Some(unsafe { Checked::assume_checked(list) }));
+        }
+        let checked = core::precheck::<A, O>(list, ignore_errors)?;
+        if checked.is_some() {
+            self.checked.store(call.view.generation, Ordering::Relaxed);
+        }
+        Ok(checked)
+    }
+
+    /// Calls every provider in order; results in provider order; the first error stops the
+    /// call and is returned.
+    pub fn apply(&self, args: &A) -> Result<Vec<O>, Error> {
+        let call = self.enter()?;
+        let checked = self.checked(&call, false)?;
+        core::apply(checked.expect("checked without ignore_errors"), args)
+    }
+
+    /// `apply` with options: with `ignore_errors` failures stay in the list as per-provider
+    /// errors; with `concurrent` providers run in parallel on the host's pool.
+    pub fn apply_with(&self, args: &A, opts: Opts) -> Result<Vec<Result<O, ProviderError>>, Error> {
+        let call = self.enter()?;
+        let checked = self.checked(&call, opts.ignore_errors)?;
+        let pool = HostPool {
+            table: call.table,
+            context: call.context,
+        };
+        core::apply_with(&pool, call.providers(), checked, args, opts)
+    }
+}
+
+impl<A: Argument> Function<A, bool> {
+    /// True when some provider returned `true` (couch_epi's `any`).
+    pub fn any(&self, args: &A, opts: Opts) -> Result<bool, Error> {
+        Ok(core::any_true(&self.apply_with(args, opts)?))
+    }
+
+    /// True when there are providers and every one returned `true` (couch_epi's `all`).
+    pub fn all(&self, args: &A, opts: Opts) -> Result<bool, Error> {
+        Ok(core::all_true(&self.apply_with(args, opts)?))
+    }
+}
+
+impl<A: Argument, T: DeserializeOwned + Send + 'static> Function<A, Decision<T>> {
+    /// Asks providers in order until one returns `Decided`; none → `NoDecision`.
+    pub fn decide(&self, args: &A, opts: Opts) -> Result<Decision<T>, Error> {
+        let call = self.enter()?;
+        let checked = self.checked(&call, opts.ignore_errors)?;
+        core::decide(call.providers(), checked, args, opts)
+    }
+}
+
+impl<T: Argument + Send> Function<T, T> {
+    /// Passes `input` through every provider in order, each one's output the next one's
+    /// input. No providers → `input` comes back unchanged.
+    pub fn pipe(&self, input: T, opts: Opts) -> Result<T, Error> {
+        let call = self.enter()?;
+        let checked = self.checked(&call, opts.ignore_errors)?;
+        core::pipe(call.providers(), checked, input, opts)
+    }
+}
+
+/// Whether any provider implements `service.function` now (couch_epi's `is_configured`).
+pub fn is_configured(service: &str, function: &str) -> bool {
+    self::function::<(), ()>(service, function).is_configured()
+}
+
+fn call_json(
+    verb: u32,
+    service: &str,
+    function: &str,
+    args: &Value,
+    opts: Opts,
+) -> Result<Value, Error> {
+    let (table, context) = host()?;
+    let args = serde_json::to_vec(args).map_err(|err| Error::BadArguments {
+        service: service.into(),
+        function: function.into(),
+        reason: err.to_string(),
+    })?;
+    let mut output = RVec::new();
+    let mut error = RVec::new();
+    // SAFETY: the host's table and this plugin's context; every buffer is live.
+    let status = unsafe {
+        (table.call_json)(
+            context,
+            verb,
+            StrRef::new(service),
+            StrRef::new(function),
+            StrRef::bytes(&args),
+            opts.bits(),
+            &mut output,
+            &mut error,
+        )
+    };
+    match status {
+        STATUS_OK => {
+            serde_json::from_slice(&core::take_bytes(output)).map_err(|err| Error::BadArguments {
+                service: service.into(),
+                function: function.into(),
+                reason: format!("unreadable result: {err}"),
+            })
+        }
+        STATUS_UNKNOWN_SERVICE => Err(Error::UnknownService(service.into())),
+        STATUS_BAD_OPTIONS => Err(Error::IncompatibleOptions(
+            "these options cannot be combined for this call",
+        )),
+        _ => Err(Error::Remote(text(error))),
+    }
+}
+
+/// `apply` by name with JSON arguments: an array of the values, or with `ignore_errors` of
+/// `{"plugin", "provider", "ok" | "error"}` objects; with `pipe`, the piped value.
+pub fn apply_json(service: &str, function: &str, args: &Value, opts: Opts) -> Result<Value, Error> {
+    call_json(0, service, function, args, opts)
+}
+
+/// `decide` by name with JSON arguments.
+pub fn decide_json(
+    service: &str,
+    function: &str,
+    args: &Value,
+    opts: Opts,
+) -> Result<Decision<Value>, Error> {
+    let answer = call_json(1, service, function, args, opts)?;
+    serde_json::from_value(answer).map_err(|err| Error::BadArguments {
+        service: service.into(),
+        function: function.into(),
+        reason: format!("unreadable decision: {err}"),
+    })
+}
+
+/// The data contributed under a service: the plugin side of `epi::DataHandle`'s queries.
+pub struct Data {
+    service: String,
+}
+
+/// Data contributed under `service`.
+pub fn data(service: &str) -> Data {
+    Data {
+        service: service.to_owned(),
+    }
+}
+
+impl Data {
+    fn query(&self, query: u32, key: &str, source: &str) -> Result<Value, Error> {
+        let (table, context) = host()?;
+        let mut output = RVec::new();
+        // SAFETY: the host's table and this plugin's context; every buffer is live.
+        let status = unsafe {
+            (table.data)(
+                context,
+                query,
+                StrRef::new(&self.service),
+                StrRef::new(key),
+                StrRef::new(source),
+                &mut output,
+            )
+        };
+        if status != STATUS_OK {
+            return Err(Error::Remote(text(output)));
+        }
+        serde_json::from_slice(&core::take_bytes(output))
+            .map_err(|err| Error::Remote(format!("unreadable data: {err}")))
+    }
+
+    /// Every source's value for `key`, in plugin order (per source: exact key beats wildcard,
+    /// longest prefix wins).
+    pub fn get(&self, key: &str) -> Result<Vec<Value>, Error> {
+        let value = self.query(0, key, "")?;
+        serde_json::from_value(value).map_err(|err| Error::Remote(err.to_string()))
+    }
+
+    /// The keys contributed under the service.
+    pub fn keys(&self) -> Result<Vec<String>, Error> {
+        let value = self.query(1, "", "")?;
+        serde_json::from_value(value).map_err(|err| Error::Remote(err.to_string()))
+    }
+
+    /// One source's value for `key`.
+    pub fn get_value(&self, source: &str, key: &str) -> Result<Option<Value>, Error> {
+        let value = self.query(2, key, source)?;
+        Ok((!value.is_null()).then_some(value))
     }
 }

@@ -47,10 +47,11 @@ pub mod call;
 pub mod describe;
 pub mod error;
 pub mod export;
-mod host;
+pub mod host;
 pub mod http;
 mod plugin;
 mod process;
+mod runtime;
 mod shim;
 
 pub use call::Opts;
@@ -65,7 +66,7 @@ pub use shim::Provides;
 
 /// Logging from plugin code: records go to the host's `tracing` subscriber.
 pub mod log {
-    use crate::host::log;
+    use crate::runtime::log;
 
     /// Logs an error.
     pub fn error(message: &str) {

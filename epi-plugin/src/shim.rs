@@ -229,7 +229,7 @@ pub unsafe extern "C" fn drop_shim<T>(instance: *mut c_void) {
         drop(unsafe { Box::from_raw(instance as *mut T) })
     }));
     if let Err(payload) = result {
-        crate::host::log(
+        crate::runtime::log(
             1,
             &format!("panic while dropping: {}", panic_message(payload)),
         );

@@ -1,39 +1,36 @@
-//! The table a host lends each plugin: its global allocator and its log.
+//! What a host lends each plugin that needs nothing of the registry: its global allocator and
+//! its log. The registry's `host_calls` puts them in the table plugins receive.
 
 use std::alloc::Layout;
 
-use crate::abi::{HostVTable, StrRef};
+use crate::abi::StrRef;
 
-/// The one table every plugin of this process receives.
-pub(crate) static HOST_VTABLE: HostVTable = HostVTable {
-    alloc: host_alloc,
-    alloc_zeroed: host_alloc_zeroed,
-    dealloc: host_dealloc,
-    realloc: host_realloc,
-    log: host_log,
-};
-
-unsafe extern "C" fn host_alloc(size: usize, align: usize) -> *mut u8 {
+pub(crate) unsafe extern "C" fn host_alloc(size: usize, align: usize) -> *mut u8 {
     // SAFETY: the plugin's allocator passes on a layout it received from `GlobalAlloc`.
     unsafe { std::alloc::alloc(Layout::from_size_align_unchecked(size, align)) }
 }
 
-unsafe extern "C" fn host_alloc_zeroed(size: usize, align: usize) -> *mut u8 {
+pub(crate) unsafe extern "C" fn host_alloc_zeroed(size: usize, align: usize) -> *mut u8 {
     // SAFETY: as `host_alloc`.
     unsafe { std::alloc::alloc_zeroed(Layout::from_size_align_unchecked(size, align)) }
 }
 
-unsafe extern "C" fn host_dealloc(ptr: *mut u8, size: usize, align: usize) {
+pub(crate) unsafe extern "C" fn host_dealloc(ptr: *mut u8, size: usize, align: usize) {
     // SAFETY: as `host_alloc`; `ptr` came from this allocator with this layout.
     unsafe { std::alloc::dealloc(ptr, Layout::from_size_align_unchecked(size, align)) }
 }
 
-unsafe extern "C" fn host_realloc(ptr: *mut u8, size: usize, align: usize, new: usize) -> *mut u8 {
+pub(crate) unsafe extern "C" fn host_realloc(
+    ptr: *mut u8,
+    size: usize,
+    align: usize,
+    new: usize,
+) -> *mut u8 {
     // SAFETY: as `host_dealloc`.
     unsafe { std::alloc::realloc(ptr, Layout::from_size_align_unchecked(size, align), new) }
 }
 
-unsafe extern "C" fn host_log(level: u32, plugin: StrRef, message: StrRef) {
+pub(crate) unsafe extern "C" fn host_log(level: u32, plugin: StrRef, message: StrRef) {
     // SAFETY: the plugin passes strings that live for the call.
     let (plugin, message) = unsafe { (plugin.to_string_lossy(), message.to_string_lossy()) };
     match level {

@@ -105,6 +105,8 @@ pub struct LoadedPlugin {
     library: Option<Library>,
     /// Whether dropping this version closes its library (see `RetirePolicy`).
     close_library: bool,
+    /// The context its calls through the host carry; released after the library.
+    host: Option<HostContext>,
 }
 
 // SAFETY: provider and plugin objects are `Send + Sync` (required by `Provides` and `Plugin`);
@@ -393,6 +395,15 @@ pub(crate) fn check(path: &Path) -> Result<CheckedFile, LoadError> {
     })
 }
 
+/// What a plugin is handed for its calls through the host: the host's table and an opaque
+/// context naming its registry, owned by the loaded plugin.
+pub(crate) struct HostContext {
+    pub(crate) table: &'static crate::abi::HostVTable,
+    pub(crate) _owner: Box<dyn std::any::Any + Send + Sync>,
+    /// Points into `owner`.
+    pub(crate) pointer: *const c_void,
+}
+
 /// Loads a checked file from a private copy and initialises it.
 pub(crate) fn load(
     checked: CheckedFile,
@@ -400,6 +411,7 @@ pub(crate) fn load(
     sequence: u64,
     config: &str,
     close_native: bool,
+    host: HostContext,
 ) -> Result<LoadedPlugin, LoadError> {
     let path = &checked.path;
     let content_hash = checked.hash;
@@ -421,9 +433,9 @@ pub(crate) fn load(
     })?;
 
     let entry = read_entry(path, &library)?;
-    let tables = initialise(path, &entry, config)?;
+    let tables = initialise(path, &entry, config, &host)?;
     let close_library = close_native || entry.call_path == CallPath::Stable;
-    assemble(
+    let mut plugin = assemble(
         path,
         content_hash,
         &entry,
@@ -431,7 +443,9 @@ pub(crate) fn load(
         copy,
         library,
         close_library,
-    )
+    )?;
+    plugin.host = Some(host);
+    Ok(plugin)
 }
 
 /// Turns the tables `init` handed over into a [`LoadedPlugin`] (which owns them from here on,
@@ -481,6 +495,7 @@ fn assemble(
         object: tables.plugin,
         library: Some(library),
         close_library,
+        host: None,
     };
     // From here on `plugin` owns every object: dropping it on an error releases them.
     let invalid = |app: &str, reason: String| LoadError::Invalid {
@@ -716,14 +731,20 @@ fn read_entry(path: &Path, library: &Library) -> Result<EntryInfo, LoadError> {
 }
 
 /// Calls the plugin's `init` (the first plugin code that runs).
-fn initialise(path: &Path, entry: &EntryInfo, config: &str) -> Result<PluginTables, LoadError> {
+fn initialise(
+    path: &Path,
+    entry: &EntryInfo,
+    config: &str,
+    host: &HostContext,
+) -> Result<PluginTables, LoadError> {
     let mut tables = MaybeUninit::<PluginTables>::uninit();
     let mut error = RVec::new();
     // SAFETY: every check passed: same ABI major, target and panic strategy, compatible epi.
     // `init` catches its own panics and writes the tables only on success.
     let status = unsafe {
         (entry.init)(
-            &host::HOST_VTABLE,
+            host.table,
+            host.pointer,
             StrRef::new(config),
             tables.as_mut_ptr(),
             &mut error,

@@ -257,6 +257,7 @@ impl Registry {
             sequence,
             &config_text,
             close_native,
+            crate::host_calls::context(&self.shared.dispatcher, &self.shared.data),
         )?;
 
         let mut state = self.shared.state.lock();

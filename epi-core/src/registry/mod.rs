@@ -49,10 +49,16 @@ pub struct RegistryConfig {
     /// Plugin file names loaded from directories and followed by the watcher: a glob where
     /// `*` matches any run of characters (default `*.so`). Dotfiles never match.
     pub file_pattern: Option<String>,
+    /// How deeply calls that plugins make through the host may nest on one thread (a cycle
+    /// such as A calls B calls A ...) before failing with `Error::TooDeep` (default 32).
+    pub max_call_depth: Option<usize>,
     /// Count every provider call in [`Registry::counters`] (errors and panics are always
     /// counted). Off by default: a shared counter per call costs cross-core traffic.
     pub count_calls: bool,
 }
+
+/// The default of [`RegistryConfig::max_call_depth`].
+pub const DEFAULT_MAX_CALL_DEPTH: usize = 32;
 
 /// Calls, errors and panics of one provider function since its version was loaded.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -127,6 +133,16 @@ pub(crate) struct Shared {
     rules: snapshot::Rules,
 }
 
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Plugins hold their registry's dispatcher and data hub (for their calls through the
+        // host), which hold the plugins: release the plugins so the cycle ends.
+        self.dispatcher.current.store(Arc::new(Snapshot::default()));
+        drop(self.data.sync(&[]));
+        self.state.lock().plugins.clear();
+    }
+}
+
 /// Loads plugins and hands out handles to call them. Cheap to clone; clones share everything.
 #[derive(Clone)]
 pub struct Registry {
@@ -164,6 +180,7 @@ impl Registry {
                     current: ArcSwap::from_pointee(Snapshot::default()),
                     interner,
                     pool,
+                    max_depth: config.max_call_depth.unwrap_or(DEFAULT_MAX_CALL_DEPTH),
                 }),
                 rules: snapshot::Rules {
                     order: config.order.clone(),

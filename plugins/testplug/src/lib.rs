@@ -120,6 +120,10 @@ pub struct ProcessConfig {
     /// Makes `run` return this error (JSON of `epi::ProcessError`) after its first tick.
     #[serde(default)]
     fail_with: Option<epi::ProcessError>,
+    /// `[service, function, args]`: `run` applies it through the host (from the process's
+    /// thread and from a thread it starts) and reports both results as `called`.
+    #[serde(default)]
+    call: Option<(String, String, Value)>,
 }
 
 /// The plugin's configuration.
@@ -275,6 +279,7 @@ impl Plugin for TestPlug {
             .map(|config| {
                 let output = config.output.clone();
                 let fail_with = config.fail_with.clone();
+                let call = config.call.clone();
                 let inputs_seen = Arc::new(Mutex::new(Value::Null));
                 let seen = inputs_seen.clone();
                 epi::Process::new(config.name.clone())
@@ -284,6 +289,17 @@ impl Plugin for TestPlug {
                         Ok(output.clone())
                     })
                     .run(move |ctx| {
+                        let called = call.as_ref().map(|(service, function, args)| {
+                            let apply = || {
+                                epi::host::apply_json(service, function, args, epi::Opts::new())
+                                    .map_err(|err| err.to_string())
+                            };
+                            let here = apply();
+                            let from_thread = std::thread::scope(|scope| {
+                                scope.spawn(apply).join().unwrap_or(Err("panicked".into()))
+                            });
+                            serde_json::json!([here, from_thread])
+                        });
                         let mut ticks = 0u64;
                         loop {
                             ticks += 1;
@@ -291,6 +307,7 @@ impl Plugin for TestPlug {
                                 "ticks": ticks,
                                 "mark": build_mark(),
                                 "inputs": inputs_seen.lock().unwrap().clone(),
+                                "called": called,
                             }));
                             if let Some(err) = &fail_with {
                                 return Err(err.clone());
@@ -320,6 +337,7 @@ impl Plugin for TestPlug {
             received: self.received.clone(),
             callback: self.callback.clone(),
             hits: self.hits.clone(),
+            inc: std::sync::OnceLock::new(),
         };
         std::iter::once(Provider::new("probe", probe))
             .chain(
@@ -354,10 +372,128 @@ pub struct Probe {
     received: Arc<Mutex<Vec<Notification>>>,
     callback: Arc<Mutex<CallbackState>>,
     hits: Arc<AtomicU64>,
+    /// `math.inc` through the host, resolved once (for `inner_loop`).
+    inc: std::sync::OnceLock<epi::host::Function<u64, u64>>,
+}
+
+/// A provider error from a host error.
+fn relayed(err: epi::Error) -> String {
+    format!("through the host: {err}")
 }
 
 #[epi::provider]
 impl Probe {
+    /// `math.value(x)` of every provider, called through the host.
+    pub fn relay(&self, x: &i64) -> Result<Vec<i64>, String> {
+        epi::host::function::<i64, i64>("math", "value")
+            .apply(x)
+            .map_err(relayed)
+    }
+
+    /// `math.value(x)` with options, through the host: each result or its error text.
+    pub fn relay_with(&self, x: i64, opts: epi::Opts) -> Result<Vec<Result<i64, String>>, String> {
+        let results = epi::host::function::<i64, i64>("math", "value")
+            .apply_with(&x, opts)
+            .map_err(relayed)?;
+        Ok(results
+            .into_iter()
+            .map(|result| result.map_err(|err| err.to_string()))
+            .collect())
+    }
+
+    /// `math.value` as a pipe from `x`, through the host.
+    pub fn relay_pipe(&self, x: i64, opts: epi::Opts) -> Result<i64, String> {
+        epi::host::function::<i64, i64>("math", "value")
+            .pipe(x, opts)
+            .map_err(relayed)
+    }
+
+    /// `math.decide(x)`, through the host.
+    pub fn relay_decide(&self, x: i64, opts: epi::Opts) -> Result<Decision<String>, String> {
+        epi::host::function::<i64, Decision<String>>("math", "decide")
+            .decide(&x, opts)
+            .map_err(relayed)
+    }
+
+    /// `math.check(x)` as `any` and `all`, through the host.
+    pub fn relay_any_all(&self, x: i64, opts: epi::Opts) -> Result<(bool, bool), String> {
+        let check = epi::host::function::<i64, bool>("math", "check");
+        Ok((
+            check.any(&x, opts).map_err(relayed)?,
+            check.all(&x, opts).map_err(relayed)?,
+        ))
+    }
+
+    /// Whether `service.function` has providers, through the host.
+    pub fn relay_configured(&self, service: &str, function: &str) -> bool {
+        epi::host::is_configured(service, function)
+    }
+
+    /// A call by name with JSON, through the host: `apply` (or `decide` when `decide`).
+    pub fn relay_json(
+        &self,
+        service: String,
+        function: String,
+        args: Value,
+        opts: epi::Opts,
+        decide: bool,
+    ) -> Result<Value, String> {
+        if decide {
+            let decision =
+                epi::host::decide_json(&service, &function, &args, opts).map_err(relayed)?;
+            serde_json::to_value(decision).map_err(|err| err.to_string())
+        } else {
+            epi::host::apply_json(&service, &function, &args, opts).map_err(relayed)
+        }
+    }
+
+    /// Data queries through the host: the keys of `service` and every source's value of `key`.
+    pub fn relay_data(
+        &self,
+        service: &str,
+        key: &str,
+    ) -> Result<(Vec<String>, Vec<Value>), String> {
+        let data = epi::host::data(service);
+        Ok((
+            data.keys().map_err(relayed)?,
+            data.get(key).map_err(relayed)?,
+        ))
+    }
+
+    /// `n` nested calls: `probe.ping(n - 1)` through the host, down to 0; returns the number
+    /// of calls that answered. Re-entrant (the same provider is called back) and, past the
+    /// host's depth limit, a clear error.
+    pub fn ping(&self, n: &u64) -> Result<u64, String> {
+        if *n == 0 {
+            return Ok(1);
+        }
+        let answers = epi::host::function::<u64, u64>("probe", "ping")
+            .apply(&(n - 1))
+            .map_err(relayed)?;
+        Ok(1 + answers.iter().sum::<u64>())
+    }
+
+    /// `math.sleep(ms)` through the host, returning every provider's label.
+    pub fn relay_sleep(&self, ms: &u64) -> Result<Vec<String>, String> {
+        epi::host::function::<u64, String>("math", "sleep")
+            .apply(ms)
+            .map_err(relayed)
+    }
+
+    /// `math.inc(0)` through the host `n` times with a handle resolved once; the sum.
+    pub fn inner_loop(&self, n: &u64) -> Result<u64, String> {
+        let inc = self
+            .inc
+            .get_or_init(|| epi::host::function::<u64, u64>("math", "inc"));
+        let mut sum = 0;
+        for _ in 0..*n {
+            for value in inc.apply(&0).map_err(relayed)? {
+                sum += value;
+            }
+        }
+        Ok(sum)
+    }
+
     /// Counts a call; returns the count so far (including previous builds').
     pub fn hit(&self) -> u64 {
         self.hits.fetch_add(1, Ordering::SeqCst) + 1
