@@ -20,7 +20,9 @@ use crate::abi::{
 use crate::data::{DataHandle, DataHub};
 use crate::dispatch::Dispatcher;
 use crate::error::Error;
-use crate::loader::{host, HostContext};
+use crate::abi::manifest::ProviderManifest;
+use crate::abi::ProviderTable;
+use crate::loader::{host, provider_from, DynamicProviders, HostContext};
 use crate::snapshot::Snapshot;
 
 /// The table every plugin of this process receives.
@@ -36,19 +38,34 @@ static HOST_VTABLE: HostVTable = HostVTable {
     run_concurrent,
     call_json,
     data,
+    add_provider,
+    remove_provider,
 };
 
-/// What a plugin's calls through the host reach: its registry's dispatcher and data.
+/// Publishes a new dispatch table after a plugin added or removed a provider.
+pub(crate) type Republish = Box<dyn Fn() + Send + Sync>;
+
+/// What a plugin's calls through the host reach: its registry's dispatcher and data, its own
+/// added providers, and how to publish a change of them.
 struct CallContext {
     dispatcher: Arc<Dispatcher>,
     data: Arc<DataHub>,
+    dynamic: Arc<DynamicProviders>,
+    republish: Republish,
 }
 
 /// The context a plugin loaded into this registry receives.
-pub(crate) fn context(dispatcher: &Arc<Dispatcher>, data: &Arc<DataHub>) -> HostContext {
+pub(crate) fn context(
+    dispatcher: &Arc<Dispatcher>,
+    data: &Arc<DataHub>,
+    dynamic: &Arc<DynamicProviders>,
+    republish: Republish,
+) -> HostContext {
     let owner = Box::new(CallContext {
         dispatcher: dispatcher.clone(),
         data: data.clone(),
+        dynamic: dynamic.clone(),
+        republish,
     });
     let pointer = &*owner as *const CallContext as *const c_void;
     HostContext {
@@ -335,4 +352,64 @@ unsafe extern "C" fn data(
     // SAFETY: the caller's contract.
     unsafe { put(output, bytes) };
     status
+}
+
+/// # Safety
+/// `context` is the context the plugin received; `manifest` lives for the call; `table` points
+/// at a table the plugin hands over (read once, here).
+unsafe extern "C" fn add_provider(
+    context: *const c_void,
+    manifest: StrRef,
+    table: *mut ProviderTable,
+    error: *mut RVec<u8>,
+) -> u64 {
+    // SAFETY: the caller's contract.
+    let (context, manifest, table) = unsafe {
+        (
+            &*(context as *const CallContext),
+            manifest.as_bytes(),
+            table.read(),
+        )
+    };
+    let native = context
+        .dynamic
+        .native
+        .load(std::sync::atomic::Ordering::Acquire);
+    let added = serde_json::from_slice::<ProviderManifest>(manifest)
+        .map_err(|err| format!("unreadable provider description: {err}"))
+        .and_then(|described| provider_from(described, table, native))
+        .and_then(|provider| context.dynamic.add(provider));
+    match added {
+        Ok(id) => {
+            if context
+                .dynamic
+                .published
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
+                (context.republish)();
+            }
+            id
+        }
+        Err(reason) => {
+            // SAFETY: the caller's contract.
+            unsafe { put(error, reason.into_bytes()) };
+            0
+        }
+    }
+}
+
+/// # Safety
+/// `context` is the context the plugin received.
+unsafe extern "C" fn remove_provider(context: *const c_void, id: u64) {
+    // SAFETY: the caller's contract.
+    let context = unsafe { &*(context as *const CallContext) };
+    let removed = context.dynamic.remove(id);
+    if removed
+        && context
+            .dynamic
+            .published
+            .load(std::sync::atomic::Ordering::Acquire)
+    {
+        (context.republish)();
+    }
 }

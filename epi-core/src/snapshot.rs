@@ -47,6 +47,9 @@ pub(crate) struct ServiceSlot {
 pub(crate) struct Snapshot {
     /// Increases with every published snapshot.
     pub(crate) generation: u64,
+    /// Providers plugins added at run time, as of this snapshot. Declared before `plugins` so
+    /// that they are released while their libraries are still mapped.
+    pub(crate) added: Vec<Vec<Arc<crate::loader::LoadedProvider>>>,
     /// Loaded plugins in dispatch order. Keeps their libraries mapped.
     pub(crate) plugins: Vec<Arc<LoadedPlugin>>,
     /// Indexed by `ServiceId`.
@@ -154,6 +157,11 @@ pub(crate) fn build(
 
     // (priority, plugin position, declaration position) orders providers; collect then sort.
     type Key = (Reverse<i32>, usize, usize);
+    // One reading of each plugin's added providers: the entries below point into these.
+    let added: Vec<Vec<Arc<crate::loader::LoadedProvider>>> = plugins
+        .iter()
+        .map(|plugin| plugin.dynamic.current())
+        .collect();
     let mut names: Vec<Arc<str>> = Vec::new();
     let mut lists: FxHashMap<FunctionId, Vec<(Key, ProviderCall)>> = FxHashMap::default();
     for (position, plugin) in plugins.iter().enumerate() {
@@ -165,7 +173,11 @@ pub(crate) fn build(
         }
         let default_priority = plugin_priority(config, plugin);
         let mut declaration = 0;
-        for provider in &plugin.providers {
+        let providers = plugin
+            .providers
+            .iter()
+            .chain(added[position].iter().map(|p| &**p));
+        for provider in providers {
             let (service_id, service_name) = interner.service(&provider.service);
             service_ids.insert((*provider.service).into(), service_id);
             let index = slot(&mut services, service_id);
@@ -186,7 +198,7 @@ pub(crate) fn build(
                         provider: StrRef::new(&provider.label),
                         service: StrRef::new(&service_name),
                         function: StrRef::new(&function_name),
-                        instance: provider.object.instance,
+                        instance: function.instance,
                         typed: function.typed,
                         stable: function.stable,
                         args: type_ref(&function.args),
@@ -211,6 +223,7 @@ pub(crate) fn build(
 
     Snapshot {
         generation,
+        added,
         plugins,
         services,
         service_ids,

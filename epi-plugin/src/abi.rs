@@ -354,6 +354,18 @@ pub struct HostVTable {
         output: *mut RVec<u8>,
         error: *mut RVec<u8>,
     ) -> u32,
+    /// Adds a provider of this plugin at run time. `manifest` is the JSON of a
+    /// [`manifest::ProviderManifest`]; the host takes ownership of `table` (read, then left
+    /// to the host). Returns the registration's id (never 0), or 0 with the reason in `error`
+    /// (the host released the object then).
+    pub add_provider: unsafe extern "C" fn(
+        context: *const c_void,
+        manifest: StrRef,
+        table: *mut ProviderTable,
+        error: *mut RVec<u8>,
+    ) -> u64,
+    /// Withdraws a provider `add_provider` registered (no-op for an unknown id).
+    pub remove_provider: unsafe extern "C" fn(context: *const c_void, id: u64),
     /// A data query on `service`: `query` 0 `get(key)` (JSON array of every source's value),
     /// 1 `keys` (JSON array of keys), 2 `get_value(source, key)` (the value or `null`).
     pub data: unsafe extern "C" fn(
@@ -456,6 +468,9 @@ pub struct ObjectTable {
 /// The entry points of one provider function; its names and types are in the manifest.
 #[repr(C)]
 pub struct FunctionTable {
+    /// The object its entry points receive: the provider object, or (for providers made of
+    /// closures) the function's own record inside it.
+    pub instance: *const c_void,
     /// Native call (same build only).
     pub typed: TypedCallFn,
     /// Stable call (MessagePack), also used for calls by name (JSON).

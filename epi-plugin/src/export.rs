@@ -4,10 +4,8 @@
 
 use std::ffi::c_void;
 
-use crate::abi::manifest::{DataManifest, DataSource, Manifest, ProviderManifest};
-use crate::abi::{
-    CallbackTable, HostVTable, PluginTables, ProviderTable, RVec, StrRef, STATUS_BAD_INPUT,
-};
+use crate::abi::manifest::{DataManifest, DataSource, Manifest};
+use crate::abi::{CallbackTable, HostVTable, PluginTables, RVec, StrRef, STATUS_BAD_INPUT};
 use crate::plugin::{Plugin, PluginContext, Source};
 use crate::shim::{guarded, put, read_json, write_json};
 
@@ -87,22 +85,10 @@ fn describe<P: Plugin>(plugin: P, package_version: &str) -> PluginTables {
     crate::runtime::set_app(&app);
     let mut providers = Vec::new();
     let mut provider_tables = Vec::new();
-    for mut provider in plugin.providers() {
-        let (functions, tables): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut provider.functions).into_iter().unzip();
-        providers.push(ProviderManifest {
-            service: std::mem::take(&mut provider.service),
-            label: std::mem::take(&mut provider.label),
-            priority: provider.priority,
-            functions,
-        });
-        provider_tables.push(ProviderTable {
-            object: provider
-                .object
-                .take()
-                .expect("a provider's object is handed over once"),
-            functions: RVec::from_vec(tables),
-        });
+    for provider in plugin.providers() {
+        let (manifest, table) = provider.into_parts();
+        providers.push(manifest);
+        provider_tables.push(table);
     }
     let mut callbacks = Vec::new();
     let data_providers = plugin

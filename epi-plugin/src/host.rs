@@ -387,3 +387,72 @@ impl Data {
         Ok((!value.is_null()).then_some(value))
     }
 }
+
+/// A provider this plugin added at run time ([`add_provider`]). Dropping it, or
+/// [`Registration::remove`], withdraws the provider; [`Registration::keep`] leaves it in place
+/// until [`remove_provider`] or until this plugin version is upgraded or unloaded.
+#[must_use = "dropping a registration withdraws its provider"]
+pub struct Registration {
+    id: u64,
+}
+
+impl Registration {
+    /// The registration's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Withdraws the provider now.
+    pub fn remove(self) {
+        drop(self)
+    }
+
+    /// Keeps the provider registered without this handle; returns its id.
+    pub fn keep(self) -> u64 {
+        let id = self.id;
+        std::mem::forget(self);
+        id
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        remove_provider(self.id);
+    }
+}
+
+/// Adds a provider of this plugin at run time: from the next call on, it takes part in the
+/// service's calls, ordered as a declared provider (priority, plugin order, then registration
+/// order after the declared ones). Its label must be unique in the plugin. A version that is
+/// upgraded or unloaded takes its added providers with it; hand what the next version needs
+/// to re-add them over with `export_state`.
+pub fn add_provider(provider: crate::Provider) -> Result<Registration, Error> {
+    let (table, context) = host()?;
+    let (manifest, mut provider_table) = provider.into_parts();
+    let manifest = serde_json::to_vec(&manifest).map_err(|err| Error::Remote(err.to_string()))?;
+    let mut error = RVec::new();
+    // SAFETY: the host's table and this plugin's context; the host takes the table's object and
+    // arrays (read out of `provider_table`, which is not used again).
+    let id = unsafe {
+        (table.add_provider)(
+            context,
+            StrRef::bytes(&manifest),
+            &mut provider_table,
+            &mut error,
+        )
+    };
+    std::mem::forget(provider_table);
+    if id == 0 {
+        return Err(Error::Remote(text(error)));
+    }
+    Ok(Registration { id })
+}
+
+/// Withdraws the provider registered as `id` (see [`Registration::keep`]); no-op for an
+/// unknown id.
+pub fn remove_provider(id: u64) {
+    if let Some((table, context)) = crate::runtime::host() {
+        // SAFETY: the host's table and this plugin's context.
+        unsafe { (table.remove_provider)(context, id) }
+    }
+}

@@ -49,6 +49,7 @@ pub mod error;
 pub mod export;
 pub mod host;
 pub mod http;
+mod json_provider;
 mod plugin;
 mod process;
 mod runtime;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::abi::manifest::FunctionManifest;
+use crate::abi::manifest::{FunctionManifest, ProviderManifest};
 use crate::abi::{FunctionTable, ObjectTable};
 use crate::shim::{BoxedCallback, FunctionEntry, Provides};
 
@@ -275,6 +275,61 @@ impl Provider {
     pub fn priority(mut self, priority: i32) -> Self {
         self.priority = Some(priority);
         self
+    }
+
+    /// A provider whose functions are only known at run time (a bridge to another process,
+    /// say): `handler(function, args)` answers each of `functions` with JSON values.
+    ///
+    /// Calls by name reach it with JSON; typed calls reach it when their argument and output
+    /// types are both `serde_json::Value`, and fail with a type error naming both signatures
+    /// otherwise.
+    pub fn json<F>(
+        service: impl Into<String>,
+        label: impl Into<String>,
+        functions: impl IntoIterator<Item = impl Into<String>>,
+        handler: F,
+    ) -> Self
+    where
+        F: Fn(&str, serde_json::Value) -> Result<serde_json::Value, String> + Send + Sync + 'static,
+    {
+        let handler: crate::json_provider::Handler = std::sync::Arc::new(handler);
+        let object = crate::json_provider::JsonProvider::new(functions, handler);
+        let functions = object.functions();
+        Provider {
+            service: service.into(),
+            label: label.into(),
+            priority: None,
+            functions,
+            object: Some(crate::shim::object(object)),
+        }
+    }
+
+    /// Splits the provider into what the manifest says and what the host calls; the host owns
+    /// the object from here.
+    pub(crate) fn into_parts(mut self) -> (ProviderManifest, crate::abi::ProviderTable) {
+        let object = self
+            .object
+            .take()
+            .expect("a provider's object is handed over once");
+        let (functions, mut tables): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.functions).into_iter().unzip();
+        for table in &mut tables {
+            if table.instance.is_null() {
+                table.instance = object.instance;
+            }
+        }
+        (
+            ProviderManifest {
+                service: std::mem::take(&mut self.service),
+                label: std::mem::take(&mut self.label),
+                priority: self.priority,
+                functions,
+            },
+            crate::abi::ProviderTable {
+                object,
+                functions: crate::abi::RVec::from_vec(tables),
+            },
+        )
     }
 }
 

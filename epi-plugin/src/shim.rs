@@ -80,6 +80,8 @@ pub fn function_entry<M: Method>() -> FunctionEntry<M::Provider> {
             output: type_desc::<M::Output>(),
         },
         table: FunctionTable {
+            // Set to the provider object when the provider is handed over.
+            instance: std::ptr::null(),
             typed: typed_shim::<M>,
             stable: stable_shim::<M>,
         },
@@ -169,7 +171,7 @@ pub unsafe extern "C" fn typed_shim<M: Method>(
 }
 
 /// Decodes arguments in `encoding`; a failure is [`STATUS_BAD_INPUT`] naming the type.
-fn decode<T: DeserializeOwned>(encoding: u32, bytes: &[u8]) -> Result<T, Failure> {
+pub(crate) fn decode<T: DeserializeOwned>(encoding: u32, bytes: &[u8]) -> Result<T, Failure> {
     let expected = || format!("expected {}", std::any::type_name::<T>());
     match encoding {
         ENCODING_MSGPACK => rmp_serde::from_slice(bytes)
@@ -180,7 +182,7 @@ fn decode<T: DeserializeOwned>(encoding: u32, bytes: &[u8]) -> Result<T, Failure
 }
 
 /// Appends `value` in `encoding` to `buffer`.
-fn encode<T: Serialize>(encoding: u32, value: &T, buffer: &mut Vec<u8>) -> Result<(), Failure> {
+pub(crate) fn encode<T: Serialize>(encoding: u32, value: &T, buffer: &mut Vec<u8>) -> Result<(), Failure> {
     let failed =
         |err: &dyn std::fmt::Display| (STATUS_FAILED, format!("cannot encode the result: {err}"));
     match encoding {

@@ -17,9 +17,11 @@ use std::sync::Arc;
 
 use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 
-use crate::abi::manifest::{DataManifest, DataSource, Manifest, ProcessManifest, TypeDesc};
+use crate::abi::manifest::{
+    DataManifest, DataSource, Manifest, ProcessManifest, ProviderManifest, TypeDesc,
+};
 use crate::abi::{
-    CallbackTable, JsonInFn, JsonOutFn, ObjectTable, PluginEntry, PluginTables, ProcessHost,
+    CallbackTable, JsonInFn, JsonOutFn, ObjectTable, PluginEntry, PluginTables, ProviderTable, ProcessHost,
     ProcessTable, RVec, StableCallFn, StrRef, TypedCallFn, ABI_MAJOR, BUILD_INFO, ENTRY_SYMBOL,
     EPI_VERSION, MAGIC, STATUS_OK, STATUS_PANICKED, TARGET,
 };
@@ -65,6 +67,8 @@ pub(crate) type Counters = crate::abi::CallCounters;
 /// One function of a loaded provider.
 pub(crate) struct LoadedFunction {
     pub(crate) name: String,
+    /// The object its entry points receive.
+    pub(crate) instance: *const c_void,
     pub(crate) args: TypeDesc,
     pub(crate) output: TypeDesc,
     /// The native entry point; `None` on the stable path.
@@ -74,12 +78,144 @@ pub(crate) struct LoadedFunction {
 }
 
 /// A provider of a loaded plugin, with names copied into host memory.
+///
+/// It owns its object: dropping it releases the object in the plugin's code, so it must be
+/// dropped while the plugin's library is mapped (a `LoadedPlugin` drops its providers first,
+/// and a snapshot drops added providers before its plugins).
 pub(crate) struct LoadedProvider {
     pub(crate) label: Arc<str>,
     pub(crate) service: Arc<str>,
     pub(crate) priority: Option<i32>,
-    pub(crate) object: ObjectTable,
+    object: ObjectTable,
     pub(crate) functions: Vec<LoadedFunction>,
+}
+
+// SAFETY: provider objects are `Send + Sync` (required by `Provides`); the raw pointers are
+// only dereferenced by the plugin's own shims.
+unsafe impl Send for LoadedProvider {}
+// SAFETY: as `Send`.
+unsafe impl Sync for LoadedProvider {}
+
+impl Drop for LoadedProvider {
+    fn drop(&mut self) {
+        // SAFETY: the object was handed over by the plugin and is released once, here, while
+        // its library is mapped (see the type's docs).
+        unsafe { release(&self.object) };
+    }
+}
+
+/// Builds a provider from its description and entry points; on a mismatch between them the
+/// object is released and the reason returned.
+pub(crate) fn provider_from(
+    described: ProviderManifest,
+    table: ProviderTable,
+    native: bool,
+) -> Result<LoadedProvider, String> {
+    // SAFETY: an array of `#[repr(C)]` tables the plugin built through the shared allocator.
+    let functions = unsafe { table.functions.into_vec() };
+    let mut provider = LoadedProvider {
+        label: Arc::from(described.label.as_str()),
+        service: Arc::from(described.service.as_str()),
+        priority: described.priority,
+        object: table.object,
+        functions: Vec::new(),
+    };
+    if described.functions.len() != functions.len() {
+        return Err(format!(
+            "provider `{}` describes {} functions but exports {}",
+            described.label,
+            described.functions.len(),
+            functions.len()
+        ));
+    }
+    let object = provider.object.instance as *const c_void;
+    provider.functions = described
+        .functions
+        .into_iter()
+        .zip(functions)
+        .map(|(function, entry)| LoadedFunction {
+            name: function.name,
+            instance: if entry.instance.is_null() {
+                object
+            } else {
+                entry.instance
+            },
+            args: function.args,
+            output: function.output,
+            typed: native.then_some(entry.typed),
+            stable: entry.stable,
+            counters: Arc::default(),
+        })
+        .collect();
+    let mut names = std::collections::HashSet::new();
+    for function in &provider.functions {
+        if !names.insert(function.name.as_str()) {
+            return Err(format!(
+                "provider `{}` has two functions named `{}`",
+                provider.label, function.name
+            ));
+        }
+    }
+    Ok(provider)
+}
+
+/// Providers a plugin version adds and removes at run time, shared by the version and the
+/// context its calls through the host carry.
+pub(crate) struct DynamicProviders {
+    /// Whether the version is the serving one and no registry change is calling into it:
+    /// only then does an addition or removal publish a new table at once.
+    pub(crate) published: std::sync::atomic::AtomicBool,
+    /// Whether the version is on the native call path (set before `init`).
+    pub(crate) native: std::sync::atomic::AtomicBool,
+    /// Labels of the providers the version declared (set when it is loaded).
+    declared: parking_lot::Mutex<Vec<Arc<str>>>,
+    list: parking_lot::Mutex<Vec<(u64, Arc<LoadedProvider>)>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+impl DynamicProviders {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(DynamicProviders {
+            published: Default::default(),
+            native: Default::default(),
+            declared: Default::default(),
+            list: Default::default(),
+            next_id: std::sync::atomic::AtomicU64::new(1),
+        })
+    }
+
+    /// Registers a provider; its id, or why not (a label already in use).
+    pub(crate) fn add(&self, provider: LoadedProvider) -> Result<u64, String> {
+        let mut list = self.list.lock();
+        let taken = self.declared.lock().iter().any(|l| *l == provider.label)
+            || list.iter().any(|(_, p)| p.label == provider.label);
+        if taken {
+            return Err(format!(
+                "a provider labelled `{}` is already registered by this plugin",
+                provider.label
+            ));
+        }
+        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        list.push((id, Arc::new(provider)));
+        Ok(id)
+    }
+
+    /// Withdraws a provider; whether it was registered.
+    pub(crate) fn remove(&self, id: u64) -> bool {
+        let mut list = self.list.lock();
+        let before = list.len();
+        list.retain(|(registered, _)| *registered != id);
+        list.len() != before
+    }
+
+    /// The registered providers, in registration order.
+    pub(crate) fn current(&self) -> Vec<Arc<LoadedProvider>> {
+        self.list.lock().iter().map(|(_, p)| p.clone()).collect()
+    }
+
+    fn clear(&self) -> Vec<(u64, Arc<LoadedProvider>)> {
+        std::mem::take(&mut *self.list.lock())
+    }
 }
 
 /// A plugin library mapped into the process, with the objects its `init` created.
@@ -105,6 +241,8 @@ pub struct LoadedPlugin {
     library: Option<Library>,
     /// Whether dropping this version closes its library (see `RetirePolicy`).
     close_library: bool,
+    /// Providers added at run time.
+    pub(crate) dynamic: Arc<DynamicProviders>,
     /// The context its calls through the host carry; released after the library.
     host: Option<HostContext>,
 }
@@ -291,10 +429,11 @@ unsafe fn release(object: &ObjectTable) {
 
 impl Drop for LoadedPlugin {
     fn drop(&mut self) {
-        for provider in &self.providers {
-            // SAFETY: handed over by this plugin's `init`, released once, library mapped.
-            unsafe { release(&provider.object) };
-        }
+        // Added providers still referenced elsewhere would outlive the library: none are, as
+        // every snapshot holding one holds this version too.
+        drop(self.dynamic.clear());
+        // Each provider releases its object when dropped.
+        self.providers.clear();
         for process in &self.process_tables {
             // SAFETY: as above.
             unsafe { release(&process.object) };
@@ -412,6 +551,7 @@ pub(crate) fn load(
     config: &str,
     close_native: bool,
     host: HostContext,
+    dynamic: Arc<DynamicProviders>,
 ) -> Result<LoadedPlugin, LoadError> {
     let path = &checked.path;
     let content_hash = checked.hash;
@@ -433,6 +573,10 @@ pub(crate) fn load(
     })?;
 
     let entry = read_entry(path, &library)?;
+    dynamic.native.store(
+        entry.call_path == CallPath::Native,
+        std::sync::atomic::Ordering::Release,
+    );
     let tables = initialise(path, &entry, config, &host)?;
     let close_library = close_native || entry.call_path == CallPath::Stable;
     let mut plugin = assemble(
@@ -443,7 +587,9 @@ pub(crate) fn load(
         copy,
         library,
         close_library,
+        dynamic,
     )?;
+    *plugin.dynamic.declared.lock() = plugin.providers.iter().map(|p| p.label.clone()).collect();
     plugin.host = Some(host);
     Ok(plugin)
 }
@@ -458,6 +604,7 @@ fn assemble(
     copy: PathBuf,
     library: Library,
     close_library: bool,
+    dynamic: Arc<DynamicProviders>,
 ) -> Result<LoadedPlugin, LoadError> {
     // SAFETY: `init` built these arrays of `#[repr(C)]` tables through the shared allocator.
     let (mut provider_tables, callbacks, process_tables) = unsafe {
@@ -495,6 +642,7 @@ fn assemble(
         object: tables.plugin,
         library: Some(library),
         close_library,
+        dynamic,
         host: None,
     };
     // From here on `plugin` owns every object: dropping it on an error releases them.
@@ -525,56 +673,20 @@ fn assemble(
     let provider_count = provider_tables.len();
     let mut manifests = manifest.providers.into_iter();
     for table in provider_tables {
-        // SAFETY: an array of `#[repr(C)]` tables built by `init` through the shared allocator.
-        let functions = unsafe { table.functions.into_vec() };
-        // Owned by the plugin from here, whatever is wrong with its description.
+        // Owned by the plugin from here (its object is released with it), whatever is wrong
+        // with its description.
         let Some(described) = manifests.next() else {
-            plugin.providers.push(LoadedProvider {
-                label: Arc::from(""),
-                service: Arc::from(""),
+            let orphan = ProviderManifest {
+                service: String::new(),
+                label: String::new(),
                 priority: None,
-                object: table.object,
                 functions: Vec::new(),
-            });
-            continue;
+            };
+            let _ = provider_from(orphan, table, native);
+            return Err(invalid(&app, "the manifest and the provider tables disagree".into()));
         };
-        if described.functions.len() != functions.len() {
-            plugin.providers.push(LoadedProvider {
-                label: Arc::from(described.label.as_str()),
-                service: Arc::from(described.service.as_str()),
-                priority: None,
-                object: table.object,
-                functions: Vec::new(),
-            });
-            return Err(invalid(
-                &app,
-                format!(
-                    "provider `{}` describes {} functions but exports {}",
-                    described.label,
-                    described.functions.len(),
-                    functions.len()
-                ),
-            ));
-        }
-        plugin.providers.push(LoadedProvider {
-            label: Arc::from(described.label.as_str()),
-            service: Arc::from(described.service.as_str()),
-            priority: described.priority,
-            object: table.object,
-            functions: described
-                .functions
-                .into_iter()
-                .zip(functions)
-                .map(|(function, entry)| LoadedFunction {
-                    name: function.name,
-                    args: function.args,
-                    output: function.output,
-                    typed: native.then_some(entry.typed),
-                    stable: entry.stable,
-                    counters: Arc::default(),
-                })
-                .collect(),
-        });
+        let provider = provider_from(described, table, native).map_err(|reason| invalid(&app, reason))?;
+        plugin.providers.push(provider);
     }
     if manifests.next().is_some() || plugin.providers.len() != provider_count {
         return Err(invalid(

@@ -251,13 +251,27 @@ impl Registry {
         let sequence = self.shared.sequence.fetch_add(1, Ordering::Relaxed);
         // The slow part (copy, dlopen, init) runs before taking the lock.
         let close_native = self.shared.config.retire == RetirePolicy::Unload;
+        let dynamic = loader::DynamicProviders::new();
+        let registry = Arc::downgrade(&self.shared);
+        let republish: crate::host_calls::Republish = Box::new(move || {
+            if let Some(shared) = registry.upgrade() {
+                Registry { shared }.republish();
+            }
+        });
+        let host = crate::host_calls::context(
+            &self.shared.dispatcher,
+            &self.shared.data,
+            &dynamic,
+            republish,
+        );
         let plugin = loader::load(
             checked,
             &self.shared.copies,
             sequence,
             &config_text,
             close_native,
-            crate::host_calls::context(&self.shared.dispatcher, &self.shared.data),
+            host,
+            dynamic,
         )?;
 
         let mut state = self.shared.state.lock();
@@ -283,8 +297,11 @@ impl Registry {
         let new_plugin = plugin.clone();
         let retired = match previous {
             Some(index) => {
-                // Its workers stop before the state is exported and the version retired.
-                processes::uninstall(&self.shared.engine, &state.plugins[index]);
+                // Its workers stop before the state is exported and the version retired; from
+                // here its added providers change nothing until it is gone.
+                let old = &state.plugins[index];
+                old.dynamic.published.store(false, Ordering::Release);
+                processes::uninstall(&self.shared.engine, old);
                 // Hand-over as late as possible: calls the old version answers after this
                 // point are not in the state it exported.
                 if let Some(handed) = state.plugins[index].export_state() {
@@ -308,6 +325,7 @@ impl Registry {
             },
         );
         let deliveries = self.publish(&state.plugins);
+        new_plugin.dynamic.published.store(true, Ordering::Release);
         processes::install(&self.shared.engine, &new_plugin);
         let outcome = match retired {
             Some(old) => {
@@ -359,6 +377,15 @@ impl Registry {
         }
     }
 
+    /// Publishes a new dispatch table for the plugins loaded now (after a plugin added or
+    /// removed a provider) and delivers the notifications.
+    pub(crate) fn republish(&self) {
+        let state = self.shared.state.lock();
+        let deliveries = self.publish(&state.plugins);
+        drop(state);
+        data::deliver(deliveries);
+    }
+
     /// Removes a plugin from dispatch. Calls already running finish on it; its library is
     /// closed when the last of them returns. Returns false when no such plugin is loaded.
     pub fn unload(&self, app: &str) -> bool {
@@ -374,6 +401,10 @@ impl Registry {
     fn unload_where(&self, matches: impl Fn(&LoadedPlugin) -> bool) -> Option<PluginInfo> {
         let mut state = self.shared.state.lock();
         let index = state.plugins.iter().position(|plugin| matches(plugin))?;
+        state.plugins[index]
+            .dynamic
+            .published
+            .store(false, Ordering::Release);
         processes::uninstall(&self.shared.engine, &state.plugins[index]);
         let old = state.plugins.remove(index);
         state.files.remove(&old.info.file);

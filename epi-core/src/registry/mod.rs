@@ -375,8 +375,8 @@ impl Registry {
 /// Providers of each service in plugin order, with versions.
 fn providers_by_service(snapshot: &Snapshot) -> BTreeMap<String, Vec<ProviderVersion>> {
     let mut services: BTreeMap<String, Vec<ProviderVersion>> = BTreeMap::new();
-    for plugin in &snapshot.plugins {
-        for provider in &plugin.providers {
+    for (plugin, added) in snapshot.plugins.iter().zip(&snapshot.added) {
+        for provider in plugin.providers.iter().chain(added.iter().map(|p| &**p)) {
             services
                 .entry(provider.service.to_string())
                 .or_default()

@@ -1,0 +1,113 @@
+//! Providers made of a closure over JSON values ([`crate::Provider::json`]): each function is
+//! a record inside the provider object, and its entry points receive that record.
+
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::abi::manifest::FunctionManifest;
+use crate::abi::{FunctionTable, RVec, StrRef, STATUS_FAILED};
+use crate::shim::{decode, encode, guarded, put, type_desc};
+
+/// Answers `(function, args)`.
+pub(crate) type Handler = Arc<dyn Fn(&str, Value) -> Result<Value, String> + Send + Sync>;
+
+/// One function: its name and the provider's handler.
+struct JsonFunction {
+    name: String,
+    handler: Handler,
+}
+
+/// The provider object: the function records (boxed, so their addresses never move).
+pub(crate) struct JsonProvider {
+    functions: Vec<Box<JsonFunction>>,
+}
+
+impl JsonProvider {
+    pub(crate) fn new(functions: impl IntoIterator<Item = impl Into<String>>, handler: Handler) -> Self {
+        JsonProvider {
+            functions: functions
+                .into_iter()
+                .map(|name| {
+                    Box::new(JsonFunction {
+                        name: name.into(),
+                        handler: handler.clone(),
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// Each function's manifest and entry points, pointing at its record.
+    pub(crate) fn functions(&self) -> Vec<(FunctionManifest, FunctionTable)> {
+        self.functions
+            .iter()
+            .map(|function| {
+                (
+                    FunctionManifest {
+                        name: function.name.clone(),
+                        args: type_desc::<Value>(),
+                        output: type_desc::<Value>(),
+                    },
+                    FunctionTable {
+                        instance: &**function as *const JsonFunction as *const c_void,
+                        typed: typed_shim,
+                        stable: stable_shim,
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+/// Native call: a `Value` in, a `Value` out, by pointer.
+///
+/// # Safety
+/// `instance` is a `JsonFunction` of this plugin, `input` a `Value`, `output` room for a
+/// `Value`, `error` a live buffer; the host checked the types.
+unsafe extern "C" fn typed_shim(
+    instance: *const c_void,
+    input: *const c_void,
+    output: *mut c_void,
+    error: *mut RVec<u8>,
+) -> u32 {
+    // SAFETY: the caller's contract.
+    unsafe {
+        guarded(error, || {
+            let function = &*(instance as *const JsonFunction);
+            let args = (*(input as *const Value)).clone();
+            let value =
+                (function.handler)(&function.name, args).map_err(|message| (STATUS_FAILED, message))?;
+            (output as *mut Value).write(value);
+            Ok(())
+        })
+    }
+}
+
+/// Stable call and calls by name: encoded `Value`s.
+///
+/// # Safety
+/// `instance` is a `JsonFunction` of this plugin, `input` live bytes, `output` and `error`
+/// live buffers.
+unsafe extern "C" fn stable_shim(
+    instance: *const c_void,
+    encoding: u32,
+    input: StrRef,
+    output: *mut RVec<u8>,
+    error: *mut RVec<u8>,
+) -> u32 {
+    // SAFETY: the caller's contract.
+    unsafe {
+        guarded(error, || {
+            let function = &*(instance as *const JsonFunction);
+            let args: Value = decode(encoding, input.as_bytes())?;
+            let value =
+                (function.handler)(&function.name, args).map_err(|message| (STATUS_FAILED, message))?;
+            let mut buffer = Vec::new();
+            encode(encoding, &value, &mut buffer)?;
+            put(output, buffer);
+            Ok(())
+        })
+    }
+}
