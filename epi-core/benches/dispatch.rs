@@ -245,9 +245,28 @@ fn from_plugin(c: &mut Criterion) {
     group.finish();
 }
 
+/// A plugin adding and then removing one provider (`probe.churn`: 100 cycles), with 100
+/// providers registered: the time per cycle is one addition plus one removal, each of which
+/// publishes a new dispatch table. `quiet`: a service no plugin defines (nobody is notified);
+/// `notified`: `math`, whose defining plugin receives each change (the old and new lists of
+/// 100 providers, as JSON) and keeps it.
+fn added_providers(c: &mut Criterion) {
+    const CYCLES: u64 = 100;
+    let mut group = c.benchmark_group("added_providers");
+    let registry = registry(100, None);
+    let churn = registry.function::<(u64, String), u64>("probe", "churn");
+    for service in ["quiet", "math"] {
+        let args = (CYCLES, service.to_string());
+        group.bench_function(BenchmarkId::new("add_remove_x100", service), |b| {
+            b.iter(|| black_box(churn.apply(black_box(&args)).unwrap()))
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = configure(&mut Criterion::default());
-    targets = resolve, apply, decide, dynamic, from_plugin
+    targets = resolve, apply, decide, dynamic, from_plugin, added_providers
 }
 criterion_main!(benches);

@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 use arc_swap::Guard;
 
+use crate::abi::manifest::ProviderManifest;
+use crate::abi::ProviderTable;
 use crate::abi::{
     CallIds, CallView, HostVTable, RVec, StrRef, STATUS_BAD_OPTIONS, STATUS_FAILED, STATUS_OK,
     STATUS_TOO_DEEP, STATUS_UNKNOWN_SERVICE,
@@ -20,8 +22,6 @@ use crate::abi::{
 use crate::data::{DataHandle, DataHub};
 use crate::dispatch::Dispatcher;
 use crate::error::Error;
-use crate::abi::manifest::ProviderManifest;
-use crate::abi::ProviderTable;
 use crate::loader::{host, provider_from, DynamicProviders, HostContext};
 use crate::snapshot::Snapshot;
 

@@ -15,7 +15,8 @@ pub(crate) type FunctionId = u32;
 pub(crate) struct Interner {
     services: FxHashMap<String, ServiceId>,
     service_names: Vec<Arc<str>>,
-    functions: FxHashMap<(ServiceId, String), FunctionId>,
+    /// Per service, its functions' ids (looked up by `&str`, without allocating).
+    functions: Vec<FxHashMap<Box<str>, FunctionId>>,
     function_names: Vec<Arc<str>>,
 }
 
@@ -40,12 +41,16 @@ impl Interner {
     }
 
     pub(crate) fn function(&mut self, service: ServiceId, name: &str) -> (FunctionId, Arc<str>) {
-        if let Some(&id) = self.functions.get(&(service, name.to_owned())) {
+        let index = service as usize;
+        if self.functions.len() <= index {
+            self.functions.resize_with(index + 1, Default::default);
+        }
+        if let Some(&id) = self.functions[index].get(name) {
             return (id, self.function_names[id as usize].clone());
         }
         let id = self.function_names.len() as FunctionId;
         let shared: Arc<str> = Arc::from(name);
-        self.functions.insert((service, name.to_owned()), id);
+        self.functions[index].insert(name.into(), id);
         self.function_names.push(shared.clone());
         (id, shared)
     }

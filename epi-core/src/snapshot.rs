@@ -179,14 +179,21 @@ pub(crate) fn build(
             .chain(added[position].iter().map(|p| &**p));
         for provider in providers {
             let (service_id, service_name) = interner.service(&provider.service);
-            service_ids.insert((*provider.service).into(), service_id);
+            if !service_ids.contains_key(&*provider.service) {
+                service_ids.insert((*provider.service).into(), service_id);
+            }
             let index = slot(&mut services, service_id);
             let priority = provider.priority.unwrap_or(default_priority);
             for function in &provider.functions {
                 let (function_id, function_name) = interner.function(service_id, &function.name);
-                services[index]
+                if !services[index]
                     .functions
-                    .insert(function.name.as_str().into(), function_id);
+                    .contains_key(function.name.as_str())
+                {
+                    services[index]
+                        .functions
+                        .insert(function.name.as_str().into(), function_id);
+                }
                 let key = (Reverse(priority), position, declaration);
                 declaration += 1;
                 lists.entry(function_id).or_default().push((

@@ -25,7 +25,10 @@ pub(crate) struct JsonProvider {
 }
 
 impl JsonProvider {
-    pub(crate) fn new(functions: impl IntoIterator<Item = impl Into<String>>, handler: Handler) -> Self {
+    pub(crate) fn new(
+        functions: impl IntoIterator<Item = impl Into<String>>,
+        handler: Handler,
+    ) -> Self {
         JsonProvider {
             functions: functions
                 .into_iter()
@@ -77,8 +80,8 @@ unsafe extern "C" fn typed_shim(
         guarded(error, || {
             let function = &*(instance as *const JsonFunction);
             let args = (*(input as *const Value)).clone();
-            let value =
-                (function.handler)(&function.name, args).map_err(|message| (STATUS_FAILED, message))?;
+            let value = (function.handler)(&function.name, args)
+                .map_err(|message| (STATUS_FAILED, message))?;
             (output as *mut Value).write(value);
             Ok(())
         })
@@ -102,8 +105,8 @@ unsafe extern "C" fn stable_shim(
         guarded(error, || {
             let function = &*(instance as *const JsonFunction);
             let args: Value = decode(encoding, input.as_bytes())?;
-            let value =
-                (function.handler)(&function.name, args).map_err(|message| (STATUS_FAILED, message))?;
+            let value = (function.handler)(&function.name, args)
+                .map_err(|message| (STATUS_FAILED, message))?;
             let mut buffer = Vec::new();
             encode(encoding, &value, &mut buffer)?;
             put(output, buffer);

@@ -182,7 +182,11 @@ pub(crate) fn decode<T: DeserializeOwned>(encoding: u32, bytes: &[u8]) -> Result
 }
 
 /// Appends `value` in `encoding` to `buffer`.
-pub(crate) fn encode<T: Serialize>(encoding: u32, value: &T, buffer: &mut Vec<u8>) -> Result<(), Failure> {
+pub(crate) fn encode<T: Serialize>(
+    encoding: u32,
+    value: &T,
+    buffer: &mut Vec<u8>,
+) -> Result<(), Failure> {
     let failed =
         |err: &dyn std::fmt::Display| (STATUS_FAILED, format!("cannot encode the result: {err}"));
     match encoding {

@@ -21,9 +21,9 @@ use crate::abi::manifest::{
     DataManifest, DataSource, Manifest, ProcessManifest, ProviderManifest, TypeDesc,
 };
 use crate::abi::{
-    CallbackTable, JsonInFn, JsonOutFn, ObjectTable, PluginEntry, PluginTables, ProviderTable, ProcessHost,
-    ProcessTable, RVec, StableCallFn, StrRef, TypedCallFn, ABI_MAJOR, BUILD_INFO, ENTRY_SYMBOL,
-    EPI_VERSION, MAGIC, STATUS_OK, STATUS_PANICKED, TARGET,
+    CallbackTable, JsonInFn, JsonOutFn, ObjectTable, PluginEntry, PluginTables, ProcessHost,
+    ProcessTable, ProviderTable, RVec, StableCallFn, StrRef, TypedCallFn, ABI_MAJOR, BUILD_INFO,
+    ENTRY_SYMBOL, EPI_VERSION, MAGIC, STATUS_OK, STATUS_PANICKED, TARGET,
 };
 use crate::engine::{WorkerContext, WorkerError};
 use crate::error::LoadError;
@@ -195,7 +195,9 @@ impl DynamicProviders {
                 provider.label
             ));
         }
-        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         list.push((id, Arc::new(provider)));
         Ok(id)
     }
@@ -683,9 +685,13 @@ fn assemble(
                 functions: Vec::new(),
             };
             let _ = provider_from(orphan, table, native);
-            return Err(invalid(&app, "the manifest and the provider tables disagree".into()));
+            return Err(invalid(
+                &app,
+                "the manifest and the provider tables disagree".into(),
+            ));
         };
-        let provider = provider_from(described, table, native).map_err(|reason| invalid(&app, reason))?;
+        let provider =
+            provider_from(described, table, native).map_err(|reason| invalid(&app, reason))?;
         plugin.providers.push(provider);
     }
     if manifests.next().is_some() || plugin.providers.len() != provider_count {

@@ -381,7 +381,7 @@ impl Registry {
     /// removed a provider) and delivers the notifications.
     pub(crate) fn republish(&self) {
         let state = self.shared.state.lock();
-        let deliveries = self.publish(&state.plugins);
+        let deliveries = self.publish_with(&state.plugins, false);
         drop(state);
         data::deliver(deliveries);
     }

@@ -353,6 +353,16 @@ impl Registry {
     /// Publishes the dispatch table for `loaded`, then syncs data. Returns the notifications to
     /// deliver once the caller released its locks.
     fn publish(&self, loaded: &[Arc<LoadedPlugin>]) -> Vec<(Arc<LoadedPlugin>, Notification)> {
+        self.publish_with(loaded, true)
+    }
+
+    /// As `publish`; `sync_data` is false when only providers added at run time changed (the
+    /// loaded plugins, so their data, are the same).
+    fn publish_with(
+        &self,
+        loaded: &[Arc<LoadedPlugin>],
+        sync_data: bool,
+    ) -> Vec<(Arc<LoadedPlugin>, Notification)> {
         let old = self.shared.dispatcher.current.load_full();
         let generation = old.generation + 1;
         let snapshot = {
@@ -367,48 +377,70 @@ impl Registry {
             "dispatch table published"
         );
         let mut deliveries = provider_changes(&old, &snapshot);
-        deliveries.extend(self.shared.data.sync(&snapshot.plugins));
+        if sync_data {
+            deliveries.extend(self.shared.data.sync(&snapshot.plugins));
+        }
         deliveries
     }
 }
 
-/// Providers of each service in plugin order, with versions.
-fn providers_by_service(snapshot: &Snapshot) -> BTreeMap<String, Vec<ProviderVersion>> {
-    let mut services: BTreeMap<String, Vec<ProviderVersion>> = BTreeMap::new();
+/// `(service, plugin, provider, version)` of every provider of a snapshot, borrowed, sorted by
+/// service (stable, so providers stay in plugin order within a service).
+fn provider_rows(snapshot: &Snapshot) -> Vec<(&str, &str, &str, &str)> {
+    let mut rows = Vec::new();
     for (plugin, added) in snapshot.plugins.iter().zip(&snapshot.added) {
         for provider in plugin.providers.iter().chain(added.iter().map(|p| &**p)) {
-            services
-                .entry(provider.service.to_string())
-                .or_default()
-                .push(ProviderVersion {
-                    plugin: plugin.info.app.clone(),
-                    provider: provider.label.to_string(),
-                    version: plugin.info.version.clone(),
-                });
+            rows.push((
+                &*provider.service,
+                plugin.info.app.as_str(),
+                &*provider.label,
+                plugin.info.version.as_str(),
+            ));
         }
     }
-    services
+    rows.sort_by_key(|row| row.0);
+    rows
 }
 
-/// Notifications to the plugins defining each service whose providers changed.
+/// The rows of one service.
+fn rows_of<'r, 's>(
+    rows: &'r [(&'s str, &'s str, &'s str, &'s str)],
+    service: &str,
+) -> &'r [(&'s str, &'s str, &'s str, &'s str)] {
+    let start = rows.partition_point(|row| row.0 < service);
+    let end = rows.partition_point(|row| row.0 <= service);
+    &rows[start..end]
+}
+
+/// Notifications to the plugins defining each service whose providers changed. Allocates only
+/// for the services that changed.
 fn provider_changes(old: &Snapshot, new: &Snapshot) -> Vec<(Arc<LoadedPlugin>, Notification)> {
-    let before = providers_by_service(old);
-    let after = providers_by_service(new);
-    let services: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    let before = provider_rows(old);
+    let after = provider_rows(new);
+    let group = |rows: &[(&str, &str, &str, &str)], service: &str| -> Vec<ProviderVersion> {
+        rows.iter()
+            .filter(|row| row.0 == service)
+            .map(|row| ProviderVersion {
+                plugin: row.1.to_owned(),
+                provider: row.2.to_owned(),
+                version: row.3.to_owned(),
+            })
+            .collect()
+    };
+    let services: std::collections::BTreeSet<&str> =
+        before.iter().chain(after.iter()).map(|row| row.0).collect();
     let mut deliveries = Vec::new();
     for service in services {
-        let old_providers = before.get(service).cloned().unwrap_or_default();
-        let new_providers = after.get(service).cloned().unwrap_or_default();
-        if old_providers == new_providers {
+        if rows_of(&before, service) == rows_of(&after, service) {
             continue;
         }
         let notification = Notification::Providers {
-            service: service.clone(),
-            old: old_providers,
-            new: new_providers,
+            service: service.to_owned(),
+            old: group(&before, service),
+            new: group(&after, service),
         };
         for plugin in &new.plugins {
-            if plugin.info.services.contains(service) {
+            if plugin.info.services.iter().any(|s| s == service) {
                 deliveries.push((plugin.clone(), notification.clone()));
             }
         }

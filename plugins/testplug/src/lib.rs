@@ -175,6 +175,38 @@ pub struct TestPlug {
     callback: Arc<Mutex<CallbackState>>,
     /// Calls to `probe.hit`, across upgrades.
     hits: Arc<AtomicU64>,
+    /// Providers added at run time: their configuration and registration, by id.
+    added: Added,
+}
+
+/// Providers a plugin added at run time, by registration id.
+type Added = Arc<Mutex<std::collections::BTreeMap<u64, (Value, epi::host::Registration)>>>;
+
+/// The provider a configuration describes.
+fn configured(config: &ProviderConfig, arrivals: &Arc<AtomicU32>) -> Provider {
+    let provider = match config.kind {
+        Kind::Number => Provider::new(
+            config.service.clone(),
+            Scripted::new(config, arrivals.clone()),
+        ),
+        Kind::Text => Provider::new(config.service.clone(), Texty::new(config)),
+    };
+    let provider = provider.label(config.label.clone());
+    match config.priority {
+        Some(priority) => provider.priority(priority),
+        None => provider,
+    }
+}
+
+/// Adds the provider `config` (JSON of a `ProviderConfig`) describes through the host.
+fn add_configured(config: Value, added: &Added) -> Result<u64, String> {
+    let parsed: ProviderConfig =
+        serde_json::from_value(config.clone()).map_err(|err| err.to_string())?;
+    let registration = epi::host::add_provider(configured(&parsed, &Arc::default()))
+        .map_err(|err| err.to_string())?;
+    let id = registration.id();
+    added.lock().unwrap().insert(id, (config, registration));
+    Ok(id)
 }
 
 impl TestPlug {
@@ -196,6 +228,7 @@ impl TestPlug {
             received: Arc::default(),
             callback: Arc::default(),
             hits: Arc::default(),
+            added: Arc::default(),
         }
     }
 }
@@ -217,7 +250,10 @@ impl Plugin for TestPlug {
     fn export_state(&self) -> Option<epi::PluginState> {
         Some(epi::PluginState {
             format: STATE_FORMAT,
-            data: serde_json::json!({"hits": self.hits.load(Ordering::SeqCst)}),
+            data: serde_json::json!({
+                "hits": self.hits.load(Ordering::SeqCst),
+                "added": self.added.lock().unwrap().values().map(|(config, _)| config.clone()).collect::<Vec<_>>(),
+            }),
         })
     }
 
@@ -225,6 +261,12 @@ impl Plugin for TestPlug {
         if state.format == STATE_FORMAT {
             let hits = state.data["hits"].as_u64().unwrap_or(0);
             self.hits.fetch_add(hits, Ordering::SeqCst);
+            // Re-add what the previous version had added (published with this version).
+            for config in state.data["added"].as_array().cloned().unwrap_or_default() {
+                if let Err(err) = add_configured(config, &self.added) {
+                    epi::log::error(&format!("cannot re-add a provider: {err}"));
+                }
+            }
         }
     }
 
@@ -338,6 +380,7 @@ impl Plugin for TestPlug {
             callback: self.callback.clone(),
             hits: self.hits.clone(),
             inc: std::sync::OnceLock::new(),
+            added: self.added.clone(),
         };
         std::iter::once(Provider::new("probe", probe))
             .chain(
@@ -352,18 +395,7 @@ impl Plugin for TestPlug {
 
 impl TestPlug {
     fn configured(&self, config: &ProviderConfig) -> Provider {
-        let provider = match config.kind {
-            Kind::Number => Provider::new(
-                config.service.clone(),
-                Scripted::new(config, self.arrivals.clone()),
-            ),
-            Kind::Text => Provider::new(config.service.clone(), Texty::new(config)),
-        };
-        let provider = provider.label(config.label.clone());
-        match config.priority {
-            Some(priority) => provider.priority(priority),
-            None => provider,
-        }
+        configured(config, &self.arrivals)
     }
 }
 
@@ -374,6 +406,7 @@ pub struct Probe {
     hits: Arc<AtomicU64>,
     /// `math.inc` through the host, resolved once (for `inner_loop`).
     inc: std::sync::OnceLock<epi::host::Function<u64, u64>>,
+    added: Added,
 }
 
 /// A provider error from a host error.
@@ -383,6 +416,66 @@ fn relayed(err: epi::Error) -> String {
 
 #[epi::provider]
 impl Probe {
+    /// Adds the provider `config` describes (as in the plugin's `providers`); its id.
+    pub fn add_provider(&self, config: Value) -> Result<u64, String> {
+        add_configured(config, &self.added)
+    }
+
+    /// Withdraws an added provider; whether it was added.
+    pub fn remove_provider(&self, id: &u64) -> bool {
+        self.added.lock().unwrap().remove(id).is_some()
+    }
+
+    /// Labels of the added providers, in registration order.
+    pub fn added(&self) -> Vec<String> {
+        self.added
+            .lock()
+            .unwrap()
+            .values()
+            .map(|(config, _)| config["label"].as_str().unwrap_or("?").to_owned())
+            .collect()
+    }
+
+    /// Adds a provider of `math` made of a closure over JSON: `value(x)` is `x + 1000`,
+    /// `echo(v)` is `v`. Its id.
+    pub fn add_json_provider(&self, label: String) -> Result<u64, String> {
+        let provider = Provider::json(
+            "math",
+            label.clone(),
+            ["value", "echo"],
+            |function, args| match function {
+                "value" => args
+                    .as_i64()
+                    .map(|x| Value::from(x + 1000))
+                    .ok_or_else(|| format!("value takes a number, not {args}")),
+                _ => Ok(args),
+            },
+        );
+        let registration = epi::host::add_provider(provider).map_err(|err| err.to_string())?;
+        let id = registration.id();
+        self.added
+            .lock()
+            .unwrap()
+            .insert(id, (serde_json::json!({"label": label}), registration));
+        Ok(id)
+    }
+
+    /// Adds and removes the provider `{"label": "churn-<k>", "add": k}` of `service` for k in
+    /// 1..=n; the number of cycles.
+    pub fn churn(&self, n: u64, service: String) -> Result<u64, String> {
+        for k in 1..=n {
+            let config =
+                serde_json::json!({"label": format!("churn-{k}"), "add": k, "service": service});
+            let provider = configured(
+                &serde_json::from_value(config).map_err(|err| err.to_string())?,
+                &Arc::default(),
+            );
+            let registration = epi::host::add_provider(provider).map_err(|err| err.to_string())?;
+            registration.remove();
+        }
+        Ok(n)
+    }
+
     /// `math.value(x)` of every provider, called through the host.
     pub fn relay(&self, x: &i64) -> Result<Vec<i64>, String> {
         epi::host::function::<i64, i64>("math", "value")
