@@ -19,9 +19,10 @@ struct JsonFunction {
     handler: Handler,
 }
 
-/// The provider object: the function records (boxed, so their addresses never move).
+/// The provider object: the function records (built once and never changed, so their
+/// addresses never move).
 pub(crate) struct JsonProvider {
-    functions: Vec<Box<JsonFunction>>,
+    functions: Vec<JsonFunction>,
 }
 
 impl JsonProvider {
@@ -32,11 +33,9 @@ impl JsonProvider {
         JsonProvider {
             functions: functions
                 .into_iter()
-                .map(|name| {
-                    Box::new(JsonFunction {
-                        name: name.into(),
-                        handler: handler.clone(),
-                    })
+                .map(|name| JsonFunction {
+                    name: name.into(),
+                    handler: handler.clone(),
                 })
                 .collect(),
         }
@@ -54,7 +53,7 @@ impl JsonProvider {
                         output: type_desc::<Value>(),
                     },
                     FunctionTable {
-                        instance: &**function as *const JsonFunction as *const c_void,
+                        instance: function as *const JsonFunction as *const c_void,
                         typed: typed_shim,
                         stable: stable_shim,
                     },

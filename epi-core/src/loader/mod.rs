@@ -187,7 +187,7 @@ impl DynamicProviders {
     /// Registers a provider; its id, or why not (a label already in use).
     pub(crate) fn add(&self, provider: LoadedProvider) -> Result<u64, String> {
         let mut list = self.list.lock();
-        let taken = self.declared.lock().iter().any(|l| *l == provider.label)
+        let taken = self.declared.lock().contains(&provider.label)
             || list.iter().any(|(_, p)| p.label == provider.label);
         if taken {
             return Err(format!(
@@ -596,6 +596,7 @@ pub(crate) fn load(
     Ok(plugin)
 }
 
+#[allow(clippy::too_many_arguments)]
 /// Turns the tables `init` handed over into a [`LoadedPlugin`] (which owns them from here on,
 /// so a failure releases every object in the plugin's code before the library closes).
 fn assemble(
