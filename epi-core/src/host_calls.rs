@@ -43,7 +43,7 @@ static HOST_VTABLE: HostVTable = HostVTable {
 };
 
 /// Publishes a new dispatch table after a plugin added or removed a provider.
-pub(crate) type Republish = Box<dyn Fn() + Send + Sync>;
+pub(crate) type Republish = Box<dyn Fn(&str) + Send + Sync>;
 
 /// What a plugin's calls through the host reach: its registry's dispatcher and data, its own
 /// added providers, and how to publish a change of them.
@@ -378,15 +378,18 @@ unsafe extern "C" fn add_provider(
     let added = serde_json::from_slice::<ProviderManifest>(manifest)
         .map_err(|err| format!("unreadable provider description: {err}"))
         .and_then(|described| provider_from(described, table, native))
-        .and_then(|provider| context.dynamic.add(provider));
+        .and_then(|provider| {
+            let service = provider.service.clone();
+            context.dynamic.add(provider).map(|id| (id, service))
+        });
     match added {
-        Ok(id) => {
+        Ok((id, service)) => {
             if context
                 .dynamic
                 .published
                 .load(std::sync::atomic::Ordering::Acquire)
             {
-                (context.republish)();
+                (context.republish)(&service);
             }
             id
         }
@@ -404,12 +407,13 @@ unsafe extern "C" fn remove_provider(context: *const c_void, id: u64) {
     // SAFETY: the caller's contract.
     let context = unsafe { &*(context as *const CallContext) };
     let removed = context.dynamic.remove(id);
-    if removed
-        && context
+    if let Some(service) = removed {
+        if context
             .dynamic
             .published
             .load(std::sync::atomic::Ordering::Acquire)
-    {
-        (context.republish)();
+        {
+            (context.republish)(&service);
+        }
     }
 }

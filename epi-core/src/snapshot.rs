@@ -36,7 +36,7 @@ fn type_ref(desc: &TypeDesc) -> TypeRef {
 }
 
 /// Per service: whether a plugin defines it and its functions that have providers.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub(crate) struct ServiceSlot {
     pub(crate) declared: bool,
     pub(crate) functions: FxHashMap<Box<str>, FunctionId>,
@@ -56,10 +56,11 @@ pub(crate) struct Snapshot {
     pub(crate) services: Vec<ServiceSlot>,
     /// Ids of the services this snapshot names, for calls by name without the interner's lock.
     pub(crate) service_ids: FxHashMap<Box<str>, ServiceId>,
-    /// Indexed by `FunctionId`: providers in call order.
-    pub(crate) functions: Vec<Box<[ProviderCall]>>,
-    /// The service and function names the entries point at (kept alive, never read).
-    _names: Vec<Arc<str>>,
+    /// Indexed by `FunctionId`: providers in call order (shared by the snapshots a change of
+    /// another service's providers builds).
+    pub(crate) functions: Vec<Arc<[ProviderCall]>>,
+    /// The service and function names the entries point at: the interner never drops a name.
+    _names: Option<Arc<parking_lot::Mutex<Interner>>>,
 }
 
 impl Snapshot {
@@ -140,10 +141,12 @@ pub(crate) fn build(
     generation: u64,
     loaded: &[Arc<LoadedPlugin>],
     config: &Rules,
-    interner: &mut Interner,
+    names: &Arc<parking_lot::Mutex<Interner>>,
 ) -> Snapshot {
     let mut plugins = loaded.to_vec();
     plugins.sort_by_cached_key(|plugin| plugin_rank(config, &plugin.info.app));
+    let mut interner = names.lock();
+    let interner = &mut *interner;
 
     let mut services: Vec<ServiceSlot> = Vec::new();
     let mut service_ids: FxHashMap<Box<str>, ServiceId> = FxHashMap::default();
@@ -156,13 +159,11 @@ pub(crate) fn build(
     };
 
     // (priority, plugin position, declaration position) orders providers; collect then sort.
-    type Key = (Reverse<i32>, usize, usize);
     // One reading of each plugin's added providers: the entries below point into these.
     let added: Vec<Vec<Arc<crate::loader::LoadedProvider>>> = plugins
         .iter()
         .map(|plugin| plugin.dynamic.current())
         .collect();
-    let mut names: Vec<Arc<str>> = Vec::new();
     let mut lists: FxHashMap<FunctionId, Vec<(Key, ProviderCall)>> = FxHashMap::default();
     for (position, plugin) in plugins.iter().enumerate() {
         for service in &plugin.info.services {
@@ -212,20 +213,13 @@ pub(crate) fn build(
                         output: type_ref(&function.output),
                     },
                 ));
-                names.push(service_name.clone());
-                names.push(function_name);
             }
         }
     }
 
-    let mut functions: Vec<Box<[ProviderCall]>> = Vec::new();
-    for (id, mut list) in lists {
-        list.sort_by_key(|(key, _)| *key);
-        let index = id as usize;
-        if functions.len() <= index {
-            functions.resize_with(index + 1, Default::default);
-        }
-        functions[index] = list.into_iter().map(|(_, call)| call).collect();
+    let mut functions: Vec<Arc<[ProviderCall]>> = Vec::new();
+    for (id, list) in lists {
+        set_list(&mut functions, id, list);
     }
 
     Snapshot {
@@ -235,6 +229,106 @@ pub(crate) fn build(
         services,
         service_ids,
         functions,
-        _names: names,
+        _names: Some(names.clone()),
+    }
+}
+
+type Key = (Reverse<i32>, usize, usize);
+
+/// Sorts `list` by key and stores it as function `id`'s providers.
+fn set_list(
+    functions: &mut Vec<Arc<[ProviderCall]>>,
+    id: FunctionId,
+    mut list: Vec<(Key, ProviderCall)>,
+) {
+    list.sort_by_key(|(key, _)| *key);
+    let index = id as usize;
+    if functions.len() <= index {
+        functions.resize_with(index + 1, || Arc::from(Vec::new()));
+    }
+    functions[index] = list.into_iter().map(|(_, call)| call).collect();
+}
+
+/// The snapshot after providers added at run time changed for `service` only (the loaded
+/// plugins are those of `old`): every other function keeps its list.
+pub(crate) fn update_service(
+    old: &Snapshot,
+    generation: u64,
+    config: &Rules,
+    names: &Arc<parking_lot::Mutex<Interner>>,
+    service: &str,
+) -> Snapshot {
+    let plugins = old.plugins.clone();
+    let added: Vec<Vec<Arc<crate::loader::LoadedProvider>>> = plugins
+        .iter()
+        .map(|plugin| plugin.dynamic.current())
+        .collect();
+    let mut services = old.services.clone();
+    let mut service_ids = old.service_ids.clone();
+    let mut functions = old.functions.clone();
+    let mut interner = names.lock();
+    let (service_id, service_name) = interner.service(service);
+    if !service_ids.contains_key(service) {
+        service_ids.insert(service.into(), service_id);
+    }
+    let index = service_id as usize;
+    if services.len() <= index {
+        services.resize_with(index + 1, ServiceSlot::default);
+    }
+    let mut lists: FxHashMap<FunctionId, Vec<(Key, ProviderCall)>> = services[index]
+        .functions
+        .values()
+        .map(|&id| (id, Vec::new()))
+        .collect();
+    for (position, plugin) in plugins.iter().enumerate() {
+        let default_priority = plugin_priority(config, plugin);
+        let providers = plugin
+            .providers
+            .iter()
+            .chain(added[position].iter().map(|p| &**p))
+            .filter(|provider| &*provider.service == service);
+        for (declaration, provider) in providers.enumerate() {
+            let priority = provider.priority.unwrap_or(default_priority);
+            for function in &provider.functions {
+                let (function_id, function_name) = interner.function(service_id, &function.name);
+                if !services[index]
+                    .functions
+                    .contains_key(function.name.as_str())
+                {
+                    services[index]
+                        .functions
+                        .insert(function.name.as_str().into(), function_id);
+                }
+                lists.entry(function_id).or_default().push((
+                    (Reverse(priority), position, declaration),
+                    ProviderEntry {
+                        counters: Arc::as_ptr(&function.counters),
+                        count_calls: config.count_calls as u32,
+                        plugin: StrRef::new(&plugin.app),
+                        provider: StrRef::new(&provider.label),
+                        service: StrRef::new(&service_name),
+                        function: StrRef::new(&function_name),
+                        instance: function.instance,
+                        typed: function.typed,
+                        stable: function.stable,
+                        args: type_ref(&function.args),
+                        output: type_ref(&function.output),
+                    },
+                ));
+            }
+        }
+    }
+    drop(interner);
+    for (id, list) in lists {
+        set_list(&mut functions, id, list);
+    }
+    Snapshot {
+        generation,
+        added,
+        plugins,
+        services,
+        service_ids,
+        functions,
+        _names: Some(names.clone()),
     }
 }

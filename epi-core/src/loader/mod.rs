@@ -202,12 +202,15 @@ impl DynamicProviders {
         Ok(id)
     }
 
-    /// Withdraws a provider; whether it was registered.
-    pub(crate) fn remove(&self, id: u64) -> bool {
+    /// Withdraws a provider; its service, if it was registered. The provider itself is
+    /// released by whoever drops the last reference (the caller, or a snapshot).
+    pub(crate) fn remove(&self, id: u64) -> Option<Arc<str>> {
         let mut list = self.list.lock();
-        let before = list.len();
-        list.retain(|(registered, _)| *registered != id);
-        list.len() != before
+        let position = list.iter().position(|(registered, _)| *registered == id)?;
+        let (_, provider) = list.remove(position);
+        // Released outside the lock: the release runs the plugin's code.
+        drop(list);
+        Some(provider.service.clone())
     }
 
     /// The registered providers, in registration order.

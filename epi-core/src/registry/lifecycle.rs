@@ -253,9 +253,9 @@ impl Registry {
         let close_native = self.shared.config.retire == RetirePolicy::Unload;
         let dynamic = loader::DynamicProviders::new();
         let registry = Arc::downgrade(&self.shared);
-        let republish: crate::host_calls::Republish = Box::new(move || {
+        let republish: crate::host_calls::Republish = Box::new(move |service| {
             if let Some(shared) = registry.upgrade() {
-                Registry { shared }.republish();
+                Registry { shared }.republish(service);
             }
         });
         let host = crate::host_calls::context(
@@ -377,11 +377,11 @@ impl Registry {
         }
     }
 
-    /// Publishes a new dispatch table for the plugins loaded now (after a plugin added or
-    /// removed a provider) and delivers the notifications.
-    pub(crate) fn republish(&self) {
+    /// Publishes a new dispatch table after a plugin added or removed a provider of
+    /// `service`, and delivers the notifications.
+    pub(crate) fn republish(&self, service: &str) {
         let state = self.shared.state.lock();
-        let deliveries = self.publish_with(&state.plugins, false);
+        let deliveries = self.publish_with(&state.plugins, Some(service));
         drop(state);
         data::deliver(deliveries);
     }

@@ -353,21 +353,25 @@ impl Registry {
     /// Publishes the dispatch table for `loaded`, then syncs data. Returns the notifications to
     /// deliver once the caller released its locks.
     fn publish(&self, loaded: &[Arc<LoadedPlugin>]) -> Vec<(Arc<LoadedPlugin>, Notification)> {
-        self.publish_with(loaded, true)
+        self.publish_with(loaded, None)
     }
 
-    /// As `publish`; `sync_data` is false when only providers added at run time changed (the
+    /// As `publish`; with `changed`, only the providers a plugin added at run time for that
+    /// service changed: the other functions keep their lists, and data is not synced (the
     /// loaded plugins, so their data, are the same).
-    fn publish_with(
+    pub(crate) fn publish_with(
         &self,
         loaded: &[Arc<LoadedPlugin>],
-        sync_data: bool,
+        changed: Option<&str>,
     ) -> Vec<(Arc<LoadedPlugin>, Notification)> {
         let old = self.shared.dispatcher.current.load_full();
         let generation = old.generation + 1;
-        let snapshot = {
-            let mut interner = self.shared.dispatcher.interner.lock();
-            snapshot::build(generation, loaded, &self.shared.rules, &mut interner)
+        let names = &self.shared.dispatcher.interner;
+        let snapshot = match changed {
+            Some(service) => {
+                snapshot::update_service(&old, generation, &self.shared.rules, names, service)
+            }
+            None => snapshot::build(generation, loaded, &self.shared.rules, names),
         };
         let snapshot = Arc::new(snapshot);
         self.shared.dispatcher.current.store(snapshot.clone());
@@ -376,8 +380,8 @@ impl Registry {
             plugins = loaded.len(),
             "dispatch table published"
         );
-        let mut deliveries = provider_changes(&old, &snapshot);
-        if sync_data {
+        let mut deliveries = provider_changes(&old, &snapshot, changed);
+        if changed.is_none() {
             deliveries.extend(self.shared.data.sync(&snapshot.plugins));
         }
         deliveries
@@ -386,10 +390,14 @@ impl Registry {
 
 /// `(service, plugin, provider, version)` of every provider of a snapshot, borrowed, sorted by
 /// service (stable, so providers stay in plugin order within a service).
-fn provider_rows(snapshot: &Snapshot) -> Vec<(&str, &str, &str, &str)> {
+fn provider_rows<'s>(
+    snapshot: &'s Snapshot,
+    only: Option<&str>,
+) -> Vec<(&'s str, &'s str, &'s str, &'s str)> {
     let mut rows = Vec::new();
     for (plugin, added) in snapshot.plugins.iter().zip(&snapshot.added) {
-        for provider in plugin.providers.iter().chain(added.iter().map(|p| &**p)) {
+        let providers = plugin.providers.iter().chain(added.iter().map(|p| &**p));
+        for provider in providers.filter(|p| only.is_none_or(|service| *p.service == *service)) {
             rows.push((
                 &*provider.service,
                 plugin.info.app.as_str(),
@@ -414,9 +422,13 @@ fn rows_of<'r, 's>(
 
 /// Notifications to the plugins defining each service whose providers changed. Allocates only
 /// for the services that changed.
-fn provider_changes(old: &Snapshot, new: &Snapshot) -> Vec<(Arc<LoadedPlugin>, Notification)> {
-    let before = provider_rows(old);
-    let after = provider_rows(new);
+fn provider_changes(
+    old: &Snapshot,
+    new: &Snapshot,
+    only: Option<&str>,
+) -> Vec<(Arc<LoadedPlugin>, Notification)> {
+    let before = provider_rows(old, only);
+    let after = provider_rows(new, only);
     let group = |rows: &[(&str, &str, &str, &str)], service: &str| -> Vec<ProviderVersion> {
         rows.iter()
             .filter(|row| row.0 == service)
