@@ -35,6 +35,42 @@ pub(crate) struct Dispatcher {
     pub(crate) max_depth: usize,
 }
 
+thread_local! {
+    /// The dispatch table a call in progress on this thread holds (and of which dispatcher):
+    /// calls that plugins make from inside it read the same table without pinning it again.
+    static PINNED: std::cell::Cell<(*const Dispatcher, *const Snapshot)> =
+        const { std::cell::Cell::new((std::ptr::null(), std::ptr::null())) };
+}
+
+/// Marks `snapshot` as the table this thread's calls read until dropped; restores the
+/// previous mark then. The caller keeps `snapshot` alive for as long as the mark exists.
+pub(crate) struct Pinned {
+    previous: (*const Dispatcher, *const Snapshot),
+}
+
+impl Pinned {
+    #[inline]
+    pub(crate) fn new(dispatcher: &Dispatcher, snapshot: &Snapshot) -> Self {
+        Pinned {
+            previous: PINNED.replace((dispatcher, snapshot)),
+        }
+    }
+
+    /// The table a call in progress on this thread holds for `dispatcher`, if any.
+    #[inline]
+    pub(crate) fn current(dispatcher: &Dispatcher) -> Option<*const Snapshot> {
+        let (pinned, snapshot) = PINNED.get();
+        std::ptr::eq(pinned, dispatcher).then_some(snapshot)
+    }
+}
+
+impl Drop for Pinned {
+    #[inline]
+    fn drop(&mut self) {
+        PINNED.set(self.previous);
+    }
+}
+
 impl Dispatcher {
     /// A handle to a service.
     pub(crate) fn service(self: &Arc<Self>, name: &str) -> ServiceHandle {
@@ -131,6 +167,8 @@ impl ServiceHandle {
     pub fn apply<A: Argument, O: Output>(&self, function: &str, args: &A) -> Result<Vec<O>, Error> {
         let _span = tracing::trace_span!("epi.apply", service = %self.name, function).entered();
         let snapshot = self.shared.current.load();
+        // Calls plugins make from inside this one read the same table.
+        let _pinned = Pinned::new(&self.shared, &snapshot);
         let list = self.list(&snapshot, function)?;
         let checked = core::precheck::<A, O>(list, false)?.expect("checked without ignore_errors");
         core::apply(checked, args)
@@ -147,6 +185,8 @@ impl ServiceHandle {
     ) -> Result<Vec<Result<O, ProviderError>>, Error> {
         let _span = tracing::trace_span!("epi.apply", service = %self.name, function).entered();
         let snapshot = self.shared.current.load();
+        // Calls plugins make from inside this one read the same table.
+        let _pinned = Pinned::new(&self.shared, &snapshot);
         let list = self.list(&snapshot, function)?;
         let checked = core::precheck::<A, O>(list, opts.ignore_errors)?;
         core::apply_with(&*self.shared, list, checked, args, opts)
@@ -161,6 +201,8 @@ impl ServiceHandle {
     ) -> Result<Decision<T>, Error> {
         let _span = tracing::trace_span!("epi.decide", service = %self.name, function).entered();
         let snapshot = self.shared.current.load();
+        // Calls plugins make from inside this one read the same table.
+        let _pinned = Pinned::new(&self.shared, &snapshot);
         let list = self.list(&snapshot, function)?;
         let checked = core::precheck::<A, Decision<T>>(list, opts.ignore_errors)?;
         core::decide(list, checked, args, opts)
@@ -176,6 +218,8 @@ impl ServiceHandle {
     ) -> Result<T, Error> {
         let _span = tracing::trace_span!("epi.pipe", service = %self.name, function).entered();
         let snapshot = self.shared.current.load();
+        // Calls plugins make from inside this one read the same table.
+        let _pinned = Pinned::new(&self.shared, &snapshot);
         let list = self.list(&snapshot, function)?;
         let checked = core::precheck::<T, T>(list, opts.ignore_errors)?;
         core::pipe(list, checked, input, opts)
@@ -253,6 +297,8 @@ impl<A: Argument, O: Output> Function<A, O> {
             tracing::trace_span!("epi.apply", service = %self.service_name, function = %self.name)
                 .entered();
         let snapshot = self.shared.current.load();
+        // Calls plugins make from inside this one read the same table.
+        let _pinned = Pinned::new(&self.shared, &snapshot);
         let (_, checked) = self.resolve(&snapshot, false)?;
         core::apply(checked.expect("checked without ignore_errors"), args)
     }
@@ -263,6 +309,8 @@ impl<A: Argument, O: Output> Function<A, O> {
             tracing::trace_span!("epi.apply", service = %self.service_name, function = %self.name)
                 .entered();
         let snapshot = self.shared.current.load();
+        // Calls plugins make from inside this one read the same table.
+        let _pinned = Pinned::new(&self.shared, &snapshot);
         let (list, checked) = self.resolve(&snapshot, opts.ignore_errors)?;
         core::apply_with(&*self.shared, list, checked, args, opts)
     }
@@ -287,6 +335,8 @@ impl<A: Argument, T: DeserializeOwned + Send + 'static> Function<A, Decision<T>>
             tracing::trace_span!("epi.decide", service = %self.service_name, function = %self.name)
                 .entered();
         let snapshot = self.shared.current.load();
+        // Calls plugins make from inside this one read the same table.
+        let _pinned = Pinned::new(&self.shared, &snapshot);
         let (list, checked) = self.resolve(&snapshot, opts.ignore_errors)?;
         core::decide(list, checked, args, opts)
     }
@@ -299,6 +349,8 @@ impl<T: Argument + Send> Function<T, T> {
             tracing::trace_span!("epi.pipe", service = %self.service_name, function = %self.name)
                 .entered();
         let snapshot = self.shared.current.load();
+        // Calls plugins make from inside this one read the same table.
+        let _pinned = Pinned::new(&self.shared, &snapshot);
         let (list, checked) = self.resolve(&snapshot, opts.ignore_errors)?;
         core::pipe(list, checked, input, opts)
     }

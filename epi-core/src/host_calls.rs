@@ -20,7 +20,7 @@ use crate::abi::{
     STATUS_TOO_DEEP, STATUS_UNKNOWN_SERVICE,
 };
 use crate::data::{DataHandle, DataHub};
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Dispatcher, Pinned};
 use crate::error::Error;
 use crate::loader::{host, provider_from, DynamicProviders, HostContext};
 use crate::snapshot::Snapshot;
@@ -77,8 +77,12 @@ pub(crate) fn context(
 
 /// A call from a plugin in progress on this thread.
 struct Frame {
-    /// Keeps the dispatch table the plugin reads mapped until the call ends.
-    _table: Guard<Arc<Snapshot>>,
+    /// Marks the table for calls further in; restores the previous mark when popped (before
+    /// `_table` is released: fields drop in order).
+    _pinned: Pinned,
+    /// Keeps the dispatch table the plugin reads mapped until the call ends, unless a call
+    /// further out on this thread holds it already.
+    _table: Option<Guard<Arc<Snapshot>>>,
     ids: CallIds,
     dispatcher: *const Dispatcher,
 }
@@ -120,9 +124,21 @@ fn push(context: &CallContext, ids: CallIds) -> Result<*const Snapshot, String> 
                 chain(&frames, dispatcher, ids)
             ));
         }
-        let table = dispatcher.current.load();
-        let snapshot = &**table as *const Snapshot;
+        // Inside a call that holds a table (the host's call that reached this plugin, or an
+        // outer call of this thread), read that one: it stays alive until that call returns,
+        // after this one.
+        let (table, snapshot) = match Pinned::current(dispatcher) {
+            Some(snapshot) => (None, snapshot),
+            None => {
+                let table = dispatcher.current.load();
+                let snapshot = &**table as *const Snapshot;
+                (Some(table), snapshot)
+            }
+        };
+        // SAFETY: `snapshot` is alive: pinned by `table` or by an outer call of this thread.
+        let pinned = Pinned::new(dispatcher, unsafe { &*snapshot });
         frames.push(Frame {
+            _pinned: pinned,
             _table: table,
             ids,
             dispatcher,
