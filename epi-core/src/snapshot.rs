@@ -197,22 +197,11 @@ pub(crate) fn build(
                 }
                 let key = (Reverse(priority), position, declaration);
                 declaration += 1;
-                lists.entry(function_id).or_default().push((
-                    key,
-                    ProviderEntry {
-                        counters: Arc::as_ptr(&function.counters),
-                        count_calls: config.count_calls as u32,
-                        plugin: StrRef::new(&plugin.app),
-                        provider: StrRef::new(&provider.label),
-                        service: StrRef::new(&service_name),
-                        function: StrRef::new(&function_name),
-                        instance: function.instance,
-                        typed: function.typed,
-                        stable: function.stable,
-                        args: type_ref(&function.args),
-                        output: type_ref(&function.output),
-                    },
-                ));
+                let names = (&*service_name, &*function_name);
+                lists
+                    .entry(function_id)
+                    .or_default()
+                    .push((key, entry(plugin, provider, function, names, config)));
             }
         }
     }
@@ -234,6 +223,30 @@ pub(crate) fn build(
 }
 
 type Key = (Reverse<i32>, usize, usize);
+
+/// The entry of one provider function. `names` are the interned service and function names,
+/// which outlive every snapshot (the snapshot holds the interner).
+fn entry(
+    plugin: &LoadedPlugin,
+    provider: &crate::loader::LoadedProvider,
+    function: &crate::loader::LoadedFunction,
+    names: (&str, &str),
+    config: &Rules,
+) -> ProviderEntry {
+    ProviderEntry {
+        counters: Arc::as_ptr(&function.counters),
+        count_calls: config.count_calls as u32,
+        plugin: StrRef::new(&plugin.app),
+        provider: StrRef::new(&provider.label),
+        service: StrRef::new(names.0),
+        function: StrRef::new(names.1),
+        instance: function.instance,
+        typed: function.typed,
+        stable: function.stable,
+        args: type_ref(&function.args),
+        output: type_ref(&function.output),
+    }
+}
 
 /// Sorts `list` by key and stores it as function `id`'s providers.
 fn set_list(
@@ -299,21 +312,10 @@ pub(crate) fn update_service(
                         .functions
                         .insert(function.name.as_str().into(), function_id);
                 }
+                let names = (&*service_name, &*function_name);
                 lists.entry(function_id).or_default().push((
                     (Reverse(priority), position, declaration),
-                    ProviderEntry {
-                        counters: Arc::as_ptr(&function.counters),
-                        count_calls: config.count_calls as u32,
-                        plugin: StrRef::new(&plugin.app),
-                        provider: StrRef::new(&provider.label),
-                        service: StrRef::new(&service_name),
-                        function: StrRef::new(&function_name),
-                        instance: function.instance,
-                        typed: function.typed,
-                        stable: function.stable,
-                        args: type_ref(&function.args),
-                        output: type_ref(&function.output),
-                    },
+                    entry(plugin, provider, function, names, config),
                 ));
             }
         }

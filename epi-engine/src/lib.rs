@@ -30,7 +30,9 @@ use parking_lot::{Condvar, Mutex};
 use serde::Serialize;
 use serde_json::Value;
 
-/// Why a worker or its `start` stopped.
+/// Why a worker or its `start` stopped. Its JSON form is that of `epi_plugin::ProcessError`,
+/// which plugin processes return across the boundary: the two are separate types so that a
+/// plugin compiles no part of the engine.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, serde::Deserialize)]
 #[serde(tag = "kind", content = "message", rename_all = "snake_case")]
 pub enum WorkerError {

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::abi::manifest::FunctionManifest;
 use crate::abi::{FunctionTable, RVec, StrRef, STATUS_FAILED};
-use crate::shim::{decode, encode, guarded, put, type_desc};
+use crate::shim::{decode, fill, guarded, type_desc};
 
 /// Answers `(function, args)`.
 pub(crate) type Handler = Arc<dyn Fn(&str, Value) -> Result<Value, String> + Send + Sync>;
@@ -106,10 +106,7 @@ unsafe extern "C" fn stable_shim(
             let args: Value = decode(encoding, input.as_bytes())?;
             let value = (function.handler)(&function.name, args)
                 .map_err(|message| (STATUS_FAILED, message))?;
-            let mut buffer = Vec::new();
-            encode(encoding, &value, &mut buffer)?;
-            put(output, buffer);
-            Ok(())
+            fill(output, encoding, &value)
         })
     }
 }

@@ -197,6 +197,25 @@ pub(crate) fn encode<T: Serialize>(
     }
 }
 
+/// Clears the host's buffer `output` (its capacity is reused) and encodes `value` into it.
+///
+/// # Safety
+/// `output` points at a live buffer of the host's.
+pub(crate) unsafe fn fill<T: Serialize>(
+    output: *mut RVec<u8>,
+    encoding: u32,
+    value: &T,
+) -> Result<(), Failure> {
+    // SAFETY: the caller's contract; the buffer is taken and put back.
+    unsafe {
+        let mut buffer = std::ptr::replace(output, RVec::new()).into_vec();
+        buffer.clear();
+        let encoded = encode(encoding, value, &mut buffer);
+        output.write(RVec::from_vec(buffer));
+        encoded
+    }
+}
+
 /// Stable call shim of `M`: arguments and output encoded (MessagePack for typed calls, JSON
 /// for calls by name).
 ///
@@ -215,12 +234,7 @@ pub unsafe extern "C" fn stable_shim<M: Method>(
             let provider = &*(instance as *const M::Provider);
             let args: M::Args = decode(encoding, input.as_bytes())?;
             let value = M::call(provider, &args).map_err(|message| (STATUS_FAILED, message))?;
-            // The host's buffer, reused: cleared, then filled.
-            let mut buffer = std::ptr::replace(output, RVec::new()).into_vec();
-            buffer.clear();
-            let encoded = encode(encoding, &value, &mut buffer);
-            output.write(RVec::from_vec(buffer));
-            encoded
+            fill(output, encoding, &value)
         })
     }
 }
