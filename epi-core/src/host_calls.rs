@@ -147,8 +147,49 @@ fn push(context: &CallContext, ids: CallIds) -> Result<*const Snapshot, String> 
     })
 }
 
+/// Tables whose last reference a plugin's thread might have dropped: released by the
+/// registry's next publish instead, on a host thread (releasing a table can release a plugin
+/// version, whose code the plugin's thread is still running).
+static DEFERRED: std::sync::Mutex<Vec<Arc<Snapshot>>> = std::sync::Mutex::new(Vec::new());
+
+/// Releases the tables `pop` deferred.
+pub(crate) fn reap() {
+    let tables = std::mem::take(&mut *DEFERRED.lock().unwrap_or_else(|e| e.into_inner()));
+    drop(tables);
+}
+
 fn pop() {
-    FRAMES.with(|frames| drop(frames.borrow_mut().pop()));
+    // Out of the borrow first: releasing anything may run plugin code that calls back.
+    let Some(frame) = FRAMES.with(|frames| frames.borrow_mut().pop()) else {
+        return;
+    };
+    let Frame {
+        _pinned: pinned,
+        _table: table,
+        dispatcher,
+        ..
+    } = frame;
+    drop(pinned);
+    if let Some(table) = table {
+        let table = Guard::into_inner(table);
+        // SAFETY: a frame's dispatcher outlives the frame (the plugin's context holds it).
+        let current = unsafe { &*dispatcher }.current.load();
+        if !Arc::ptr_eq(&table, &current) {
+            DEFERRED
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(table);
+        }
+    }
+}
+
+/// Runs a host-table function's body; a panic (a bug of the host's) is logged and turned into
+/// `fallback` instead of unwinding into the plugin.
+fn shielded<R>(fallback: R, body: impl FnOnce() -> R) -> R {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).unwrap_or_else(|_| {
+        tracing::error!("a call from a plugin panicked in the host");
+        fallback
+    })
 }
 
 /// Replaces `buffer` with `bytes`.
@@ -168,19 +209,21 @@ unsafe extern "C" fn resolve(
     function: StrRef,
     out: *mut CallIds,
 ) {
-    // SAFETY: the caller's contract.
-    let (context, service, function) = unsafe {
-        (
-            &*(context as *const CallContext),
-            service.to_string_lossy(),
-            function.to_string_lossy(),
-        )
-    };
-    let mut interner = context.dispatcher.interner.lock();
-    let (service, _) = interner.service(&service);
-    let (function, _) = interner.function(service, &function);
-    // SAFETY: the caller's contract.
-    unsafe { out.write(CallIds { service, function }) };
+    shielded((), move || {
+        // SAFETY: the caller's contract.
+        let (context, service, function) = unsafe {
+            (
+                &*(context as *const CallContext),
+                service.to_string_lossy(),
+                function.to_string_lossy(),
+            )
+        };
+        let mut interner = context.dispatcher.interner.lock();
+        let (service, _) = interner.service(&service);
+        let (function, _) = interner.function(service, &function);
+        // SAFETY: the caller's contract.
+        unsafe { out.write(CallIds { service, function }) };
+    })
 }
 
 /// # Safety
@@ -191,39 +234,43 @@ unsafe extern "C" fn enter(
     out: *mut CallView,
     error: *mut RVec<u8>,
 ) -> u32 {
-    // SAFETY: the caller's contract: the context lives as long as the plugin.
-    let context = unsafe { &*(context as *const CallContext) };
-    let snapshot = match push(context, ids) {
-        Ok(snapshot) => snapshot,
-        Err(chain) => {
-            // SAFETY: the caller's contract.
-            unsafe { put(error, chain.into_bytes()) };
-            return STATUS_TOO_DEEP;
+    shielded(STATUS_FAILED, move || {
+        // SAFETY: the caller's contract: the context lives as long as the plugin.
+        let context = unsafe { &*(context as *const CallContext) };
+        let snapshot = match push(context, ids) {
+            Ok(snapshot) => snapshot,
+            Err(chain) => {
+                // SAFETY: the caller's contract.
+                unsafe { put(error, chain.into_bytes()) };
+                return STATUS_TOO_DEEP;
+            }
+        };
+        // SAFETY: the frame just pushed keeps the snapshot alive until `leave`.
+        let snapshot = unsafe { &*snapshot };
+        match snapshot.providers(ids.service, ids.function) {
+            Some(list) => {
+                // SAFETY: the caller's contract; the entries stay pinned until `leave`.
+                unsafe {
+                    out.write(CallView {
+                        entries: list.as_ptr(),
+                        len: list.len(),
+                        generation: snapshot.generation,
+                    })
+                };
+                STATUS_OK
+            }
+            None => {
+                pop();
+                STATUS_UNKNOWN_SERVICE
+            }
         }
-    };
-    // SAFETY: the frame just pushed keeps the snapshot alive until `leave`.
-    let snapshot = unsafe { &*snapshot };
-    match snapshot.providers(ids.service, ids.function) {
-        Some(list) => {
-            // SAFETY: the caller's contract; the entries stay pinned until `leave`.
-            unsafe {
-                out.write(CallView {
-                    entries: list.as_ptr(),
-                    len: list.len(),
-                    generation: snapshot.generation,
-                })
-            };
-            STATUS_OK
-        }
-        None => {
-            pop();
-            STATUS_UNKNOWN_SERVICE
-        }
-    }
+    })
 }
 
 unsafe extern "C" fn leave(_context: *const c_void) {
-    pop();
+    shielded((), move || {
+        pop();
+    })
 }
 
 /// A task pointer sent to the pool's threads.
@@ -242,17 +289,19 @@ unsafe extern "C" fn run_concurrent(
     task: *const c_void,
     run: unsafe extern "C" fn(task: *const c_void, index: usize),
 ) {
-    // SAFETY: the caller's contract.
-    let context = unsafe { &*(context as *const CallContext) };
-    let task = Task(task);
-    let task = &task;
-    context.dispatcher.pool.scope(|scope| {
-        for index in 0..count {
-            // SAFETY: the caller's contract: `run` takes the task from any thread until the
-            // scope ends, which is before this function returns.
-            scope.spawn(move |_| unsafe { run(task.0, index) });
-        }
-    });
+    shielded((), move || {
+        // SAFETY: the caller's contract.
+        let context = unsafe { &*(context as *const CallContext) };
+        let task = Task(task);
+        let task = &task;
+        context.dispatcher.pool.scope(|scope| {
+            for index in 0..count {
+                // SAFETY: the caller's contract: `run` takes the task from any thread until the
+                // scope ends, which is before this function returns.
+                scope.spawn(move |_| unsafe { run(task.0, index) });
+            }
+        });
+    })
 }
 
 /// # Safety
@@ -269,69 +318,71 @@ unsafe extern "C" fn call_json(
     output: *mut RVec<u8>,
     error: *mut RVec<u8>,
 ) -> u32 {
-    // SAFETY: the caller's contract.
-    let (context, service, function, args) = unsafe {
-        (
-            &*(context as *const CallContext),
-            service.to_string_lossy(),
-            function.to_string_lossy(),
-            args.as_bytes(),
-        )
-    };
-    let args: serde_json::Value = match serde_json::from_slice(args) {
-        Ok(args) => args,
-        Err(err) => {
-            // SAFETY: the caller's contract.
-            unsafe { put(error, format!("bad arguments: {err}").into_bytes()) };
-            return STATUS_FAILED;
-        }
-    };
-    let ids = {
-        let mut interner = context.dispatcher.interner.lock();
-        let (service, _) = interner.service(&service);
-        let (function, _) = interner.function(service, &function);
-        CallIds { service, function }
-    };
-    if let Err(chain) = push(context, ids) {
+    shielded(STATUS_FAILED, move || {
         // SAFETY: the caller's contract.
-        unsafe { put(error, chain.into_bytes()) };
-        return STATUS_TOO_DEEP;
-    }
-    let opts = crate::Opts::from_bits(opts);
-    let dispatcher = &context.dispatcher;
-    let result = match verb {
-        0 => dispatcher
-            .apply_json(&service, &function, &args, opts)
-            .map(|applied| applied.to_json(opts.ignore_errors)),
-        _ => dispatcher
-            .decide_json(&service, &function, &args, opts)
-            .and_then(|decision| {
-                serde_json::to_value(decision).map_err(|err| Error::BadArguments {
-                    service: service.as_str().into(),
-                    function: function.as_str().into(),
-                    reason: err.to_string(),
-                })
-            }),
-    };
-    pop();
-    match result {
-        Ok(value) => {
+        let (context, service, function, args) = unsafe {
+            (
+                &*(context as *const CallContext),
+                service.to_string_lossy(),
+                function.to_string_lossy(),
+                args.as_bytes(),
+            )
+        };
+        let args: serde_json::Value = match serde_json::from_slice(args) {
+            Ok(args) => args,
+            Err(err) => {
+                // SAFETY: the caller's contract.
+                unsafe { put(error, format!("bad arguments: {err}").into_bytes()) };
+                return STATUS_FAILED;
+            }
+        };
+        let ids = {
+            let mut interner = context.dispatcher.interner.lock();
+            let (service, _) = interner.service(&service);
+            let (function, _) = interner.function(service, &function);
+            CallIds { service, function }
+        };
+        if let Err(chain) = push(context, ids) {
             // SAFETY: the caller's contract.
-            unsafe { put(output, serde_json::to_vec(&value).unwrap_or_default()) };
-            STATUS_OK
+            unsafe { put(error, chain.into_bytes()) };
+            return STATUS_TOO_DEEP;
         }
-        Err(err) => {
-            let status = match err {
-                Error::UnknownService(_) => STATUS_UNKNOWN_SERVICE,
-                Error::IncompatibleOptions(_) => STATUS_BAD_OPTIONS,
-                Error::TooDeep { .. } => STATUS_TOO_DEEP,
-                _ => STATUS_FAILED,
-            };
-            // SAFETY: the caller's contract.
-            unsafe { put(error, err.to_string().into_bytes()) };
-            status
+        let opts = crate::Opts::from_bits(opts);
+        let dispatcher = &context.dispatcher;
+        let result = match verb {
+            0 => dispatcher
+                .apply_json(&service, &function, &args, opts)
+                .map(|applied| applied.to_json(opts.ignore_errors)),
+            _ => dispatcher
+                .decide_json(&service, &function, &args, opts)
+                .and_then(|decision| {
+                    serde_json::to_value(decision).map_err(|err| Error::BadArguments {
+                        service: service.as_str().into(),
+                        function: function.as_str().into(),
+                        reason: err.to_string(),
+                    })
+                }),
+        };
+        pop();
+        match result {
+            Ok(value) => {
+                // SAFETY: the caller's contract.
+                unsafe { put(output, serde_json::to_vec(&value).unwrap_or_default()) };
+                STATUS_OK
+            }
+            Err(err) => {
+                let status = match err {
+                    Error::UnknownService(_) => STATUS_UNKNOWN_SERVICE,
+                    Error::IncompatibleOptions(_) => STATUS_BAD_OPTIONS,
+                    Error::TooDeep { .. } => STATUS_TOO_DEEP,
+                    _ => STATUS_FAILED,
+                };
+                // SAFETY: the caller's contract.
+                unsafe { put(error, err.to_string().into_bytes()) };
+                status
+            }
         }
-    }
+    })
 }
 
 /// # Safety
@@ -345,29 +396,42 @@ unsafe extern "C" fn data(
     source: StrRef,
     output: *mut RVec<u8>,
 ) -> u32 {
-    // SAFETY: the caller's contract.
-    let (context, service, key, source) = unsafe {
-        (
-            &*(context as *const CallContext),
-            service.to_string_lossy(),
-            key.to_string_lossy(),
-            source.to_string_lossy(),
-        )
-    };
-    let (id, name) = context.dispatcher.interner.lock().service(&service);
-    let handle = DataHandle::new(context.data.clone(), id, name);
-    let value = match query {
-        0 => serde_json::to_value(handle.get(&key)),
-        1 => serde_json::to_value(handle.keys()),
-        _ => serde_json::to_value(handle.get_value(&source, &key)),
-    };
-    let (status, bytes) = match value.and_then(|value| serde_json::to_vec(&value)) {
-        Ok(bytes) => (STATUS_OK, bytes),
-        Err(err) => (STATUS_FAILED, err.to_string().into_bytes()),
-    };
-    // SAFETY: the caller's contract.
-    unsafe { put(output, bytes) };
-    status
+    shielded(STATUS_FAILED, move || {
+        // SAFETY: the caller's contract.
+        let (context, service, key, source) = unsafe {
+            (
+                &*(context as *const CallContext),
+                service.to_string_lossy(),
+                key.to_string_lossy(),
+                source.to_string_lossy(),
+            )
+        };
+        let (id, name) = context.dispatcher.interner.lock().service(&service);
+        let handle = DataHandle::new(context.data.clone(), id, name);
+        let value = match query {
+            0 => serde_json::to_value(handle.get(&key)),
+            1 => serde_json::to_value(handle.keys()),
+            _ => serde_json::to_value(handle.get_value(&source, &key)),
+        };
+        let (status, bytes) = match value.and_then(|value| serde_json::to_vec(&value)) {
+            Ok(bytes) => (STATUS_OK, bytes),
+            Err(err) => (STATUS_FAILED, err.to_string().into_bytes()),
+        };
+        // SAFETY: the caller's contract.
+        unsafe { put(output, bytes) };
+        status
+    })
+}
+
+/// Publishes a change of the plugin's added providers of `service`, or, while its version
+/// does not serve yet, marks it for the registry to publish when it does.
+fn changed(context: &CallContext, service: &str) {
+    use std::sync::atomic::Ordering::SeqCst;
+    context.dynamic.dirty.store(true, SeqCst);
+    if context.dynamic.published.load(SeqCst) {
+        context.dynamic.dirty.store(false, SeqCst);
+        (context.republish)(service);
+    }
 }
 
 /// # Safety
@@ -379,57 +443,61 @@ unsafe extern "C" fn add_provider(
     table: *mut ProviderTable,
     error: *mut RVec<u8>,
 ) -> u64 {
-    // SAFETY: the caller's contract.
-    let (context, manifest, table) = unsafe {
-        (
-            &*(context as *const CallContext),
-            manifest.as_bytes(),
-            table.read(),
-        )
-    };
-    let native = context
-        .dynamic
-        .native
-        .load(std::sync::atomic::Ordering::Acquire);
-    let added = serde_json::from_slice::<ProviderManifest>(manifest)
-        .map_err(|err| format!("unreadable provider description: {err}"))
-        .and_then(|described| provider_from(described, table, native))
+    shielded(0, move || {
+        // SAFETY: the caller's contract.
+        let (context, manifest, table) = unsafe {
+            (
+                &*(context as *const CallContext),
+                manifest.as_bytes(),
+                table.read(),
+            )
+        };
+        let native = context
+            .dynamic
+            .native
+            .load(std::sync::atomic::Ordering::Acquire);
+        let described = serde_json::from_slice::<ProviderManifest>(manifest);
+        let added = match described {
+            Ok(described) => provider_from(described, table, native),
+            Err(err) => {
+                // An empty description releases the handed-over object through `provider_from`.
+                let nothing = ProviderManifest {
+                    service: String::new(),
+                    label: String::new(),
+                    priority: None,
+                    functions: Vec::new(),
+                };
+                let released = provider_from(nothing, table, native);
+                drop(released);
+                Err(format!("unreadable provider description: {err}"))
+            }
+        }
         .and_then(|provider| {
             let service = provider.service.clone();
             context.dynamic.add(provider).map(|id| (id, service))
         });
-    match added {
-        Ok((id, service)) => {
-            if context
-                .dynamic
-                .published
-                .load(std::sync::atomic::Ordering::Acquire)
-            {
-                (context.republish)(&service);
+        match added {
+            Ok((id, service)) => {
+                changed(context, &service);
+                id
             }
-            id
+            Err(reason) => {
+                // SAFETY: the caller's contract.
+                unsafe { put(error, reason.into_bytes()) };
+                0
+            }
         }
-        Err(reason) => {
-            // SAFETY: the caller's contract.
-            unsafe { put(error, reason.into_bytes()) };
-            0
-        }
-    }
+    })
 }
 
 /// # Safety
 /// `context` is the context the plugin received.
 unsafe extern "C" fn remove_provider(context: *const c_void, id: u64) {
-    // SAFETY: the caller's contract.
-    let context = unsafe { &*(context as *const CallContext) };
-    let removed = context.dynamic.remove(id);
-    if let Some(service) = removed {
-        if context
-            .dynamic
-            .published
-            .load(std::sync::atomic::Ordering::Acquire)
-        {
-            (context.republish)(&service);
+    shielded((), move || {
+        // SAFETY: the caller's contract.
+        let context = unsafe { &*(context as *const CallContext) };
+        if let Some(service) = context.dynamic.remove(id) {
+            changed(context, &service);
         }
-    }
+    })
 }

@@ -272,9 +272,20 @@ pub(crate) fn update_service(
     service: &str,
 ) -> Snapshot {
     let plugins = old.plugins.clone();
+    // The lists of other services are `old`'s: they point into `old`'s added providers of those
+    // services, which stay; the changed service's lists are rebuilt from its providers now.
     let added: Vec<Vec<Arc<crate::loader::LoadedProvider>>> = plugins
         .iter()
-        .map(|plugin| plugin.dynamic.current())
+        .zip(&old.added)
+        .map(|(plugin, before)| {
+            let kept = before.iter().filter(|p| &*p.service != service).cloned();
+            let now = plugin
+                .dynamic
+                .current()
+                .into_iter()
+                .filter(|p| &*p.service == service);
+            kept.chain(now).collect()
+        })
         .collect();
     let mut services = old.services.clone();
     let mut service_ids = old.service_ids.clone();

@@ -165,6 +165,9 @@ pub(crate) struct DynamicProviders {
     /// Whether the version is the serving one and no registry change is calling into it:
     /// only then does an addition or removal publish a new table at once.
     pub(crate) published: std::sync::atomic::AtomicBool,
+    /// Set by a change made while not published: the registry republishes once it publishes
+    /// the version.
+    pub(crate) dirty: std::sync::atomic::AtomicBool,
     /// Whether the version is on the native call path (set before `init`).
     pub(crate) native: std::sync::atomic::AtomicBool,
     /// Labels of the providers the version declared (set when it is loaded).
@@ -177,6 +180,7 @@ impl DynamicProviders {
     pub(crate) fn new() -> Arc<Self> {
         Arc::new(DynamicProviders {
             published: Default::default(),
+            dirty: Default::default(),
             native: Default::default(),
             declared: Default::default(),
             list: Default::default(),
@@ -218,7 +222,7 @@ impl DynamicProviders {
         self.list.lock().iter().map(|(_, p)| p.clone()).collect()
     }
 
-    fn clear(&self) -> Vec<(u64, Arc<LoadedProvider>)> {
+    pub(crate) fn clear(&self) -> Vec<(u64, Arc<LoadedProvider>)> {
         std::mem::take(&mut *self.list.lock())
     }
 }
@@ -582,7 +586,14 @@ pub(crate) fn load(
         entry.call_path == CallPath::Native,
         std::sync::atomic::Ordering::Release,
     );
-    let tables = initialise(path, &entry, config, &host)?;
+    let tables = match initialise(path, &entry, config, &host) {
+        Ok(tables) => tables,
+        Err(err) => {
+            // Providers the constructor added are released while the library is mapped.
+            drop(dynamic.clear());
+            return Err(err);
+        }
+    };
     let close_library = close_native || entry.call_path == CallPath::Stable;
     let mut plugin = assemble(
         path,

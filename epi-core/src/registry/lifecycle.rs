@@ -324,8 +324,12 @@ impl Registry {
                 error: None,
             },
         );
-        let deliveries = self.publish(&state.plugins);
-        new_plugin.dynamic.published.store(true, Ordering::Release);
+        let mut deliveries = self.publish(&state.plugins);
+        new_plugin.dynamic.published.store(true, Ordering::SeqCst);
+        // Providers it added or removed since the table above was built.
+        if new_plugin.dynamic.dirty.swap(false, Ordering::SeqCst) {
+            deliveries.extend(self.publish(&state.plugins));
+        }
         processes::install(&self.shared.engine, &new_plugin);
         let outcome = match retired {
             Some(old) => {

@@ -375,6 +375,7 @@ impl Registry {
         };
         let snapshot = Arc::new(snapshot);
         self.shared.dispatcher.current.store(snapshot.clone());
+        crate::host_calls::reap();
         tracing::debug!(
             generation,
             plugins = loaded.len(),
