@@ -51,6 +51,24 @@ pub(crate) struct State {
     retired_total: u64,
 }
 
+/// A load, upgrade or unload under way (see `Registry::changing`).
+struct Changing<'r> {
+    registry: &'r Registry,
+}
+
+impl Drop for Changing<'_> {
+    fn drop(&mut self) {
+        let shared = &self.registry.shared;
+        if shared
+            .changing
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 1
+        {
+            self.registry.publish_pending();
+        }
+    }
+}
+
 /// What an upgrade did.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
@@ -274,6 +292,7 @@ impl Registry {
             dynamic,
         )?;
 
+        let _changing = self.changing();
         let mut state = self.shared.state.lock();
         let previous = if replace {
             state.plugins.iter().position(|p| p.info.file == path)
@@ -382,12 +401,39 @@ impl Registry {
     }
 
     /// Publishes a new dispatch table after a plugin added or removed a provider of
-    /// `service`, and delivers the notifications.
+    /// `service`, and delivers the notifications; while a load, upgrade or unload is under way
+    /// (which may be what calls the plugin), once it ends.
     pub(crate) fn republish(&self, service: &str) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.shared.pending.lock().insert(service.to_owned());
+        if self.shared.changing.load(SeqCst) == 0 {
+            self.publish_pending();
+        }
+    }
+
+    /// Publishes the queued changes of added providers.
+    fn publish_pending(&self) {
+        let services = std::mem::take(&mut *self.shared.pending.lock());
+        if services.is_empty() {
+            return;
+        }
         let state = self.shared.state.lock();
-        let deliveries = self.publish_with(&state.plugins, Some(service));
+        let mut deliveries = Vec::new();
+        for service in &services {
+            deliveries.extend(self.publish_with(&state.plugins, Some(service)));
+        }
         drop(state);
         data::deliver(deliveries);
+    }
+
+    /// Marks a load, upgrade or unload under way until the mark is dropped, then publishes
+    /// what plugins changed meanwhile. Take it before the state lock (so that it is dropped
+    /// after).
+    fn changing(&self) -> Changing<'_> {
+        self.shared
+            .changing
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Changing { registry: self }
     }
 
     /// Removes a plugin from dispatch. Calls already running finish on it; its library is
@@ -403,6 +449,7 @@ impl Registry {
     }
 
     fn unload_where(&self, matches: impl Fn(&LoadedPlugin) -> bool) -> Option<PluginInfo> {
+        let _changing = self.changing();
         let mut state = self.shared.state.lock();
         let index = state.plugins.iter().position(|plugin| matches(plugin))?;
         state.plugins[index]

@@ -129,6 +129,12 @@ pub(crate) struct Shared {
     copies: CopyDir,
     _copies_dir: tempfile::TempDir,
     sequence: AtomicU64,
+    /// How many loads, upgrades and unloads are under way: while any is, a plugin's change of
+    /// its added providers is queued in `pending` (the change may be waiting for one of the
+    /// plugins it calls), and published when the last one ends.
+    changing: std::sync::atomic::AtomicUsize,
+    /// Services whose added providers changed while a load, upgrade or unload was under way.
+    pending: Mutex<std::collections::BTreeSet<String>>,
     /// Order, priorities and counting, as the snapshot builder needs them.
     rules: snapshot::Rules,
 }
@@ -197,6 +203,8 @@ impl Registry {
                 _copies_dir: copies_dir,
                 config,
                 sequence: AtomicU64::new(0),
+                changing: Default::default(),
+                pending: Default::default(),
             }),
         })
     }
