@@ -217,6 +217,11 @@ pub struct ProviderEntry {
     pub instance: *const c_void,
     /// The native entry point; `None` when the provider's plugin is on the stable path.
     pub typed: Option<TypedCallFn>,
+    /// 1 when every call is counted (errors and panics always are). With the two fields above,
+    /// all a native call reads: they share its first cache line.
+    pub count_calls: u32,
+    /// Its counters.
+    pub counters: *const CallCounters,
     /// The stable entry point.
     pub stable: StableCallFn,
     /// The argument type.
@@ -231,10 +236,6 @@ pub struct ProviderEntry {
     pub service: StrRef,
     /// The function.
     pub function: StrRef,
-    /// Its counters.
-    pub counters: *const CallCounters,
-    /// 1 when every call is counted (errors and panics always are).
-    pub count_calls: u32,
 }
 
 // SAFETY: an entry is immutable; the objects it points at are `Send + Sync` (required of
