@@ -173,36 +173,31 @@ pub(crate) fn build(
             services[index].declared = true;
         }
         let default_priority = plugin_priority(config, plugin);
-        let mut declaration = 0;
         let providers = plugin
             .providers
             .iter()
             .chain(added[position].iter().map(|p| &**p));
-        for provider in providers {
+        for (declaration, provider) in providers.enumerate() {
             let (service_id, service_name) = interner.service(&provider.service);
             if !service_ids.contains_key(&*provider.service) {
                 service_ids.insert((*provider.service).into(), service_id);
             }
             let index = slot(&mut services, service_id);
             let priority = provider.priority.unwrap_or(default_priority);
-            for function in &provider.functions {
-                let (function_id, function_name) = interner.function(service_id, &function.name);
-                if !services[index]
-                    .functions
-                    .contains_key(function.name.as_str())
-                {
-                    services[index]
-                        .functions
-                        .insert(function.name.as_str().into(), function_id);
-                }
-                let key = (Reverse(priority), position, declaration);
-                declaration += 1;
-                let names = (&*service_name, &*function_name);
-                lists
-                    .entry(function_id)
-                    .or_default()
-                    .push((key, entry(plugin, provider, function, names, config)));
-            }
+            let at = Placed {
+                plugin,
+                provider,
+                key: (Reverse(priority), position, declaration),
+            };
+            let service = (service_id, &*service_name);
+            push_functions(
+                &at,
+                service,
+                &mut services[index],
+                &mut lists,
+                interner,
+                config,
+            );
         }
     }
 
@@ -222,7 +217,38 @@ pub(crate) fn build(
     }
 }
 
+/// (priority, plugin position, declaration position): the order of a function's providers.
 type Key = (Reverse<i32>, usize, usize);
+
+/// A provider and where it stands in the order.
+struct Placed<'p> {
+    plugin: &'p LoadedPlugin,
+    provider: &'p crate::loader::LoadedProvider,
+    key: Key,
+}
+
+/// Adds the entries of `at`'s functions to `lists`, and their names to the service's slot.
+fn push_functions(
+    at: &Placed<'_>,
+    (service_id, service_name): (ServiceId, &str),
+    slot: &mut ServiceSlot,
+    lists: &mut FxHashMap<FunctionId, Vec<(Key, ProviderCall)>>,
+    interner: &mut Interner,
+    config: &Rules,
+) {
+    for function in &at.provider.functions {
+        let (function_id, function_name) = interner.function(service_id, &function.name);
+        if !slot.functions.contains_key(function.name.as_str()) {
+            slot.functions
+                .insert(function.name.as_str().into(), function_id);
+        }
+        let names = (service_name, &*function_name);
+        lists.entry(function_id).or_default().push((
+            at.key,
+            entry(at.plugin, at.provider, function, names, config),
+        ));
+    }
+}
 
 /// The entry of one provider function. `names` are the interned service and function names,
 /// which outlive every snapshot (the snapshot holds the interner).
@@ -313,22 +339,20 @@ pub(crate) fn update_service(
             .filter(|provider| &*provider.service == service);
         for (declaration, provider) in providers.enumerate() {
             let priority = provider.priority.unwrap_or(default_priority);
-            for function in &provider.functions {
-                let (function_id, function_name) = interner.function(service_id, &function.name);
-                if !services[index]
-                    .functions
-                    .contains_key(function.name.as_str())
-                {
-                    services[index]
-                        .functions
-                        .insert(function.name.as_str().into(), function_id);
-                }
-                let names = (&*service_name, &*function_name);
-                lists.entry(function_id).or_default().push((
-                    (Reverse(priority), position, declaration),
-                    entry(plugin, provider, function, names, config),
-                ));
-            }
+            let at = Placed {
+                plugin,
+                provider,
+                key: (Reverse(priority), position, declaration),
+            };
+            let service = (service_id, &*service_name);
+            push_functions(
+                &at,
+                service,
+                &mut services[index],
+                &mut lists,
+                &mut interner,
+                config,
+            );
         }
     }
     drop(interner);

@@ -22,10 +22,31 @@ pub trait Export {
     fn create(context: &PluginContext) -> Self::Plugin;
 }
 
-/// Delivers a notification (JSON text) to the plugin object `P`.
+/// Decodes the JSON value in `input` and hands it to the plugin object `P`.
 ///
 /// # Safety
 /// `plugin` is the `P` this plugin's `init` created, `input` live bytes, `error` a live buffer.
+unsafe fn receive_json<P: Plugin, T: serde::de::DeserializeOwned>(
+    plugin: *const c_void,
+    input: StrRef,
+    error: *mut RVec<u8>,
+    what: &str,
+    deliver: impl FnOnce(&P, T),
+) -> u32 {
+    // SAFETY: the caller's contract.
+    unsafe {
+        guarded(error, || {
+            let value = read_json(input.as_bytes(), || what.to_owned())?;
+            deliver(&*(plugin as *const P), value);
+            Ok(())
+        })
+    }
+}
+
+/// Delivers a notification (JSON text) to the plugin object `P`.
+///
+/// # Safety
+/// As [`receive_json`].
 unsafe extern "C" fn notify_shim<P: Plugin>(
     plugin: *const c_void,
     input: StrRef,
@@ -33,11 +54,13 @@ unsafe extern "C" fn notify_shim<P: Plugin>(
 ) -> u32 {
     // SAFETY: the caller's contract.
     unsafe {
-        guarded(error, || {
-            let notification = read_json(input.as_bytes(), || "unreadable notification".into())?;
-            (*(plugin as *const P)).notify(&notification);
-            Ok(())
-        })
+        receive_json(
+            plugin,
+            input,
+            error,
+            "unreadable notification",
+            |p: &P, n| p.notify(&n),
+        )
     }
 }
 
@@ -63,7 +86,7 @@ unsafe extern "C" fn export_state_shim<P: Plugin>(
 /// Imports a state (JSON of `PluginState`) into plugin object `P`.
 ///
 /// # Safety
-/// As [`notify_shim`].
+/// As [`receive_json`].
 unsafe extern "C" fn import_state_shim<P: Plugin>(
     plugin: *const c_void,
     input: StrRef,
@@ -71,10 +94,8 @@ unsafe extern "C" fn import_state_shim<P: Plugin>(
 ) -> u32 {
     // SAFETY: the caller's contract.
     unsafe {
-        guarded(error, || {
-            let state = read_json(input.as_bytes(), || "unreadable state".into())?;
-            (*(plugin as *const P)).import_state(state);
-            Ok(())
+        receive_json(plugin, input, error, "unreadable state", |p: &P, state| {
+            p.import_state(state)
         })
     }
 }

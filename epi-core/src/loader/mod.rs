@@ -910,15 +910,7 @@ fn validate(path: &Path, plugin: &LoadedPlugin) -> Result<(), LoadError> {
                 provider.label
             )));
         }
-        let mut names = std::collections::HashSet::new();
-        for function in &provider.functions {
-            if !names.insert(function.name.as_str()) {
-                return Err(invalid(format!(
-                    "provider `{}` has two functions named `{}`",
-                    provider.label, function.name
-                )));
-            }
-        }
+        // Two functions of one name were refused by `provider_from`.
     }
     Ok(())
 }
