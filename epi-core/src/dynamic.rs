@@ -147,7 +147,7 @@ impl Dispatcher {
                 let mut replies = Vec::with_capacity(list.len());
                 for provider in list {
                     let reply = one(provider);
-                    let failed = reply.result.is_err();
+                    let failed = matches!(&reply.result, Err(err) if !err.failure.is_absent());
                     replies.push(reply);
                     if failed && !opts.ignore_errors {
                         break;
@@ -155,6 +155,8 @@ impl Dispatcher {
                 }
                 replies
             };
+            let mut replies = replies;
+            replies.retain(|reply| !matches!(&reply.result, Err(err) if err.failure.is_absent()));
             if !opts.ignore_errors {
                 if let Some(Err(err)) = replies
                     .iter()
@@ -186,6 +188,7 @@ impl Dispatcher {
                 match answer {
                     Ok(Decision::Decided(value)) => return Ok(Decision::Decided(value)),
                     Ok(Decision::NoDecision) => {}
+                    Err(err) if err.failure.is_absent() => tracing::debug!("{err}; skipped"),
                     Err(err) if opts.ignore_errors => tracing::debug!("{err}; no decision"),
                     Err(err) => return Err(err.into()),
                 }
@@ -200,6 +203,7 @@ fn pipe_json(list: &[ProviderCall], input: Vec<u8>, opts: Opts) -> Result<Value,
     for (position, provider) in list.iter().enumerate() {
         match call_json(provider, &value) {
             Ok(next) => value = next,
+            Err(err) if err.failure.is_absent() => tracing::debug!("{err}; skipped"),
             Err(mut err) => {
                 if let (Failure::BadInput(reason), true) = (&err.failure, position > 0) {
                     err.failure = Failure::BadInput(format!(

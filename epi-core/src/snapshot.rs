@@ -162,7 +162,7 @@ pub(crate) fn build(
     // One reading of each plugin's added providers: the entries below point into these.
     let added: Vec<Vec<Arc<crate::loader::LoadedProvider>>> = plugins
         .iter()
-        .map(|plugin| plugin.dynamic.current())
+        .map(|plugin| by_label(plugin.dynamic.current()))
         .collect();
     let mut lists: FxHashMap<FunctionId, Vec<(Key, ProviderCall)>> = FxHashMap::default();
     for (position, plugin) in plugins.iter().enumerate() {
@@ -215,6 +215,15 @@ pub(crate) fn build(
         functions,
         _names: Some(names.clone()),
     }
+}
+
+/// A plugin's added providers in the order they rank among themselves: by label (a
+/// plugin's added providers of equal priority come after its declared ones, by label).
+fn by_label(
+    mut added: Vec<Arc<crate::loader::LoadedProvider>>,
+) -> Vec<Arc<crate::loader::LoadedProvider>> {
+    added.sort_by(|a, b| a.label.cmp(&b.label));
+    added
 }
 
 /// (priority, plugin position, declaration position): the order of a function's providers.
@@ -310,7 +319,7 @@ pub(crate) fn update_service(
                 .current()
                 .into_iter()
                 .filter(|p| &*p.service == service);
-            kept.chain(now).collect()
+            by_label(kept.chain(now).collect())
         })
         .collect();
     let mut services = old.services.clone();

@@ -31,7 +31,7 @@ pub const ABI_MAJOR: u32 = 2;
 
 /// Minor version: additions a newer host or plugin can detect. Plugins of any minor version of
 /// the same major load.
-pub const ABI_MINOR: u32 = 0;
+pub const ABI_MINOR: u32 = 1;
 
 /// Name of the exported data symbol holding the plugin's [`PluginEntry`].
 pub const ENTRY_SYMBOL: &str = "EPI_PLUGIN_ENTRY";
@@ -64,6 +64,9 @@ pub const STATUS_UNKNOWN_SERVICE: u32 = 4;
 pub const STATUS_TOO_DEEP: u32 = 5;
 /// The options of a call from a plugin cannot be combined; the reason is in the error.
 pub const STATUS_BAD_OPTIONS: u32 = 6;
+/// The provider is gone (a bridge whose peer process went away): the call goes on as if it
+/// were not listed, and the reason (in the error buffer) is only logged. Since ABI 2.1.
+pub const STATUS_ABSENT: u32 = 7;
 
 /// Values as JSON text: calls by name, and everything descriptive.
 pub const ENCODING_JSON: u32 = 0;

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::abi::{
     ProviderEntry, RVec, StrRef, TypeRef, ENCODING_MSGPACK, STATUS_BAD_INPUT, STATUS_FAILED,
-    STATUS_OK, STATUS_PANICKED,
+    STATUS_ABSENT, STATUS_OK, STATUS_PANICKED,
 };
 use crate::error::{Error, Failure, ProviderError};
 use crate::Decision;
@@ -437,15 +437,16 @@ pub fn failure(provider: &ProviderEntry, status: u32, message: Vec<u8>) -> Provi
         .unwrap_or_else(|err| String::from_utf8_lossy(err.as_bytes()).into_owned());
     // SAFETY: the counters live as long as the entry (`Providers::new`).
     let counters = unsafe { &*provider.counters };
-    let counter = match status {
-        STATUS_PANICKED => &counters.panics,
-        _ => &counters.errors,
+    match status {
+        STATUS_PANICKED => counters.panics.fetch_add(1, Ordering::Relaxed),
+        STATUS_ABSENT => 0,
+        _ => counters.errors.fetch_add(1, Ordering::Relaxed),
     };
-    counter.fetch_add(1, Ordering::Relaxed);
     let failure = match status {
         STATUS_FAILED => Failure::Failed(message),
         STATUS_PANICKED => Failure::Panicked(message),
         STATUS_BAD_INPUT => Failure::BadInput(message),
+        STATUS_ABSENT => Failure::Absent(message),
         other => Failure::Failed(format!("unknown status {other}: {message}")),
     };
     provider_error(provider, failure)
@@ -487,7 +488,11 @@ pub fn apply<A: Argument, O: Output>(
     let args = Args::new(args);
     let mut values = Vec::with_capacity(checked.list.len());
     for typed in checked.iter() {
-        values.push(typed.call(&args)?);
+        match typed.call(&args) {
+            Ok(value) => values.push(value),
+            Err(err) if err.failure.is_absent() => {}
+            Err(err) => return Err(err.into()),
+        }
     }
     Ok(values)
 }
@@ -516,7 +521,7 @@ pub fn apply_with<A: Argument, O: Output>(
         let mut results = Vec::with_capacity(list.len());
         for index in 0..list.len() {
             let result = checked_call(list, checked, index, &args);
-            let failed = result.is_err();
+            let failed = matches!(&result, Err(err) if !err.failure.is_absent());
             results.push(result);
             if failed && !opts.ignore_errors {
                 break;
@@ -524,6 +529,7 @@ pub fn apply_with<A: Argument, O: Output>(
         }
         results
     };
+    let results = without_absent(results);
     if !opts.ignore_errors {
         if let Some(position) = results.iter().position(Result::is_err) {
             let mut results = results;
@@ -535,6 +541,20 @@ pub fn apply_with<A: Argument, O: Output>(
         }
     }
     Ok(results)
+}
+
+/// Drops the replies of providers that are gone (see [`Failure::Absent`]): the provider that
+/// answered so logged why.
+pub fn without_absent<O>(
+    mut results: Vec<Result<O, ProviderError>>,
+) -> Vec<Result<O, ProviderError>> {
+    if results
+        .iter()
+        .any(|result| matches!(result, Err(err) if err.failure.is_absent()))
+    {
+        results.retain(|result| !matches!(result, Err(err) if err.failure.is_absent()));
+    }
+    results
 }
 
 /// Runs `call(index)` for `0..count` on `pool`; results in index order.
@@ -594,6 +614,7 @@ pub fn decide<A: Argument, T: DeserializeOwned + 'static>(
                 // SAFETY: initialised (above); dropped once before the next provider writes.
                 Decision::NoDecision => unsafe { output.assume_init_drop() },
             },
+            Err(err) if err.failure.is_absent() => {}
             Err(_) if opts.ignore_errors => {}
             Err(err) => return Err(err.into()),
         }
@@ -624,6 +645,7 @@ pub fn pipe<T: Argument + Send>(
     for index in 0..list.len() {
         match checked_call::<T, T>(list, checked, index, &Args::new(&value)) {
             Ok(next) => value = next,
+            Err(err) if err.failure.is_absent() => {}
             Err(_) if opts.ignore_errors => {}
             Err(err) => return Err(err.into()),
         }

@@ -21,6 +21,15 @@ pub enum Failure {
     },
     /// The provider's output could not be read (dynamic calls).
     BadOutput(String),
+    /// The provider is gone (a bridge to a process that went away); calls skip it.
+    Absent(String),
+}
+
+impl Failure {
+    /// True for [`Failure::Absent`]: the provider is skipped, not counted as an error.
+    pub fn is_absent(&self) -> bool {
+        matches!(self, Failure::Absent(_))
+    }
 }
 
 impl std::fmt::Display for Failure {
@@ -33,6 +42,7 @@ impl std::fmt::Display for Failure {
                 write!(f, "has another signature: the call uses {expected}, the provider declares {found}")
             }
             Failure::BadOutput(message) => write!(f, "returned unreadable output: {message}"),
+            Failure::Absent(message) => write!(f, "is gone: {message}"),
         }
     }
 }

@@ -5,7 +5,9 @@
 use std::ffi::c_void;
 
 use crate::abi::manifest::{DataManifest, DataSource, Manifest};
-use crate::abi::{CallbackTable, HostVTable, PluginTables, RVec, StrRef, STATUS_BAD_INPUT};
+use crate::abi::{
+    CallbackTable, HostVTable, PluginTables, RVec, StrRef, STATUS_BAD_INPUT, STATUS_FAILED,
+};
 use crate::plugin::{Plugin, PluginContext, Source};
 use crate::shim::{guarded, put, read_json, write_json};
 
@@ -18,8 +20,9 @@ pub trait Export {
     type Plugin: Plugin;
     /// `CARGO_PKG_VERSION` of the plugin crate.
     const PACKAGE_VERSION: &'static str;
-    /// Builds the plugin object.
-    fn create(context: &PluginContext) -> Self::Plugin;
+    /// Builds the plugin object, or says why it cannot (the load is refused with that
+    /// message).
+    fn create(context: &PluginContext) -> Result<Self::Plugin, String>;
 }
 
 /// Decodes the JSON value in `input` and hands it to the plugin object `P`.
@@ -191,7 +194,8 @@ pub unsafe extern "C" fn init<E: Export>(
                 serde_json::from_slice(config_text)
                     .map_err(|err| (STATUS_BAD_INPUT, format!("plugin configuration: {err}")))?
             };
-            let plugin = E::create(&PluginContext { config });
+            let plugin = E::create(&PluginContext { config })
+                .map_err(|message| (STATUS_FAILED, message))?;
             out.write(describe(plugin, E::PACKAGE_VERSION));
             Ok(())
         })
@@ -201,11 +205,15 @@ pub unsafe extern "C" fn init<E: Export>(
 /// Exports a plugin from a `cdylib` crate. Use it once per crate.
 ///
 /// `export_plugin!(Type)` builds the plugin with `Type::default()`;
-/// `export_plugin!(Type, constructor)` with `constructor(&epi::PluginContext) -> Type`.
+/// `export_plugin!(Type, constructor)` with `constructor(&epi::PluginContext) -> Type`;
+/// `export_plugin!(Type, try constructor)` with a constructor returning
+/// `Result<Type, E: Display>`, whose error refuses the load with its message (a bad
+/// configuration, say).
 ///
 /// ```ignore
 /// epi::export_plugin!(Hello);
 /// epi::export_plugin!(Configured, Configured::from_context);
+/// epi::export_plugin!(Bridge, try Bridge::from_context);
 /// ```
 ///
 /// It also installs [`PluginAllocator`] as the crate's global allocator.
@@ -216,7 +224,20 @@ macro_rules! export_plugin {
             <$plugin as ::std::default::Default>::default()
         });
     };
+    ($plugin:ty, try $constructor:expr) => {
+        $crate::export_plugin!(@export $plugin, |context: &$crate::PluginContext| {
+            let constructor: fn(&$crate::PluginContext) -> ::std::result::Result<$plugin, _> =
+                $constructor;
+            constructor(context).map_err(|err| ::std::string::ToString::to_string(&err))
+        });
+    };
     ($plugin:ty, $constructor:expr) => {
+        $crate::export_plugin!(@export $plugin, |context: &$crate::PluginContext| {
+            let constructor: fn(&$crate::PluginContext) -> $plugin = $constructor;
+            ::std::result::Result::Ok(constructor(context))
+        });
+    };
+    (@export $plugin:ty, $create:expr) => {
         #[global_allocator]
         static EPI_PLUGIN_ALLOCATOR: $crate::export::PluginAllocator =
             $crate::export::PluginAllocator;
@@ -227,9 +248,13 @@ macro_rules! export_plugin {
         impl $crate::export::Export for EpiPluginExport {
             type Plugin = $plugin;
             const PACKAGE_VERSION: &'static str = env!("CARGO_PKG_VERSION");
-            fn create(context: &$crate::PluginContext) -> $plugin {
-                let constructor: fn(&$crate::PluginContext) -> $plugin = $constructor;
-                constructor(context)
+            fn create(
+                context: &$crate::PluginContext,
+            ) -> ::std::result::Result<$plugin, ::std::string::String> {
+                let create: fn(
+                    &$crate::PluginContext,
+                ) -> ::std::result::Result<$plugin, ::std::string::String> = $create;
+                create(context)
             }
         }
 

@@ -7,11 +7,43 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::abi::manifest::FunctionManifest;
-use crate::abi::{FunctionTable, RVec, StrRef, STATUS_FAILED};
+use crate::abi::{FunctionTable, RVec, StrRef, STATUS_ABSENT, STATUS_FAILED};
 use crate::shim::{decode, fill, guarded, type_desc};
 
 /// Answers `(function, args)`.
-pub(crate) type Handler = Arc<dyn Fn(&str, Value) -> Result<Value, String> + Send + Sync>;
+pub(crate) type Handler = Arc<dyn Fn(&str, Value) -> Result<Value, HandlerError> + Send + Sync>;
+
+/// Why a closure provider ([`crate::Provider::json`]) gave no value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HandlerError {
+    /// The call failed: the caller gets a provider error with this message.
+    Failed(String),
+    /// What the provider stands for is gone (a bridged process that exited, say): the call
+    /// goes on as if the provider were not listed (see [`crate::Failure::Absent`]).
+    Absent(String),
+}
+
+impl From<String> for HandlerError {
+    fn from(message: String) -> Self {
+        HandlerError::Failed(message)
+    }
+}
+
+impl From<&str> for HandlerError {
+    fn from(message: &str) -> Self {
+        HandlerError::Failed(message.to_owned())
+    }
+}
+
+impl HandlerError {
+    /// The status and message for the boundary.
+    fn into_failure(self) -> crate::shim::Failure {
+        match self {
+            HandlerError::Failed(message) => (STATUS_FAILED, message),
+            HandlerError::Absent(message) => (STATUS_ABSENT, message),
+        }
+    }
+}
 
 /// One function: its name and the provider's handler.
 struct JsonFunction {
@@ -80,7 +112,7 @@ unsafe extern "C" fn typed_shim(
             let function = &*(instance as *const JsonFunction);
             let args = (*(input as *const Value)).clone();
             let value = (function.handler)(&function.name, args)
-                .map_err(|message| (STATUS_FAILED, message))?;
+                .map_err(HandlerError::into_failure)?;
             (output as *mut Value).write(value);
             Ok(())
         })
@@ -105,7 +137,7 @@ unsafe extern "C" fn stable_shim(
             let function = &*(instance as *const JsonFunction);
             let args: Value = decode(encoding, input.as_bytes())?;
             let value = (function.handler)(&function.name, args)
-                .map_err(|message| (STATUS_FAILED, message))?;
+                .map_err(HandlerError::into_failure)?;
             fill(output, encoding, &value)
         })
     }

@@ -58,6 +58,7 @@ mod shim;
 pub use call::Opts;
 pub use epi_macros::provider;
 pub use error::{Error, Failure, ProviderError};
+pub use json_provider::HandlerError;
 pub use plugin::{
     DataProvider, Decision, Notification, Plugin, PluginContext, PluginState, Provider,
     ProviderVersion, SourcedValue,

@@ -282,17 +282,20 @@ impl Provider {
     ///
     /// Calls by name reach it with JSON; typed calls reach it when their argument and output
     /// types are both `serde_json::Value`, and fail with a type error naming both signatures
-    /// otherwise.
-    pub fn json<F>(
+    /// otherwise. The handler's error is a message (`String`) or a
+    /// [`crate::HandlerError`], whose `Absent` makes calls skip this provider.
+    pub fn json<F, E>(
         service: impl Into<String>,
         label: impl Into<String>,
         functions: impl IntoIterator<Item = impl Into<String>>,
         handler: F,
     ) -> Self
     where
-        F: Fn(&str, serde_json::Value) -> Result<serde_json::Value, String> + Send + Sync + 'static,
+        F: Fn(&str, serde_json::Value) -> Result<serde_json::Value, E> + Send + Sync + 'static,
+        E: Into<crate::HandlerError>,
     {
-        let handler: crate::json_provider::Handler = std::sync::Arc::new(handler);
+        let handler: crate::json_provider::Handler =
+            std::sync::Arc::new(move |function, args| handler(function, args).map_err(Into::into));
         let object = crate::json_provider::JsonProvider::new(functions, handler);
         let functions = object.functions();
         Provider {
