@@ -23,8 +23,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::abi::{
-    ProviderEntry, RVec, StrRef, TypeRef, ENCODING_MSGPACK, STATUS_BAD_INPUT, STATUS_FAILED,
-    STATUS_ABSENT, STATUS_OK, STATUS_PANICKED,
+    ProviderEntry, RVec, StrRef, TypeRef, ENCODING_MSGPACK, STATUS_ABSENT, STATUS_BAD_INPUT,
+    STATUS_FAILED, STATUS_OK, STATUS_PANICKED,
 };
 use crate::error::{Error, Failure, ProviderError};
 use crate::Decision;

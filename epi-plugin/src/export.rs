@@ -194,8 +194,8 @@ pub unsafe extern "C" fn init<E: Export>(
                 serde_json::from_slice(config_text)
                     .map_err(|err| (STATUS_BAD_INPUT, format!("plugin configuration: {err}")))?
             };
-            let plugin = E::create(&PluginContext { config })
-                .map_err(|message| (STATUS_FAILED, message))?;
+            let plugin =
+                E::create(&PluginContext { config }).map_err(|message| (STATUS_FAILED, message))?;
             out.write(describe(plugin, E::PACKAGE_VERSION));
             Ok(())
         })

@@ -422,8 +422,8 @@ impl Drop for Registration {
 }
 
 /// Adds a provider of this plugin at run time: from the next call on, it takes part in the
-/// service's calls, ordered as a declared provider (priority, plugin order, then registration
-/// order after the declared ones). Its label must be unique in the plugin. A version that is
+/// service's calls, ordered as a declared provider (priority, plugin order; after the plugin's
+/// declared providers of equal priority, by label). Its label must be unique in the plugin. A version that is
 /// upgraded or unloaded takes its added providers with it; hand what the next version needs
 /// to re-add them over with `export_state`.
 pub fn add_provider(provider: crate::Provider) -> Result<Registration, Error> {

@@ -111,8 +111,8 @@ unsafe extern "C" fn typed_shim(
         guarded(error, || {
             let function = &*(instance as *const JsonFunction);
             let args = (*(input as *const Value)).clone();
-            let value = (function.handler)(&function.name, args)
-                .map_err(HandlerError::into_failure)?;
+            let value =
+                (function.handler)(&function.name, args).map_err(HandlerError::into_failure)?;
             (output as *mut Value).write(value);
             Ok(())
         })
@@ -136,8 +136,8 @@ unsafe extern "C" fn stable_shim(
         guarded(error, || {
             let function = &*(instance as *const JsonFunction);
             let args: Value = decode(encoding, input.as_bytes())?;
-            let value = (function.handler)(&function.name, args)
-                .map_err(HandlerError::into_failure)?;
+            let value =
+                (function.handler)(&function.name, args).map_err(HandlerError::into_failure)?;
             fill(output, encoding, &value)
         })
     }

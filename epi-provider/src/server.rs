@@ -428,8 +428,11 @@ fn serve_connection(
             Ok(request) => request,
             Err((id, reason)) => {
                 tracing::warn!("task {task}: refused a request: {reason}");
-                if write_json(&mut connection, &Response::error(id.unwrap_or_default(), reason))
-                    .is_err()
+                if write_json(
+                    &mut connection,
+                    &Response::error(id.unwrap_or_default(), reason),
+                )
+                .is_err()
                 {
                     return;
                 }
@@ -483,7 +486,12 @@ fn deliver(shared: &Shared, request: &Request, response: Response) {
     let Ok(path) = unix_url_path(hook) else {
         return;
     };
-    let kept = shared.hooks.lock().unwrap().get_mut(hook).and_then(Vec::pop);
+    let kept = shared
+        .hooks
+        .lock()
+        .unwrap()
+        .get_mut(hook)
+        .and_then(Vec::pop);
     if let Some(mut stream) = kept {
         if write_json(&mut stream, &response).is_ok() {
             shared
@@ -569,7 +577,10 @@ pub struct Running {
 impl Running {
     /// The task sockets being served.
     pub fn socket_paths(&self) -> Vec<PathBuf> {
-        self.listeners.iter().map(|(path, _)| path.clone()).collect()
+        self.listeners
+            .iter()
+            .map(|(path, _)| path.clone())
+            .collect()
     }
 
     /// Waits for SIGTERM, SIGINT or SIGHUP, then stops.

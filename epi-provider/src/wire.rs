@@ -30,7 +30,9 @@ pub enum FrameError {
         limit: usize,
     },
     /// The peer closed the connection inside a frame.
-    #[error("the peer closed the connection in the middle of a frame ({read} of {expected} bytes read)")]
+    #[error(
+        "the peer closed the connection in the middle of a frame ({read} of {expected} bytes read)"
+    )]
     Truncated {
         /// Bytes of the frame (prefix included) that arrived.
         read: usize,
@@ -92,7 +94,10 @@ pub fn write_frame(writer: &mut impl Write, body: &[u8]) -> io::Result<()> {
     let length = u32::try_from(body.len()).map_err(|_| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("a frame of {} bytes does not fit a 4-byte length", body.len()),
+            format!(
+                "a frame of {} bytes does not fit a 4-byte length",
+                body.len()
+            ),
         )
     })?;
     let mut frame = Vec::with_capacity(4 + body.len());
@@ -211,14 +216,21 @@ impl Response {
     }
 
     /// Reads a response frame's JSON. A response with both a result and an error is a
-    /// protocol error.
-    pub fn parse(body: &[u8]) -> Result<Response, String> {
-        let response: Response = serde_json::from_slice(body)
-            .map_err(|err| format!("the response is not a valid response object: {err}"))?;
+    /// protocol error. Errors carry the response's id when it had one.
+    pub fn parse(body: &[u8]) -> Result<Response, (Option<String>, String)> {
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|err| (None, format!("the response is not JSON: {err}")))?;
+        let id = value.get("id").and_then(Value::as_str).map(str::to_owned);
+        let response: Response = serde_json::from_value(value).map_err(|err| {
+            (
+                id.clone(),
+                format!("the response is not a valid response object: {err}"),
+            )
+        })?;
         if response.error.is_some() && response.result.as_ref().is_some_and(|r| !r.is_null()) {
-            return Err(format!(
-                "the response to {} has both a result and an error (protocol error)",
-                response.id
+            return Err((
+                id,
+                "the response has both a result and an error (protocol error)".into(),
             ));
         }
         Ok(response)
@@ -273,7 +285,9 @@ pub fn parse_socket_name(file_name: &str) -> Result<(i32, String), String> {
         format!("{file_name:?}: {number:?} is not a priority (a whole number, as in 50-name.sock)")
     })?;
     if name.is_empty() {
-        return Err(format!("{file_name:?} has no provider name after the priority"));
+        return Err(format!(
+            "{file_name:?} has no provider name after the priority"
+        ));
     }
     Ok((priority, name.to_owned()))
 }
@@ -281,6 +295,21 @@ pub fn parse_socket_name(file_name: &str) -> Result<(i32, String), String> {
 /// A task socket's file name.
 pub fn socket_name(priority: i32, provider: &str) -> String {
     format!("{priority}-{provider}.sock")
+}
+
+/// The socket directory both sides use when none is configured: `$XDG_RUNTIME_DIR/epi/providers`,
+/// else `epi-UID/providers` under the system's temporary directory.
+pub fn default_socket_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|dir| !dir.is_empty()) {
+        Some(dir) => PathBuf::from(dir).join("epi").join("providers"),
+        None => {
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            let uid = unsafe { libc::geteuid() };
+            std::env::temp_dir()
+                .join(format!("epi-{uid}"))
+                .join("providers")
+        }
+    }
 }
 
 #[cfg(test)]
@@ -299,14 +328,35 @@ mod tests {
 
         let mut big = &[0u8, 0, 1, 0][..];
         let err = read_frame(&mut big, 100).unwrap_err();
-        assert!(matches!(err, FrameError::TooLarge { length: 256, limit: 100 }), "{err}");
+        assert!(
+            matches!(
+                err,
+                FrameError::TooLarge {
+                    length: 256,
+                    limit: 100
+                }
+            ),
+            "{err}"
+        );
         let mut prefix_only = &[0u8, 0, 0, 5][..];
         let err = read_frame(&mut prefix_only, 100).unwrap_err();
-        assert!(matches!(err, FrameError::Truncated { read: 4, expected: 9 }), "{err}");
+        assert!(
+            matches!(
+                err,
+                FrameError::Truncated {
+                    read: 4,
+                    expected: 9
+                }
+            ),
+            "{err}"
+        );
         let mut half_prefix = &[0u8, 0][..];
         assert!(matches!(
             read_frame(&mut half_prefix, 100).unwrap_err(),
-            FrameError::Truncated { read: 2, expected: 4 }
+            FrameError::Truncated {
+                read: 2,
+                expected: 4
+            }
         ));
     }
 
@@ -332,8 +382,11 @@ mod tests {
 
     #[test]
     fn a_response_with_result_and_error_is_a_protocol_error() {
-        let err = Response::parse(br#"{"id":"1","result":2,"error":"x"}"#).unwrap_err();
-        assert!(err.contains("protocol error"), "{err}");
+        let (id, err) = Response::parse(br#"{"id":"1","result":2,"error":"x"}"#).unwrap_err();
+        assert!(
+            err.contains("protocol error") && id.as_deref() == Some("1"),
+            "{err}"
+        );
         let ok = Response::parse(br#"{"id":"1","result":null,"error":"x"}"#).unwrap();
         assert_eq!(ok.error.as_deref(), Some("x"));
     }
@@ -341,25 +394,14 @@ mod tests {
     #[test]
     fn socket_names_carry_priority_and_provider() {
         assert_eq!(parse_socket_name("100-x.sock").unwrap(), (100, "x".into()));
-        assert_eq!(parse_socket_name("-5-neg.sock").unwrap_err().contains("priority"), true);
-        assert!(parse_socket_name("abc-x.sock").unwrap_err().contains("priority"));
+        assert!(parse_socket_name("-5-neg.sock")
+            .unwrap_err()
+            .contains("priority"));
+        assert!(parse_socket_name("abc-x.sock")
+            .unwrap_err()
+            .contains("priority"));
         assert!(parse_socket_name("50-.sock").is_err());
         assert!(check_task_name(".tracker").is_err());
         assert!(check_task_name("response").is_ok());
-    }
-}
-
-/// The socket directory both sides use when none is configured: `$XDG_RUNTIME_DIR/epi/providers`,
-/// else `epi-UID/providers` under the system's temporary directory.
-pub fn default_socket_dir() -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR").filter(|dir| !dir.is_empty()) {
-        Some(dir) => PathBuf::from(dir).join("epi").join("providers"),
-        None => {
-            // SAFETY: geteuid has no preconditions and cannot fail.
-            let uid = unsafe { libc::geteuid() };
-            std::env::temp_dir()
-                .join(format!("epi-{uid}"))
-                .join("providers")
-        }
     }
 }

@@ -13,6 +13,7 @@ pub const PLUGINS: &[&str] = &[
     "epi-plugin-greeter-fr",
     "epi-plugin-testplug",
     "epi-fixture-no-entry",
+    "epi-plugin-provider",
 ];
 
 /// The `target/<profile>` directory the running executable was built into.
@@ -32,7 +33,7 @@ pub fn build_plugins() -> &'static Path {
     static STAGED: OnceLock<tempfile::TempDir> = OnceLock::new();
     STAGED
         .get_or_init(|| {
-            let built = build_with_cargo();
+            let built = cargo_build(PLUGINS);
             let staged = plugin_dir();
             for plugin in PLUGINS {
                 let name = library_name(plugin);
@@ -56,7 +57,20 @@ fn install_from(source: &Path, dir: &Path, file_name: &str) -> PathBuf {
     target
 }
 
-fn build_with_cargo() -> PathBuf {
+/// Builds the binary `bin` of the workspace package `package` with the running executable's
+/// profile (once per process and binary); returns its path.
+pub fn build_binary(package: &str, bin: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = profile_dir();
+    if !built.iter().any(|p| p == package) {
+        cargo_build(&[package]);
+        built.push(package.to_owned());
+    }
+    dir.join(bin)
+}
+
+fn cargo_build(packages: &[&str]) -> PathBuf {
     {
         let dir = profile_dir();
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -71,11 +85,11 @@ fn build_with_cargo() -> PathBuf {
         if let Some(target) = dir.parent() {
             command.env("CARGO_TARGET_DIR", target);
         }
-        for plugin in PLUGINS {
-            command.args(["-p", plugin]);
+        for package in packages {
+            command.args(["-p", package]);
         }
-        let status = command.status().expect("run cargo build for the plugins");
-        assert!(status.success(), "building the plugin libraries failed");
+        let status = command.status().expect("run cargo build");
+        assert!(status.success(), "building {packages:?} failed");
         dir
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! `cargo xtask test [ARGS]`: installs the Debian packages the tests need when they are missing
 //! (`rustc-web` and `cargo-web`: a second Rust toolchain, to build a plugin with another
-//! compiler than the host's), then runs `cargo test --workspace [ARGS]`.
+//! compiler than the host's; `python3-minimal`: the example provider process written in
+//! Python), then runs `cargo test --workspace [ARGS]`.
 
 use std::path::Path;
 use std::process::{exit, Command};
@@ -11,6 +12,7 @@ use std::process::{exit, Command};
 const PACKAGES: &[(&str, &str)] = &[
     ("rustc-web", "/usr/bin/rustc"),
     ("cargo-web", "/usr/bin/cargo"),
+    ("python3-minimal", "/usr/bin/python3"),
 ];
 
 fn main() {
@@ -54,7 +56,7 @@ fn install_missing() {
     if !(apt(&install) || (apt(&["update", "-qq"]) && apt(&install))) {
         eprintln!(
             "xtask: could not install {}: run `apt-get install {}` as root; the tests that \
-             build a plugin with a second toolchain will fail until then",
+             need them will fail until then, naming what is missing",
             missing.join(" "),
             missing.join(" ")
         );
