@@ -401,14 +401,22 @@ fn accept_loop(
 /// Reads requests from one caller connection until it closes: acknowledges each, runs it and
 /// sends its response to its hook.
 fn serve_connection(
-    mut connection: UnixStream,
+    connection: UnixStream,
     shared: &Shared,
     task: &str,
     handler: &Handler,
     timeout: Option<Duration>,
 ) {
+    let mut reader = std::io::BufReader::new(match connection.try_clone() {
+        Ok(reader) => reader,
+        Err(err) => {
+            tracing::warn!("task {task}: {err}");
+            return;
+        }
+    });
+    let mut connection = connection;
     loop {
-        let body = match read_frame(&mut connection, shared.max_frame) {
+        let body = match read_frame(&mut reader, shared.max_frame) {
             Ok(Some(body)) => body,
             Ok(None) => return,
             Err(err) => {

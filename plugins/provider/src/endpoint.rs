@@ -1,7 +1,7 @@
 //! One provider socket as a provider of an epi function: each call sends a request, reads the
 //! acknowledgement on the same connection and waits for the response at the tracker.
 
-use std::io::{self, Read};
+use std::io::{self, BufReader, Read};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,10 +33,13 @@ pub struct Endpoint {
     pub calls: AtomicU64,
     /// Calls that failed.
     pub failures: AtomicU64,
-    /// Idle connections, each acknowledged all it was sent.
-    idle: Mutex<Vec<UnixStream>>,
+    /// Idle connections, each acknowledged all it was sent (buffered: a frame is one read).
+    idle: Mutex<Vec<Connection>>,
     core: Arc<Core>,
 }
+
+/// A connection to the provider's socket, reads buffered.
+type Connection = BufReader<UnixStream>;
 
 /// A failed exchange: either the provider is gone (skip it) or the call failed.
 enum Trouble {
@@ -130,7 +133,9 @@ impl Endpoint {
                 break answer;
             }
             if !closed {
-                closed = connection.as_ref().is_some_and(peer_closed);
+                closed = connection
+                    .as_ref()
+                    .is_some_and(|c| !c.buffer().is_empty() || peer_closed(c.get_ref()));
                 if closed {
                     connection = None;
                 }
@@ -163,16 +168,20 @@ impl Endpoint {
         &self,
         body: &[u8],
         timeout: Duration,
-    ) -> Result<(Response, Option<UnixStream>), Trouble> {
+    ) -> Result<(Response, Option<Connection>), Trouble> {
         loop {
             let reused = self.idle.lock().unwrap().pop();
             let was_reused = reused.is_some();
             let mut connection = match reused {
                 Some(connection) => connection,
-                None => self.connect()?,
+                None => {
+                    let connection = self.connect()?;
+                    // The task's timeout bounds every wait for an acknowledgement on it.
+                    let _ = connection.set_read_timeout(Some(timeout));
+                    BufReader::new(connection)
+                }
             };
-            let _ = connection.set_read_timeout(Some(timeout));
-            if let Err(err) = write_frame(&mut connection, body) {
+            if let Err(err) = write_frame(connection.get_mut(), body) {
                 if was_reused {
                     continue;
                 }
@@ -220,11 +229,11 @@ impl Endpoint {
         })
     }
 
-    /// Keeps a connection for the next call unless the provider closed it.
-    fn keep(&self, connection: Option<UnixStream>) {
+    /// Keeps a connection for the next call (one the provider closed since is noticed and
+    /// replaced when it is next used: see [`Endpoint::send`]).
+    fn keep(&self, connection: Option<Connection>) {
         if let Some(connection) = connection {
-            if !peer_closed(&connection) {
-                let _ = connection.set_read_timeout(None);
+            if connection.buffer().is_empty() {
                 self.idle.lock().unwrap().push(connection);
             }
         }

@@ -190,8 +190,9 @@ fn accept(
 
 /// Hands every response read from one provider connection to its waiting call.
 fn read_responses(connection: &mut UnixStream, name: &str, pending: &Pending, max_frame: usize) {
+    let mut connection = std::io::BufReader::new(connection);
     loop {
-        match read_frame(connection, max_frame) {
+        match read_frame(&mut connection, max_frame) {
             Ok(Some(body)) => match Response::parse(&body) {
                 Ok(response) => {
                     let id = response.id.clone();
