@@ -398,3 +398,76 @@ fn a_bad_config_names_file_line_and_key() {
         "{err}"
     );
 }
+
+#[test]
+fn provider_processes_answer_the_cli_and_stream_over_http() {
+    let dir = epi_testkit::plugin_dir();
+    epi_testkit::install(
+        dir.path(),
+        "epi-plugin-provider",
+        "libepi_plugin_provider.so",
+    );
+    let sockets = tempfile::tempdir().unwrap();
+    let config = dir.path().join("epi.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[plugins]\ndirs = [\".\"]\n\
+             [plugins.config.\"libepi_plugin_provider.so\"]\nsocket_dir = \"{}\"\n\
+             [http]\nlisten = \"127.0.0.1:0\"\n",
+            sockets.path().display()
+        ),
+    )
+    .unwrap();
+    let daemon = start(&config);
+    let provider_binary = epi_testkit::build_binary("epi-provider-example", "epi-example-provider");
+    let mut provider = Command::new(provider_binary)
+        .args(["--name", "example", "--socket-dir"])
+        .arg(sockets.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut provider_out = BufReader::new(provider.stdout.take().unwrap());
+    let mut line = String::new();
+    provider_out.read_line(&mut line).unwrap();
+    assert!(line.starts_with("serving"), "{line}");
+    let config = config.to_str().unwrap();
+    let remote = ["--config", config, "--daemon", daemon.base.as_str()];
+    let args = r#"{"lang": "en", "name": "Ada"}"#;
+    let decide = [
+        &remote[..],
+        &["decide", "provider", "greet", "--args", args],
+    ]
+    .concat();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let out = loop {
+        let (code, out, err) = epi(&decide);
+        if code == 0 && out.starts_with("decided") {
+            break out;
+        }
+        assert!(Instant::now() < deadline, "no decision: {out} {err}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(out, "decided: \"example greets Ada in en\"\n");
+    // A stream: the task's value names it; the daemon serves its bytes once.
+    let (status, body) = post(
+        &format!("{}/_epi/apply", daemon.base),
+        r#"{"service": "provider", "function": "lines", "args": {"count": 2}}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let url = json(&body)["result"][0]["stream_url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let stream = format!("{}/provider/streams?url={url}", daemon.base);
+    assert_eq!(get(&stream), (200, "line 1\nline 2\n".into()));
+    assert_eq!(get(&stream).0, 404, "a stream is read once");
+    let (status, body) = get(&format!(
+        "{}/provider/streams?url=unix:///etc/passwd",
+        daemon.base
+    ));
+    assert_eq!(status, 403, "{body}");
+    let _ = provider.kill();
+    let _ = provider.wait();
+}

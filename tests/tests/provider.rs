@@ -620,3 +620,30 @@ fn upgrading_the_provider_plugin_with_calls_in_flight_loses_no_call() {
     let calls: u64 = callers.into_iter().map(|c| c.join().unwrap()).sum();
     assert!(calls > 10, "only {calls} calls");
 }
+
+#[test]
+fn a_socket_group_shares_the_directory_with_providers_of_that_group() {
+    use std::os::unix::fs::MetadataExt;
+    let parent = socket_dir();
+    let sockets = parent.path().join("shared");
+    // SAFETY: getegid has no preconditions and cannot fail.
+    let gid = unsafe { libc::getegid() };
+    let registry = provider_registry(&sockets, json!({"socket_group": gid}));
+    let meta = std::fs::metadata(&sockets).unwrap();
+    assert_eq!((meta.mode() & 0o7777, meta.gid()), (0o2770, gid));
+    // A group-writable task directory of that group is accepted.
+    let task = sockets.join("whoami");
+    std::fs::create_dir(&task).unwrap();
+    std::fs::set_permissions(&task, std::fs::Permissions::from_mode(0o770)).unwrap();
+    let _member = Provider::rust(&sockets, "member", 50, &["--task", "whoami"]);
+    wait_for(&registry, &["member"]);
+    // Without the group setting, the same directory is refused.
+    let err = registry
+        .load_with_config(
+            plugin_library("epi-plugin-provider"),
+            &json!({"socket_dir": sockets}),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("writable by its group"), "{err}");
+}

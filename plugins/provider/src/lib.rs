@@ -8,6 +8,7 @@
 //! - [`tracker`]: this version's response socket, matching responses to waiting calls.
 //! - [`endpoint`]: one socket as a provider: request, acknowledgement, response, timeouts.
 //! - [`discovery`]: sockets appearing and disappearing (watched with `notify`), trust checks.
+//! - [`web`]: task streams as streamed HTTP bodies through the daemon.
 //!
 //! The protocol is in `PROTOCOL.md` beside this crate; `epi-provider` implements it for Rust
 //! provider processes.
@@ -16,6 +17,7 @@ pub mod config;
 pub mod discovery;
 pub mod endpoint;
 pub mod tracker;
+pub mod web;
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
@@ -24,7 +26,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use epi::{Plugin, PluginContext, Process, ProcessError};
+use epi::{Plugin, PluginContext, Process, ProcessError, Provider};
 use notify::{RecursiveMode, Watcher};
 
 use crate::config::Config;
@@ -56,6 +58,16 @@ impl Core {
             self.instance,
             self.next_id.fetch_add(1, Ordering::Relaxed)
         )
+    }
+
+    /// A number telling this version's HTTP stream ids from other versions' and plugins'.
+    pub fn instance_tag(&self) -> u64 {
+        self.instance
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+                (hash ^ byte as u64).wrapping_mul(0x100_0000_01b3)
+            })
+            & 0xffff_ffff
     }
 
     /// Asks discovery to look again now.
@@ -159,7 +171,17 @@ impl Plugin for ProviderPlugin {
     }
 
     fn services(&self) -> Vec<String> {
-        self.core.config.services()
+        let mut services = self.core.config.services();
+        services.push(epi::http::SERVICE.into());
+        services
+    }
+
+    fn providers(&self) -> Vec<Provider> {
+        let tag = self.core.instance_tag();
+        vec![
+            Provider::new(epi::http::SERVICE, web::Web::new(self.core.clone(), tag))
+                .label("streams"),
+        ]
     }
 
     fn processes(&self) -> Vec<Process> {
