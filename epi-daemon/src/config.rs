@@ -116,7 +116,8 @@ impl Default for HttpConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
-    /// Where private copies of plugin files go (default: the system temp directory).
+    /// Where private copies of plugin files go (default: the system temp directory), and the
+    /// directory plugins keep state in (`EPI_DATA_DIR` in their environment).
     pub dir: Option<PathBuf>,
 }
 

@@ -18,6 +18,11 @@ fn main() -> ExitCode {
         },
         None => config::Config::default(),
     };
+    if let Some(dir) = &config.data.dir {
+        // Plugins keep their state under the daemon's data directory (the agent's database,
+        // say). Set before any thread starts, so no thread reads the environment meanwhile.
+        std::env::set_var("EPI_DATA_DIR", dir);
+    }
     init_logging(&config, matches!(cli.command, Command::Serve));
     match cli.command {
         Command::Serve => {

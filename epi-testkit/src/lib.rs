@@ -14,6 +14,8 @@ pub const PLUGINS: &[&str] = &[
     "epi-plugin-testplug",
     "epi-fixture-no-entry",
     "epi-plugin-provider",
+    "epi-plugin-agent",
+    "epi-plugin-agent-qemu",
 ];
 
 /// The `target/<profile>` directory the running executable was built into.

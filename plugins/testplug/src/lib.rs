@@ -476,6 +476,32 @@ impl Probe {
         Ok(n)
     }
 
+    /// An agent stage for tests: sleeps `args.ms` milliseconds, then appends
+    /// `[action, started_ms, ended_ms]` to the guest's `trace`; fails when `args.fail` is set.
+    pub fn stage_sleep(&self, input: &Value) -> Result<Decision<Value>, String> {
+        let now = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0)
+        };
+        let started = now();
+        let args = &input["args"];
+        std::thread::sleep(Duration::from_millis(args["ms"].as_u64().unwrap_or(0)));
+        if let Some(message) = args["fail"].as_str() {
+            return Err(message.to_owned());
+        }
+        let mut guest = input["guest"].clone();
+        if guest.is_object() {
+            let entry = serde_json::json!([input["action"], started, now()]);
+            match guest.get_mut("trace").and_then(Value::as_array_mut) {
+                Some(trace) => trace.push(entry),
+                None => guest["trace"] = serde_json::json!([entry]),
+            }
+        }
+        Ok(Decision::Decided(serde_json::json!({"guest": guest})))
+    }
+
     /// `math.value(x)` of every provider, called through the host.
     pub fn relay(&self, x: &i64) -> Result<Vec<i64>, String> {
         epi::host::function::<i64, i64>("math", "value")

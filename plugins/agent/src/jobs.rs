@@ -1,0 +1,123 @@
+//! Async jobs: a pool of workers claims queued jobs from the database (one at a time per guest,
+//! guests in parallel) and runs their pipelines.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use epi::ProcessContext;
+use serde_json::{json, Value};
+
+use crate::store::Claimed;
+use crate::{Agent, AGENT_QUEUE};
+
+/// How often an idle worker looks for jobs queued by another version of the plugin.
+const POLL: Duration = Duration::from_millis(200);
+
+/// Runs the worker pool until `context` says stop; a running job finishes first.
+pub fn run_workers(agent: &Arc<Agent>, context: &ProcessContext) {
+    std::thread::scope(|scope| {
+        for number in 0..agent.config.workers {
+            let agent = agent.clone();
+            std::thread::Builder::new()
+                .name(format!("epi-agent worker {number}"))
+                .spawn_scoped(scope, move || worker(&agent))
+                .expect("start an agent worker");
+        }
+        while !context.wait_stop(Duration::from_secs(1)) {
+            context.set_report(&agent.report());
+        }
+        agent.stop_workers();
+    });
+}
+
+fn worker(agent: &Agent) {
+    let started = std::time::Instant::now();
+    loop {
+        if agent.stopping() {
+            return;
+        }
+        // Right after a start the plugins the stages call may still be loading.
+        if started.elapsed() < agent.config.start_grace && !agent.problems().is_empty() {
+            agent.wait_for_work(Duration::from_millis(50));
+            continue;
+        }
+        match agent.store.claim() {
+            Ok(Some(job)) => run(agent, &job),
+            Ok(None) => agent.wait_for_work(POLL),
+            Err(err) => {
+                epi::log::error(&err);
+                agent.wait_for_work(POLL);
+            }
+        }
+    }
+}
+
+/// Runs one claimed job and records its end.
+fn run(agent: &Agent, job: &Claimed) {
+    let outcome = execute(agent, job);
+    if let Err((stage, message)) = &outcome {
+        epi::log::warn(&format!(
+            "job {} ({} of guest {}) failed at {stage}: {message}",
+            job.id, job.action, job.guest_id
+        ));
+    }
+    if let Err(err) = agent.store.finish(job, outcome, agent.config.keep_jobs) {
+        epi::log::error(&err);
+    }
+    // The guest may have more jobs queued: let a worker look.
+    agent.wake_workers();
+}
+
+fn execute(agent: &Agent, job: &Claimed) -> Result<(), (String, String)> {
+    let guest = if job.guest_id == AGENT_QUEUE {
+        Value::Null
+    } else {
+        match agent.store.guest(&job.guest_id) {
+            Ok(Some(guest)) => guest,
+            Ok(None) => {
+                return Err((
+                    String::new(),
+                    format!("guest {} does not exist", job.guest_id),
+                ))
+            }
+            Err(err) => return Err((String::new(), err)),
+        }
+    };
+    let stages = agent.config.stages(&job.action);
+    let guest_id = job.guest_id.clone();
+    let outcome = crate::pipeline::run(
+        &agent.limits,
+        &job.action,
+        stages,
+        guest,
+        &job.args,
+        |guest| {
+            if guest_id == AGENT_QUEUE {
+                Ok(())
+            } else {
+                agent.store.put_guest(&guest_id, guest)
+            }
+        },
+    )
+    .map_err(|err| (err.stage, err.message))?;
+    if job.action == "delete" && job.guest_id != AGENT_QUEUE {
+        agent
+            .store
+            .delete_guest(&job.guest_id)
+            .map_err(|err| (String::new(), err))?;
+    }
+    let _ = outcome;
+    Ok(())
+}
+
+/// The workers' report for `epi report`.
+pub fn report(agent: &Agent) -> Value {
+    let (queued, running) = agent.store.pending().unwrap_or((0, 0));
+    json!({
+        "queued": queued,
+        "running": running,
+        "workers": agent.config.workers,
+        "db": agent.config.db,
+        "problems": agent.problems(),
+    })
+}
