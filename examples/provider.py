@@ -5,11 +5,15 @@
 usage: provider.py SOCKET_DIR NAME [PRIORITY]"""
 import json, os, signal, socket, struct, sys, threading
 
+MAX_FRAME = 16 << 20
+
 def read_frame(conn):
     head = conn.recv(4, socket.MSG_WAITALL)
     if len(head) < 4:
         return None
     size = struct.unpack(">I", head)[0]
+    if size > MAX_FRAME:
+        return None
     body = conn.recv(size, socket.MSG_WAITALL) if size else b""
     return json.loads(body) if len(body) == size else None
 
@@ -20,6 +24,9 @@ def write_frame(conn, value):
 def serve(conn, task, handler):
     with conn:
         while (request := read_frame(conn)) is not None:
+            if not isinstance(request, dict):
+                write_frame(conn, {"id": "", "error": "the request is not a JSON object"})
+                continue
             missing = [k for k in ("id", "task", "response_hook") if not request.get(k)]
             if missing or request["task"] != task:
                 write_frame(conn, {"id": request.get("id", ""), "error": f"bad request: {missing or request['task']}"})
@@ -29,9 +36,12 @@ def serve(conn, task, handler):
                 response = {"id": request["id"], "result": handler(request.get("args"))}
             except Exception as err:
                 response = {"id": request["id"], "error": str(err)}
-            with socket.socket(socket.AF_UNIX) as hook:
-                hook.connect(request["response_hook"][len("unix://"):])
-                write_frame(hook, response)
+            try:
+                with socket.socket(socket.AF_UNIX) as hook:
+                    hook.connect(request["response_hook"].removeprefix("unix://"))
+                    write_frame(hook, response)
+            except (OSError, TypeError, ValueError) as err:
+                print(f"cannot deliver {request['id']}: {err}", file=sys.stderr)
 
 def accept(listener, task, handler):
     while True:

@@ -24,8 +24,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::wire::{
-    self, check_task_name, read_frame, socket_name, unix_url, unix_url_path, write_json, Request,
-    Response, DEFAULT_MAX_FRAME, DEFAULT_PRIORITY, RESERVED_PREFIX,
+    self, check_task_name, peer_closed, read_frame, socket_name, unix_url, unix_url_path,
+    write_json, Request, Response, DEFAULT_MAX_FRAME, DEFAULT_PRIORITY, RESERVED_PREFIX,
 };
 
 /// What a provider process is configured with (JSON, e.g. from a file; unknown keys are
@@ -115,9 +115,20 @@ impl Config {
         if self.max_frame == 0 {
             return Err(ServerError::Config("`max_frame` must be above 0".into()));
         }
-        for task in self.tasks.keys() {
+        if self.default_priority < 0 {
+            return Err(ServerError::Config(format!(
+                "`default_priority` {} must be 0 or more (it is the number in PRIORITY-NAME.sock)",
+                self.default_priority
+            )));
+        }
+        for (task, settings) in &self.tasks {
             check_task_name(task)
                 .map_err(|reason| ServerError::Config(format!("`tasks.{task}`: {reason}")))?;
+            if settings.priority.is_some_and(|p| p < 0) {
+                return Err(ServerError::Config(format!(
+                    "`tasks.{task}.priority` must be 0 or more"
+                )));
+            }
         }
         Ok(())
     }
@@ -261,6 +272,7 @@ impl Server {
             next_connection: AtomicU64::new(0),
             stream_dir: socket_dir.join(".streams"),
             next_stream: AtomicU64::new(0),
+            shared_mode,
             provider: self.config.service_name.clone(),
         });
         let mut running = Running {
@@ -309,6 +321,9 @@ fn prepare_dir(dir: &Path, mode: u32) -> Result<u32, ServerError> {
             .mode(mode)
             .create(dir)
             .map_err(|err| failed(format!("cannot create the directory: {err}")))?;
+        // The mode exactly, whatever the umask (group members must be able to bind in it).
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+            .map_err(|err| failed(format!("cannot set its mode: {err}")))?;
     }
     let meta = std::fs::metadata(dir).map_err(|err| failed(err.to_string()))?;
     if !meta.is_dir() {
@@ -324,8 +339,14 @@ fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServerError> {
         reason,
     };
     if path.exists() {
-        if UnixStream::connect(path).is_ok() {
-            return Err(failed("another process is serving this socket".into()));
+        match UnixStream::connect(path) {
+            Ok(_) => return Err(failed("another process is serving this socket".into())),
+            // Only a socket nobody listens on is stale; another error (no permission, say)
+            // may hide a live socket of another user.
+            Err(err) if err.kind() != std::io::ErrorKind::ConnectionRefused => {
+                return Err(failed(format!("cannot tell whether it is in use: {err}")))
+            }
+            Err(_) => {}
         }
         std::fs::remove_file(path)
             .map_err(|err| failed(format!("cannot remove the stale socket: {err}")))?;
@@ -347,6 +368,8 @@ struct Shared {
     next_connection: AtomicU64,
     stream_dir: PathBuf,
     next_stream: AtomicU64,
+    /// The socket directory's group bits, given to what this process creates in it.
+    shared_mode: u32,
     provider: String,
 }
 
@@ -375,6 +398,8 @@ fn accept_loop(
         let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
         let (thread_shared, thread_task, thread_handler) =
             (shared.clone(), task.clone(), handler.clone());
+        // Held while spawning: the thread's last act (removing its entry) comes after the insert.
+        let mut connections = shared.connections.lock().unwrap();
         let spawned = std::thread::Builder::new()
             .name(format!("epi-provider {task} #{id}"))
             .spawn(move || {
@@ -389,7 +414,6 @@ fn accept_loop(
             });
         match spawned {
             Ok(thread) => {
-                let mut connections = shared.connections.lock().unwrap();
                 connections.retain(|_, (_, thread)| !thread.is_finished());
                 connections.insert(id, (kept, thread));
             }
@@ -415,6 +439,8 @@ fn serve_connection(
         }
     });
     let mut connection = connection;
+    // A caller that stops reading cannot hold this thread (and so a stop) for ever.
+    let _ = connection.set_write_timeout(Some(WRITE_TIMEOUT));
     loop {
         let body = match read_frame(&mut reader, shared.max_frame) {
             Ok(Some(body)) => body,
@@ -513,16 +539,20 @@ fn deliver(shared: &Shared, request: &Request, response: Response) {
         }
     }
     match UnixStream::connect(&path).and_then(|mut stream| {
+        stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
         write_json(&mut stream, &response)?;
         Ok(stream)
     }) {
-        Ok(stream) => shared
-            .hooks
-            .lock()
-            .unwrap()
-            .entry(hook.clone())
-            .or_default()
-            .push(stream),
+        Ok(stream) => {
+            let mut hooks = shared.hooks.lock().unwrap();
+            // Hooks of callers that went away (a plugin version retired, say) are dropped
+            // when a new one appears, so their connections do not pile up.
+            for kept in hooks.values_mut() {
+                kept.retain(|stream| !peer_closed(stream));
+            }
+            hooks.retain(|_, kept| !kept.is_empty());
+            hooks.entry(hook.clone()).or_default().push(stream);
+        }
         Err(err) => tracing::warn!(
             "cannot deliver the response to request {} at {hook}: {err}",
             request.id
@@ -530,19 +560,23 @@ fn deliver(shared: &Shared, request: &Request, response: Response) {
     }
 }
 
+/// How long a write to a caller or a response hook may block.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long a stream socket waits for its reader.
 const STREAM_WAIT: Duration = Duration::from_secs(60);
 
 /// Serves `reader` on a one-shot socket; returns its URL.
 fn serve_stream(shared: &Shared, mut reader: Box<dyn Read + Send>) -> Result<String, String> {
-    prepare_dir(&shared.stream_dir, 0o700).map_err(|err| err.to_string())?;
+    prepare_dir(&shared.stream_dir, shared.shared_mode | 0o700).map_err(|err| err.to_string())?;
     let path = shared.stream_dir.join(format!(
         "{}-{}-{}.sock",
         shared.provider,
         std::process::id(),
         shared.next_stream.fetch_add(1, Ordering::Relaxed)
     ));
-    let listener = bind(&path, 0o600).map_err(|err| err.to_string())?;
+    let listener =
+        bind(&path, shared.shared_mode & 0o660 | 0o600).map_err(|err| err.to_string())?;
     listener
         .set_nonblocking(true)
         .map_err(|err| format!("{}: {err}", path.display()))?;
@@ -567,6 +601,7 @@ fn serve_stream(shared: &Shared, mut reader: Box<dyn Read + Send>) -> Result<Str
             let _ = std::fs::remove_file(&path);
             if let Some(mut connection) = connection {
                 let _ = connection.set_nonblocking(false);
+                let _ = connection.set_write_timeout(Some(WRITE_TIMEOUT));
                 if let Err(err) = std::io::copy(&mut reader, &mut connection) {
                     tracing::warn!("stream {}: {err}", path.display());
                 }

@@ -312,6 +312,18 @@ pub fn default_socket_dir() -> PathBuf {
     }
 }
 
+/// True when the peer closed `connection` (or left bytes in it that nobody asked for: the
+/// connection cannot be trusted for another request either). Never blocks.
+pub fn peer_closed(connection: &std::os::unix::net::UnixStream) -> bool {
+    if connection.set_nonblocking(true).is_err() {
+        return true;
+    }
+    let mut byte = [0u8; 1];
+    let closed = !matches!((&*connection).read(&mut byte), Err(err) if err.kind() == io::ErrorKind::WouldBlock);
+    let _ = connection.set_nonblocking(false);
+    closed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

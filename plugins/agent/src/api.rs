@@ -330,23 +330,24 @@ fn snapshots(
             "GET" => info(agent, "snapshots_list", Some((id, guest)), args(None)),
             "POST" => {
                 let body = body_object(request)?;
-                let name =
-                    match body.get("name") {
-                        None | Some(Value::Null) => format!(
-                            "snap-{}",
-                            std::time::SystemTime::now()
-                                .duration_since(std::time::UNIX_EPOCH)
-                                .map(|d| d.as_secs())
-                                .unwrap_or(0)
-                        ),
-                        Some(Value::String(name)) if valid_name(name) => name.clone(),
-                        Some(other) => return Err(error(
+                let name = match body.get("name") {
+                    None | Some(Value::Null) => format!(
+                        "snap-{}",
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.as_secs())
+                            .unwrap_or(0)
+                    ),
+                    Some(Value::String(name)) if valid_name(name) => name.clone(),
+                    Some(other) => {
+                        return Err(error(
                             400,
                             format!(
                                 "snapshot name {other} must be letters, digits, '-', '_' or '.'"
                             ),
-                        )),
-                    };
+                        ))
+                    }
+                };
                 let body = json!({"name": name});
                 queue(agent, id, "snapshot_create", args(Some(&name)), &body)
             }

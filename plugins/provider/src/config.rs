@@ -195,11 +195,10 @@ fn service_name(value: &Value) -> Option<String> {
 
 fn seconds(value: &Value) -> Option<Duration> {
     match value {
-        Value::Number(n) => n.as_u64().map(Duration::from_secs).or_else(|| {
-            n.as_f64()
-                .filter(|s| *s >= 0.0 && s.is_finite())
-                .map(Duration::from_secs_f64)
-        }),
+        Value::Number(n) => n
+            .as_u64()
+            .map(Duration::from_secs)
+            .or_else(|| n.as_f64().and_then(|s| Duration::try_from_secs_f64(s).ok())),
         _ => None,
     }
 }

@@ -146,9 +146,9 @@ impl Discovery {
                     );
                 }
                 Err(err) => {
-                    state
-                        .refused
-                        .insert(path, format!("cannot add its provider: {err}"));
+                    let reason = format!("cannot add its provider: {err}");
+                    epi::log::warn(&format!("{}: {reason}", path.display()));
+                    state.refused.insert(path, reason);
                 }
             }
         }

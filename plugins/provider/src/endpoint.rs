@@ -1,7 +1,7 @@
 //! One provider socket as a provider of an epi function: each call sends a request, reads the
 //! acknowledgement on the same connection and waits for the response at the tracker.
 
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -9,13 +9,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use epi::HandlerError;
-use epi_provider::wire::{read_frame, write_frame, FrameError, Request, Response};
+use epi_provider::wire::{peer_closed, read_frame, write_frame, FrameError, Request, Response};
 use serde_json::{json, Value};
 
 use crate::Core;
 
 /// How often a waiting call checks that its provider is still there.
 const LIVENESS_INTERVAL: Duration = Duration::from_millis(100);
+/// How often it connects to check a provider whose connection ended (one that closes its
+/// connections after each acknowledgement).
+const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// A provider process's socket for one task.
 pub struct Endpoint {
@@ -99,7 +102,7 @@ impl Endpoint {
             self.failed(&format!("cannot encode the request: {err}"))
         })?;
         let started = Instant::now();
-        let (ack, mut connection) = match self.send(&body, timeout) {
+        let (ack, mut connection) = match self.send(&body, &id, timeout) {
             Ok(sent) => sent,
             Err(trouble) => {
                 self.core.tracker.forget(&id);
@@ -120,6 +123,7 @@ impl Endpoint {
         // Wait for the response; meanwhile notice a provider that dies (its connection ends
         // and its socket refuses connections).
         let mut closed = false;
+        let mut last_probe = None;
         let answer = loop {
             let left = timeout.saturating_sub(started.elapsed());
             if left.is_zero() {
@@ -140,7 +144,11 @@ impl Endpoint {
                     connection = None;
                 }
             }
-            if closed && UnixStream::connect(&self.socket).is_err() {
+            let probe_due = last_probe.is_none_or(|at: Instant| at.elapsed() >= PROBE_INTERVAL);
+            if closed && probe_due && {
+                last_probe = Some(Instant::now());
+                UnixStream::connect(&self.socket).is_err()
+            } {
                 self.core.tracker.forget(&id);
                 self.withdraw();
                 return Err(self.failed(&format!("went away during request {id}")));
@@ -167,6 +175,7 @@ impl Endpoint {
     fn send(
         &self,
         body: &[u8],
+        request_id: &str,
         timeout: Duration,
     ) -> Result<(Response, Option<Connection>), Trouble> {
         loop {
@@ -176,8 +185,10 @@ impl Endpoint {
                 Some(connection) => connection,
                 None => {
                     let connection = self.connect()?;
-                    // The task's timeout bounds every wait for an acknowledgement on it.
+                    // The task's timeout bounds every wait for an acknowledgement on it, and
+                    // every write.
                     let _ = connection.set_read_timeout(Some(timeout));
+                    let _ = connection.set_write_timeout(Some(timeout));
                     BufReader::new(connection)
                 }
             };
@@ -192,13 +203,24 @@ impl Endpoint {
                     let ack = Response::parse(&frame).map_err(|(_, reason)| {
                         Trouble::Failed(format!("sent a bad acknowledgement: {reason}"))
                     })?;
+                    if !ack.id.is_empty() && ack.id != request_id {
+                        return Err(Trouble::Failed(format!(
+                            "acknowledged request {} instead of {request_id}",
+                            ack.id
+                        )));
+                    }
                     return Ok((ack, Some(connection)));
                 }
                 Ok(None) if was_reused => continue,
                 Ok(None) => {
+                    // A provider stopping between our connect and its accept closes without a
+                    // word: nothing ran, and if its socket now refuses, it is gone.
+                    if let Err(Trouble::Gone(reason)) = self.connect() {
+                        return Err(Trouble::Gone(reason));
+                    }
                     return Err(Trouble::Failed(
                         "closed the connection without acknowledging the request".into(),
-                    ))
+                    ));
                 }
                 Err(FrameError::Io(err))
                     if matches!(
@@ -258,16 +280,4 @@ impl Endpoint {
     fn failed(&self, reason: &str) -> HandlerError {
         HandlerError::Failed(self.describe(reason))
     }
-}
-
-/// True when the peer closed `connection` (or sent bytes it should not have: the connection
-/// cannot be trusted for another request either).
-fn peer_closed(connection: &UnixStream) -> bool {
-    if connection.set_nonblocking(true).is_err() {
-        return true;
-    }
-    let mut byte = [0u8; 1];
-    let closed = !matches!((&*connection).read(&mut byte), Err(err) if err.kind() == io::ErrorKind::WouldBlock);
-    let _ = connection.set_nonblocking(false);
-    closed
 }

@@ -15,6 +15,9 @@ use epi_provider::wire::{read_frame, unix_url, Response};
 /// What a waiting call receives: the response, or why the provider's response was unusable.
 pub type Answer = Result<Response, String>;
 
+/// Open provider connections and the threads reading them, by connection number.
+type Readers = Arc<Mutex<HashMap<u64, (UnixStream, Option<JoinHandle<()>>)>>>;
+
 /// One outstanding request's mailbox.
 #[derive(Default)]
 pub struct Slot {
@@ -72,7 +75,7 @@ pub struct Tracker {
     url: String,
     pending: Arc<Pending>,
     stopping: Arc<AtomicBool>,
-    readers: Arc<Mutex<HashMap<u64, UnixStream>>>,
+    readers: Readers,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -146,8 +149,13 @@ impl Drop for Tracker {
             let _ = thread.join();
         }
         let _ = std::fs::remove_file(&self.path);
-        for (_, reader) in self.readers.lock().unwrap().drain() {
-            let _ = reader.shutdown(std::net::Shutdown::Both);
+        let readers: Vec<_> = self.readers.lock().unwrap().drain().collect();
+        for (_, (connection, thread)) in readers {
+            let _ = connection.shutdown(std::net::Shutdown::Both);
+            // No thread of this plugin outlives its tracker.
+            if let Some(thread) = thread {
+                let _ = thread.join();
+            }
         }
     }
 }
@@ -157,7 +165,7 @@ fn accept(
     name: &str,
     pending: Arc<Pending>,
     stopping: Arc<AtomicBool>,
-    readers: Arc<Mutex<HashMap<u64, UnixStream>>>,
+    readers: Readers,
     max_frame: usize,
 ) {
     for (number, connection) in listener.incoming().enumerate() {
@@ -169,21 +177,25 @@ fn accept(
             continue;
         };
         let number = number as u64;
-        if let Ok(kept) = connection.try_clone() {
-            readers.lock().unwrap().insert(number, kept);
-        }
+        let Ok(kept) = connection.try_clone() else {
+            continue;
+        };
         let pending = pending.clone();
         let thread_name = name.to_owned();
         let thread_readers = readers.clone();
+        // Held while spawning: the thread's last act (removing its entry) comes after the insert.
+        let mut open = readers.lock().unwrap();
         let spawned = std::thread::Builder::new()
             .name("epi-provider responses".into())
             .spawn(move || {
                 read_responses(&mut connection, &thread_name, &pending, max_frame);
                 thread_readers.lock().unwrap().remove(&number);
             });
-        if let Err(err) = spawned {
-            readers.lock().unwrap().remove(&number);
-            tracing_log(&format!("{name}: cannot start a reader thread: {err}"));
+        match spawned {
+            Ok(thread) => {
+                open.insert(number, (kept, Some(thread)));
+            }
+            Err(err) => tracing_log(&format!("{name}: cannot start a reader thread: {err}")),
         }
     }
 }
