@@ -200,11 +200,11 @@ fn queue(
     body: &Value,
 ) -> Result<HttpResponse, HttpResponse> {
     let job = uuid::Uuid::new_v4().to_string();
-    agent
+    let seq = agent
         .store
         .enqueue(&job, guest, action, &args)
         .map_err(|err| error(500, err))?;
-    agent.wake_workers();
+    agent.queue.add([(seq, guest.to_owned())]);
     let body = if body.is_null() {
         json!({"job_id": job})
     } else {

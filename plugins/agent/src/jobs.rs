@@ -1,5 +1,5 @@
-//! Async jobs: a pool of workers claims queued jobs from the database (one at a time per guest,
-//! guests in parallel) and runs their pipelines.
+//! Async jobs: a pool of workers takes jobs from the schedule ([`crate::queue`]; one at a time
+//! per guest, guests in parallel), starts them in the database and runs their pipelines.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,7 +7,7 @@ use std::time::Duration;
 use epi::ProcessContext;
 use serde_json::{json, Value};
 
-use crate::store::Claimed;
+use crate::store::{Claimed, Start};
 use crate::{Agent, AGENT_QUEUE};
 
 /// How often an idle worker looks for jobs queued by another version of the plugin.
@@ -15,6 +15,7 @@ const POLL: Duration = Duration::from_millis(200);
 
 /// Runs the worker pool until `context` says stop; a running job finishes first.
 pub fn run_workers(agent: &Arc<Agent>, context: &ProcessContext) {
+    poll(agent);
     std::thread::scope(|scope| {
         for number in 0..agent.config.workers {
             let agent = agent.clone();
@@ -23,11 +24,25 @@ pub fn run_workers(agent: &Arc<Agent>, context: &ProcessContext) {
                 .spawn_scoped(scope, move || worker(&agent))
                 .expect("start an agent worker");
         }
-        while !context.wait_stop(Duration::from_secs(1)) {
-            context.set_report(&agent.report());
+        let mut reported: Option<std::time::Instant> = None;
+        while !context.wait_stop(POLL) {
+            poll(agent);
+            if reported.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                context.set_report(&agent.report());
+                reported = Some(std::time::Instant::now());
+            }
         }
         agent.stop_workers();
     });
+}
+
+/// Brings jobs queued by another version of the plugin (or before a restart) into the schedule.
+fn poll(agent: &Agent) {
+    match agent.store.queued_after(agent.queue.polled()) {
+        Ok(jobs) => agent.queue.add_polled(jobs),
+        Err(err) => epi::log::error(&err),
+    }
+    agent.queue.unblock();
 }
 
 fn worker(agent: &Agent) {
@@ -38,21 +53,33 @@ fn worker(agent: &Agent) {
         }
         // Right after a start the plugins the stages call may still be loading.
         if started.elapsed() < agent.config.start_grace && !agent.problems().is_empty() {
-            agent.wait_for_work(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(50));
             continue;
         }
-        match agent.store.claim() {
-            Ok(Some(job)) => run(agent, &job),
-            Ok(None) => agent.wait_for_work(POLL),
+        let Some((guest, seq)) = agent.queue.next(POLL) else {
+            continue;
+        };
+        if agent.stopping() {
+            // Stays queued in the database for the next version (or start).
+            agent.queue.blocked(&guest, seq);
+            return;
+        }
+        match agent.store.start(seq) {
+            Ok(Start::Started(job)) => {
+                run(agent, &job);
+                agent.queue.done(&guest, seq);
+            }
+            Ok(Start::Blocked) => agent.queue.blocked(&guest, seq),
+            Ok(Start::Gone) => agent.queue.done(&guest, seq),
             Err(err) => {
                 epi::log::error(&err);
-                agent.wait_for_work(POLL);
+                agent.queue.blocked(&guest, seq);
             }
         }
     }
 }
 
-/// Runs one claimed job and records its end.
+/// Runs one started job and records its end.
 fn run(agent: &Agent, job: &Claimed) {
     let outcome = execute(agent, job);
     if let Err((stage, message)) = &outcome {
@@ -64,8 +91,6 @@ fn run(agent: &Agent, job: &Claimed) {
     if let Err(err) = agent.store.finish(job, outcome, agent.config.keep_jobs) {
         epi::log::error(&err);
     }
-    // The guest may have more jobs queued: let a worker look.
-    agent.wake_workers();
 }
 
 fn execute(agent: &Agent, job: &Claimed) -> Result<(), (String, String)> {

@@ -4,6 +4,7 @@
 //! - [`config`]: actions, stages, limits; errors naming the key.
 //! - [`store`]: guests, metadata and the job log (also the queue) in SQLite.
 //! - [`pipeline`]: an action's stages, each a `decide` over an epi service.
+//! - [`queue`]: the in-memory schedule of queued jobs, filled from the database.
 //! - [`jobs`]: the worker pool that runs Async actions (the `jobs` process).
 //! - [`api`]: the HTTP routes, served through the daemon's front door.
 
@@ -11,13 +12,13 @@ pub mod api;
 pub mod config;
 pub mod jobs;
 pub mod pipeline;
+pub mod queue;
 pub mod store;
 
 use std::collections::HashMap;
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
 
 use epi::http::{HttpRequest, HttpResponse};
 use epi::{Decision, Plugin, PluginContext, Process, Provider};
@@ -41,9 +42,9 @@ pub struct Agent {
     pub store: Store,
     /// Per-service stage limits.
     pub limits: Limits,
+    /// Queued jobs.
+    pub queue: queue::Queue,
     stop: AtomicBool,
-    work: Mutex<u64>,
-    work_ready: Condvar,
     /// Info and Stream actions running, per guest.
     sync: Mutex<HashMap<String, usize>>,
     sync_freed: Condvar,
@@ -72,9 +73,8 @@ impl Agent {
             config,
             store,
             limits,
+            queue: queue::Queue::default(),
             stop: AtomicBool::new(false),
-            work: Mutex::new(0),
-            work_ready: Condvar::new(),
             sync: Mutex::new(HashMap::new()),
             sync_freed: Condvar::new(),
             streams: Mutex::new(HashMap::new()),
@@ -88,22 +88,10 @@ impl Agent {
         self.stop.load(Ordering::Acquire)
     }
 
-    /// Wakes idle workers (a job was queued or finished).
-    pub fn wake_workers(&self) {
-        *self.work.lock().unwrap() += 1;
-        self.work_ready.notify_all();
-    }
-
-    /// Waits until woken or `timeout` passed.
-    pub fn wait_for_work(&self, timeout: Duration) {
-        let seen = self.work.lock().unwrap();
-        let _ = self.work_ready.wait_timeout(seen, timeout).unwrap();
-    }
-
     /// Asks the workers to stop after their current job.
     pub fn stop_workers(&self) {
         self.stop.store(true, Ordering::Release);
-        self.wake_workers();
+        self.queue.wake_all();
     }
 
     /// Stages naming a function no loaded plugin provides.

@@ -1,12 +1,12 @@
-//! Guests, metadata and the job log in SQLite. The database is the job queue too: a job is
-//! claimed by a transaction that marks it Running only if no job of its guest runs, so guests'
-//! jobs run one at a time even across plugin versions sharing the file during an upgrade.
+//! Guests, metadata and the job log in SQLite. The database is the truth about the queue: a job
+//! starts only by an update that marks it Running if no job of its guest runs, so a guest's jobs
+//! run one at a time even across plugin versions sharing the file during an upgrade.
 
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -53,6 +53,17 @@ pub struct Claimed {
     pub action: String,
     /// The request's arguments.
     pub args: Value,
+}
+
+/// What [`Store::start`] found.
+#[derive(Debug)]
+pub enum Start {
+    /// The job is Running: run it.
+    Started(Claimed),
+    /// Another job of its guest runs (another version of the plugin runs it): try later.
+    Blocked,
+    /// The job is no longer queued.
+    Gone,
 }
 
 /// The database.
@@ -104,7 +115,8 @@ impl Store {
                      started_at INTEGER NOT NULL DEFAULT 0,
                      updated_at INTEGER NOT NULL);
                  CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
-                 CREATE INDEX IF NOT EXISTS jobs_by_guest ON jobs (guest, seq);",
+                 CREATE INDEX IF NOT EXISTS jobs_by_guest ON jobs (guest, seq);
+                 CREATE INDEX IF NOT EXISTS jobs_by_guest_status ON jobs (guest, status);",
             )
             .map_err(|err| format!("agent database {}: {err}", path.display()))?;
         Ok(Store {
@@ -131,10 +143,8 @@ impl Store {
     pub fn guest(&self, id: &str) -> Result<Option<Value>, String> {
         let connection = self.connection.lock().unwrap();
         let doc: Option<String> = connection
-            .query_row("SELECT doc FROM guests WHERE id = ?1", [id], |row| {
-                row.get(0)
-            })
-            .optional()
+            .prepare_cached("SELECT doc FROM guests WHERE id = ?1")
+            .and_then(|mut s| s.query_row([id], |row| row.get(0)).optional())
             .map_err(failed("reading a guest"))?;
         Ok(doc.and_then(|doc| serde_json::from_str(&doc).ok()))
     }
@@ -229,57 +239,76 @@ impl Store {
         transaction.commit().map_err(failed("patching metadata"))
     }
 
-    /// Queues a job.
-    pub fn enqueue(&self, id: &str, guest: &str, action: &str, args: &Value) -> Result<(), String> {
+    /// Queues a job; returns its sequence number.
+    pub fn enqueue(
+        &self,
+        id: &str,
+        guest: &str,
+        action: &str,
+        args: &Value,
+    ) -> Result<i64, String> {
         let now = now_ms();
-        self.connection
-            .lock()
-            .unwrap()
-            .execute(
+        let connection = self.connection.lock().unwrap();
+        connection
+            .prepare_cached(
                 "INSERT INTO jobs (id, guest, action, args, status, queued_at, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-                params![id, guest, action, args.to_string(), QUEUED, now],
             )
-            .map(drop)
-            .map_err(failed("queueing a job"))
+            .and_then(|mut s| s.execute(params![id, guest, action, args.to_string(), QUEUED, now]))
+            .map_err(failed("queueing a job"))?;
+        Ok(connection.last_insert_rowid())
     }
 
-    /// Claims the oldest queued job whose guest runs nothing: marks it Running.
-    pub fn claim(&self) -> Result<Option<Claimed>, String> {
-        let mut connection = self.connection.lock().unwrap();
-        let transaction = connection
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(failed("claiming a job"))?;
-        let claimed = transaction
-            .query_row(
-                "SELECT id, guest, action, args FROM jobs AS q
-                 WHERE status = ?1
-                   AND NOT EXISTS (SELECT 1 FROM jobs AS r WHERE r.guest = q.guest AND r.status = ?2)
-                   AND seq = (SELECT MIN(seq) FROM jobs AS f WHERE f.guest = q.guest AND f.status = ?1)
-                 ORDER BY seq LIMIT 1",
-                params![QUEUED, RUNNING],
-                |row| {
-                    Ok(Claimed {
-                        id: row.get(0)?,
-                        guest_id: row.get(1)?,
-                        action: row.get(2)?,
-                        args: serde_json::from_str(&row.get::<_, String>(3)?).unwrap_or(Value::Null),
-                    })
-                },
+    /// Queued jobs newer than `after`, oldest first: `(seq, guest)`.
+    pub fn queued_after(&self, after: i64) -> Result<Vec<(i64, String)>, String> {
+        let connection = self.connection.lock().unwrap();
+        let mut statement = connection
+            .prepare_cached(
+                "SELECT seq, guest FROM jobs WHERE status = ?1 AND seq > ?2 ORDER BY seq",
             )
-            .optional()
-            .map_err(failed("claiming a job"))?;
-        if let Some(job) = &claimed {
-            let now = now_ms();
-            transaction
-                .execute(
-                    "UPDATE jobs SET status = ?1, runner = ?2, started_at = ?3, updated_at = ?3 WHERE id = ?4",
-                    params![RUNNING, std::process::id() as i64, now, job.id],
-                )
-                .map_err(failed("claiming a job"))?;
-        }
-        transaction.commit().map_err(failed("claiming a job"))?;
-        Ok(claimed)
+            .map_err(failed("polling the queue"))?;
+        let rows = statement
+            .query_map(params![QUEUED, after], |row| Ok((row.get(0)?, row.get(1)?)))
+            .map_err(failed("polling the queue"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(failed("polling the queue"))
+    }
+
+    /// Marks job `seq` Running unless another job of its guest runs (in any process sharing
+    /// the database).
+    pub fn start(&self, seq: i64) -> Result<Start, String> {
+        let connection = self.connection.lock().unwrap();
+        let changed = connection
+            .prepare_cached(
+                "UPDATE jobs SET status = ?1, runner = ?2, started_at = ?3, updated_at = ?3
+                 WHERE seq = ?4 AND status = ?5
+                   AND NOT EXISTS (SELECT 1 FROM jobs AS r WHERE r.guest = jobs.guest AND r.status = ?1)",
+            )
+            .and_then(|mut s| s.execute(params![RUNNING, std::process::id() as i64, now_ms(), seq, QUEUED]))
+            .map_err(failed("starting a job"))?;
+        let row = connection
+            .prepare_cached("SELECT id, guest, action, args, status FROM jobs WHERE seq = ?1")
+            .and_then(|mut s| {
+                s.query_row([seq], |row| {
+                    Ok((
+                        Claimed {
+                            id: row.get(0)?,
+                            guest_id: row.get(1)?,
+                            action: row.get(2)?,
+                            args: serde_json::from_str(&row.get::<_, String>(3)?)
+                                .unwrap_or(Value::Null),
+                        },
+                        row.get::<_, String>(4)?,
+                    ))
+                })
+                .optional()
+            })
+            .map_err(failed("starting a job"))?;
+        Ok(match (changed, row) {
+            (1, Some((job, _))) => Start::Started(job),
+            (_, Some((_, status))) if status == QUEUED => Start::Blocked,
+            _ => Start::Gone,
+        })
     }
 
     /// Records a job's end and trims its guest's log to the newest `keep` jobs.
