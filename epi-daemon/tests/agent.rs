@@ -174,6 +174,10 @@ snapshot_rollback = { stages = [{ service = "qemu", method = "snapshot_rollback"
 snapshot_download = { stages = [{ service = "qemu", method = "snapshot_download" }] }
 metrics_disk = { stages = [{ service = "qemu", method = "metrics" }] }
 suspend = { stages = [{ service = "qemu", method = "power" }, { service = "probe", method = "stage_sleep", args = { fail = "the second stage broke" } }] }
+image_fetch = { stages = [{ service = "qemu", method = "image_fetch" }] }
+images_list = { stages = [{ service = "qemu", method = "image_list" }] }
+image_get = { stages = [{ service = "qemu", method = "image_get" }] }
+image_delete = { stages = [{ service = "qemu", method = "image_delete" }] }
 "#;
 
 fn raw_image(path: &Path, snapshot: Option<&str>, out: &Path) -> Vec<u8> {
@@ -559,5 +563,58 @@ reboot = { stages = [{ service = "nowhere", method = "go" }] }"#,
         }
         assert!(Instant::now() < deadline, "not reported: {report}");
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn images_are_fetched_listed_described_and_deleted_under_a_prefix() {
+    require("qemu-img");
+    let setup = setup(&format!("prefix = \"/agent\"\n{QEMU_ACTIONS}"));
+    let daemon = start(&setup.config);
+    let source = setup.state.path().join("base.qcow2");
+    let status = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&source)
+        .arg("2M")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (status, _, _) = call("GET", &daemon.url("/images"), None);
+    assert_eq!(status, 404, "routes live under the prefix");
+    let job = daemon.queue(
+        "POST",
+        "/agent/images",
+        Some(json!({"id": "base", "source": source})),
+    );
+    wait_any(&daemon, &format!("/agent/jobs/{job}"));
+    let (status, _, list) = call("GET", &daemon.url("/agent/images"), None);
+    assert_eq!(
+        (status, list[0]["id"].clone()),
+        (200, json!("base")),
+        "{list}"
+    );
+    let (status, _, info) = call("GET", &daemon.url("/agent/images/base"), None);
+    assert_eq!(
+        (status, info["virtual-size"].clone()),
+        (200, json!(2 << 20)),
+        "{info}"
+    );
+    let job = daemon.queue("DELETE", "/agent/images/base", None);
+    wait_any(&daemon, &format!("/agent/jobs/{job}"));
+    let (_, _, list) = call("GET", &daemon.url("/agent/images"), None);
+    assert_eq!(list, json!([]));
+}
+
+/// Waits until the job at `path` (`/jobs/{id}`) completes.
+fn wait_any(daemon: &Daemon, path: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, _, job) = call("GET", &daemon.url(path), None);
+        if job["status"] == "Complete" {
+            return;
+        }
+        assert_ne!(job["status"], "Error", "{job}");
+        assert!(Instant::now() < deadline, "{path} never completed: {job}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

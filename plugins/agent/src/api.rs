@@ -100,6 +100,13 @@ fn route(
             }
             _ => Err(not_allowed(request)),
         },
+        ["jobs", job] => match method {
+            "GET" => match agent.store.job_by_id(job).map_err(internal)? {
+                Some(job) => Ok(ok(&json!(job))),
+                None => Err(error(404, format!("no job {job}"))),
+            },
+            _ => Err(not_allowed(request)),
+        },
         ["guests"] => match method {
             "GET" => info(agent, "guest_list", None, Value::Null),
             "POST" => create_guest(agent, request),

@@ -355,6 +355,15 @@ impl Store {
             .map_err(failed("reading a job"))
     }
 
+    /// Any job by id (image jobs belong to no guest).
+    pub fn job_by_id(&self, id: &str) -> Result<Option<Job>, String> {
+        let connection = self.connection.lock().unwrap();
+        connection
+            .query_row(&format!("{JOB_COLUMNS} WHERE id = ?1"), [id], read_job)
+            .optional()
+            .map_err(failed("reading a job"))
+    }
+
     /// The newest `limit` jobs, of one guest or of all.
     pub fn jobs(&self, guest: Option<&str>, limit: usize) -> Result<Vec<Job>, String> {
         let connection = self.connection.lock().unwrap();
