@@ -16,6 +16,7 @@ pub const PLUGINS: &[&str] = &[
     "epi-plugin-provider",
     "epi-plugin-agent",
     "epi-plugin-agent-qemu",
+    "epi-plugin-flare",
 ];
 
 /// The `target/<profile>` directory the running executable was built into.

@@ -1,0 +1,625 @@
+//! The flare component through the real `epi` binary and real HTTP: resources, subscriptions,
+//! documents, and deliveries to subscriber servers the tests run on 127.0.0.1.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const EPI: &str = env!("CARGO_BIN_EXE_epi");
+
+struct Setup {
+    dir: tempfile::TempDir,
+    _state: tempfile::TempDir,
+    config: PathBuf,
+}
+
+fn setup(flare: &str) -> Setup {
+    let dir = epi_testkit::plugin_dir();
+    epi_testkit::install(dir.path(), "epi-plugin-flare", "libepi_plugin_flare.so");
+    let state = tempfile::tempdir().unwrap();
+    let config = dir.path().join("epi.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[plugins]\ndirs = [\".\"]\n\
+             [plugins.config.\"libepi_plugin_flare.so\"]\nstore = \"{}\"\n{flare}\n\
+             [http]\nlisten = \"127.0.0.1:0\"\n",
+            state.path().join("flare.sqlite").display()
+        ),
+    )
+    .unwrap();
+    Setup {
+        dir,
+        _state: state,
+        config,
+    }
+}
+
+struct Daemon {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(config: &Path) -> Daemon {
+    let mut child = Command::new(EPI)
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start epi serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("epi listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_owned();
+    Daemon { child, base }
+}
+
+/// Status, Location header and JSON body.
+fn call(method: &str, url: &str, body: Option<Value>) -> (u16, Option<String>, Value) {
+    let request = ureq::request(method, url);
+    let response = match body {
+        Some(body) => request.send_json(body),
+        None => request.call(),
+    };
+    let response = match response {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(err) => panic!("{method} {url}: {err}"),
+    };
+    let status = response.status();
+    let location = response.header("location").map(str::to_owned);
+    let text = response.into_string().unwrap();
+    (
+        status,
+        location,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// A request a subscriber received.
+#[derive(Clone, Debug)]
+struct Received {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Value,
+}
+
+impl Received {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A subscriber: an HTTP server on 127.0.0.1 answering every request with `status`.
+struct Subscriber {
+    url: String,
+    received: Arc<Mutex<Vec<Received>>>,
+    status: Arc<AtomicU16>,
+}
+
+impl Subscriber {
+    fn start(status: u16, delay: Duration) -> Subscriber {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let status = Arc::new(AtomicU16::new(status));
+        let (log, code) = (received.clone(), status.clone());
+        std::thread::spawn(move || {
+            for connection in listener.incoming().flatten() {
+                let (log, code) = (log.clone(), code.clone());
+                std::thread::spawn(move || serve(connection, &log, &code, delay));
+            }
+        });
+        Subscriber {
+            url,
+            received,
+            status,
+        }
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Waits until `check` holds on what was received.
+    fn wait(&self, what: &str, timeout: Duration, check: impl Fn(&[Received]) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !check(&self.received()) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting until {what}; received {}",
+                self.received().len()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn serve(connection: TcpStream, log: &Mutex<Vec<Received>>, code: &AtomicU16, delay: Duration) {
+    let mut writer = connection.try_clone().unwrap();
+    let mut reader = BufReader::new(connection);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let (method, path) = (
+            parts.next().unwrap_or("").to_owned(),
+            parts.next().unwrap_or("").to_owned(),
+        );
+        let mut headers = Vec::new();
+        let mut length = 0;
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                return;
+            }
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                let (name, value) = (name.trim().to_ascii_lowercase(), value.trim().to_owned());
+                if name == "content-length" {
+                    length = value.parse().unwrap_or(0);
+                }
+                headers.push((name, value));
+            }
+        }
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        std::thread::sleep(delay);
+        log.lock().unwrap().push(Received {
+            method,
+            path,
+            headers,
+            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        });
+        let status = code.load(Ordering::Relaxed);
+        if write!(writer, "HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n").is_err() {
+            return;
+        }
+    }
+}
+
+fn resource(daemon: &Daemon, endpoint: &str) -> String {
+    let (status, location, body) = call(
+        "POST",
+        &format!("{}/resources", daemon.base),
+        Some(json!({"endpoint": endpoint, "change": {"field": "version"}})),
+    );
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        location.unwrap(),
+        format!("/resources/{}", body["id"].as_str().unwrap())
+    );
+    body["id"].as_str().unwrap().to_owned()
+}
+
+fn subscribe(daemon: &Daemon, resource: &str, body: Value) -> String {
+    let (status, _, answer) = call(
+        "POST",
+        &format!("{}/resources/{resource}/subscriptions", daemon.base),
+        Some(body),
+    );
+    assert_eq!(status, 201, "{answer}");
+    answer["id"].as_str().unwrap().to_owned()
+}
+
+fn put(daemon: &Daemon, url: &str, document: Value) -> Value {
+    let (status, _, answer) = call(
+        "PUT",
+        &format!("{}/documents/{url}", daemon.base),
+        Some(document),
+    );
+    assert_eq!(status, 202, "{answer}");
+    answer
+}
+
+#[test]
+fn every_validation_rule_names_its_field() {
+    let setup = setup("");
+    let daemon = start(&setup.config);
+    let base = &daemon.base;
+    let post = |body: Value| call("POST", &format!("{base}/resources"), Some(body));
+    for (body, field) in [
+        (
+            json!({"endpoint": "ftp://a.io/users/{id}", "change": {"field": "v"}}),
+            "endpoint",
+        ),
+        (
+            json!({"endpoint": "http://a.io/users/x{id}", "change": {"field": "v"}}),
+            "endpoint",
+        ),
+        (
+            json!({"endpoint": "http://a.io/users/{id}/{id}", "change": {"field": "v"}}),
+            "endpoint",
+        ),
+        (
+            json!({"endpoint": "http://a.io/users/{id}?q=1", "change": {"field": "v"}}),
+            "endpoint",
+        ),
+        (
+            json!({"endpoint": "http://a.io/users/{revision}", "change": {"field": "v"}}),
+            "endpoint",
+        ),
+        (json!({"endpoint": "http://a.io/users/{id}"}), "change"),
+        (
+            json!({"endpoint": "http://a.io/users/{id}", "change": {}}),
+            "change.field",
+        ),
+        (
+            json!({"endpoint": "http://a.io/users/{id}", "change": {"field": "v", "format": "soon"}}),
+            "change.format",
+        ),
+    ] {
+        let (status, _, answer) = post(body.clone());
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert!(
+            answer["error"]["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{field}:")),
+            "{body}: {answer}"
+        );
+    }
+    let id = resource(&daemon, "http://a.io/users/{id}");
+    let (status, _, _) =
+        post(json!({"endpoint": "http://a.io/users/{id}", "change": {"field": "v"}}));
+    assert_eq!(status, 409);
+    let (status, _, page) = call("GET", &format!("{base}/resources?limit=1&offset=0"), None);
+    assert_eq!(
+        (status, page["pagination"].clone()),
+        (200, json!({"limit": 1, "offset": 0, "total": 1}))
+    );
+    for bad in ["limit=0", "limit=1001", "offset=-1", "limit=x"] {
+        let (status, _, _) = call("GET", &format!("{base}/resources?{bad}"), None);
+        assert_eq!(status, 400, "{bad}");
+    }
+    let subscriptions = format!("{base}/resources/{id}/subscriptions");
+    let good = json!({"endpoint": {"url": "http://127.0.0.1:9/x"}, "delivery": {"success": [200], "discard": [410]}});
+    for (change, field) in [
+        (
+            json!({"endpoint": {"url": "http://127.0.0.1:9/x", "method": "FETCH"}}),
+            "endpoint.method",
+        ),
+        (json!({"endpoint": {"method": "post"}}), "endpoint.url"),
+        (
+            json!({"delivery": {"success": [], "discard": [410]}}),
+            "delivery.success",
+        ),
+        (
+            json!({"delivery": {"success": [200], "discard": [1000]}}),
+            "delivery.discard",
+        ),
+        (
+            json!({"content": {"envelope": false}, "data": {"x": 1}}),
+            "data",
+        ),
+        (json!({"data": {"user": "{name}"}}), "data"),
+    ] {
+        let mut body = good.clone();
+        for (key, value) in change.as_object().unwrap() {
+            body[key] = value.clone();
+        }
+        let (status, _, answer) = call("POST", &subscriptions, Some(body.clone()));
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert!(
+            answer["error"]["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{field}:")),
+            "{answer}"
+        );
+    }
+    // Methods are case-insensitive; the same url twice is a conflict.
+    let mut lower = good.clone();
+    lower["endpoint"]["method"] = json!("put");
+    let (status, _, created) = call("POST", &subscriptions, Some(lower));
+    assert_eq!(
+        (status, created["endpoint"]["method"].clone()),
+        (201, json!("PUT"))
+    );
+    let (status, _, _) = call("POST", &subscriptions, Some(good));
+    assert_eq!(status, 409);
+    // A resource with subscriptions cannot go.
+    let (status, _, _) = call("DELETE", &format!("{base}/resources/{id}"), None);
+    assert_eq!(status, 409);
+    // Documents: no resource, unsupported revision types.
+    let (status, _, _) = call(
+        "PUT",
+        &format!("{base}/documents/http://b.io/users/1"),
+        Some(json!({"version": 1})),
+    );
+    assert_eq!(status, 404);
+    for document in [json!({"version": true}), json!({"version": {}}), json!({})] {
+        let (status, _, answer) = call(
+            "PUT",
+            &format!("{base}/documents/http://a.io/users/1"),
+            Some(document),
+        );
+        assert_eq!(status, 400);
+        let detail = answer["error"]["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("data type not supported") && detail.starts_with("version:"),
+            "{detail}"
+        );
+    }
+    // No subscription: accepted, nothing stored.
+    let other = resource(&daemon, "http://c.io/items/{id}");
+    let answer = put(&daemon, "http://c.io/items/1", json!({"version": 1}));
+    assert_eq!(answer["action"], "unsubscribed");
+    let (status, _, _) = call(
+        "GET",
+        &format!("{base}/documents/http://c.io/items/1"),
+        None,
+    );
+    assert_eq!(status, 404);
+    let (status, _, _) = call("DELETE", &format!("{base}/resources/{other}"), None);
+    assert_eq!(status, 204);
+    let (status, _, _) = call("DELETE", &format!("{base}/resources/{other}"), None);
+    assert_eq!(status, 404);
+    // Deleting an unknown document is harmless.
+    let (status, _, _) = call(
+        "DELETE",
+        &format!("{base}/documents/http://a.io/users/404"),
+        None,
+    );
+    assert_eq!(status, 202);
+}
+
+#[test]
+fn a_document_is_created_updated_ignored_and_deleted_once_each() {
+    let setup = setup("");
+    let daemon = start(&setup.config);
+    let subscriber = Subscriber::start(200, Duration::ZERO);
+    let id = resource(&daemon, "http://api.io/users/{id}");
+    subscribe(
+        &daemon,
+        &id,
+        json!({
+            "endpoint": {"url": format!("{}/users/{{id}}", subscriber.url), "method": "post",
+                         "headers": {"x-team": ["blue"]},
+                         "actions": {"delete": {"method": "delete", "url": format!("{}/gone/{{id}}/{{revision}}", subscriber.url)}}},
+            "delivery": {"success": [200], "discard": [410]},
+            "data": {"service": "users", "user": "{id}"},
+            "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+        }),
+    );
+    let url = "http://api.io/users/7";
+    assert_eq!(
+        put(&daemon, url, json!({"version": 1, "name": "Ada"}))["action"],
+        "create"
+    );
+    subscriber.wait("the create arrives", Duration::from_secs(10), |r| {
+        r.len() == 1
+    });
+    assert_eq!(
+        put(&daemon, url, json!({"version": 1, "name": "Ada"}))["action"],
+        "ignored"
+    );
+    assert_eq!(
+        put(&daemon, url, json!({"version": 0, "name": "old"}))["action"],
+        "ignored"
+    );
+    assert_eq!(
+        put(&daemon, url, json!({"version": 2, "name": "Ada L."}))["action"],
+        "update"
+    );
+    subscriber.wait("the update arrives", Duration::from_secs(10), |r| {
+        r.len() == 2
+    });
+    let (status, _, stored) = call("GET", &format!("{}/documents/{url}", daemon.base), None);
+    assert_eq!((status, stored["revision"].clone()), (200, json!(2)));
+    let (status, _, _) = call("DELETE", &format!("{}/documents/{url}", daemon.base), None);
+    assert_eq!(status, 202);
+    subscriber.wait("the delete arrives", Duration::from_secs(10), |r| {
+        r.len() == 3
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let received = subscriber.received();
+    assert_eq!(received.len(), 3, "nothing more: {received:?}");
+    let (create, update, delete) = (&received[0], &received[1], &received[2]);
+    assert_eq!(
+        (create.method.as_str(), create.path.as_str()),
+        ("POST", "/users/7")
+    );
+    assert_eq!(create.body["action"], "create");
+    assert_eq!(create.body["id"], url);
+    assert_eq!(
+        create.body["data"],
+        json!({"service": "users", "user": "7"})
+    );
+    assert_eq!(
+        create.body["document"],
+        json!({"version": 1, "name": "Ada"})
+    );
+    assert_eq!(create.header("x-team"), Some("blue"));
+    assert_eq!(create.header("content-type"), Some("application/json"));
+    assert_eq!(
+        create.header("idempotency-key"),
+        Some("http://api.io/users/7@1:create")
+    );
+    assert_eq!(
+        create.header("webhook-id"),
+        create.header("idempotency-key")
+    );
+    assert!(create
+        .header("webhook-signature")
+        .unwrap()
+        .starts_with("v1,"));
+    assert_eq!(update.body["action"], "update");
+    assert_eq!(update.body["document"]["name"], "Ada L.");
+    assert_eq!(
+        (delete.method.as_str(), delete.path.as_str()),
+        ("DELETE", "/gone/7/2")
+    );
+    assert_eq!(delete.body["action"], "delete");
+}
+
+#[test]
+fn a_dead_subscriber_never_delays_the_others() {
+    let setup = setup("retry_base_ms = 20\nretry_cap_ms = 100\nmax_attempts = 3\nworkers = 4");
+    let daemon = start(&setup.config);
+    let alive = Subscriber::start(200, Duration::ZERO);
+    let dead = Subscriber::start(500, Duration::ZERO);
+    let id = resource(&daemon, "http://api.io/things/{id}");
+    for subscriber in [&dead, &alive] {
+        subscribe(
+            &daemon,
+            &id,
+            json!({"endpoint": {"url": format!("{}/hook", subscriber.url)}, "delivery": {"success": [200], "discard": [410]}}),
+        );
+    }
+    let started = Instant::now();
+    for n in 0..1000 {
+        put(
+            &daemon,
+            &format!("http://api.io/things/{n}"),
+            json!({"version": 1}),
+        );
+    }
+    alive.wait(
+        "1000 documents reach the live subscriber",
+        Duration::from_secs(60),
+        |r| r.len() >= 1000,
+    );
+    let elapsed = started.elapsed();
+    let keys: HashSet<String> = alive
+        .received()
+        .iter()
+        .filter_map(|r| r.header("idempotency-key").map(str::to_owned))
+        .collect();
+    assert_eq!(keys.len(), 1000);
+    // The dead one was tried and given up on; its failures are visible.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, _, failed) = call(
+            "GET",
+            &format!("{}/deliveries?status=failed&limit=1", daemon.base),
+            None,
+        );
+        if failed["pagination"]["total"] == 1000 {
+            assert!(
+                failed["deliveries"][0]["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("status 500"),
+                "{failed}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "failures not recorded: {failed}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        dead.received().len() >= 3000,
+        "each delivery to the dead one was tried 3 times"
+    );
+    eprintln!("1000 documents reached the live subscriber in {elapsed:?}");
+}
+
+#[test]
+fn a_killed_daemon_delivers_every_accepted_document_after_a_restart() {
+    let setup = setup("timeout_ms = 500\nworkers = 2");
+    let daemon = start(&setup.config);
+    let subscriber = Subscriber::start(200, Duration::from_millis(5));
+    let id = resource(&daemon, "http://api.io/orders/{id}");
+    subscribe(
+        &daemon,
+        &id,
+        json!({"endpoint": {"url": format!("{}/hook", subscriber.url)}, "delivery": {"success": [200], "discard": [410]}}),
+    );
+    for n in 0..300 {
+        put(
+            &daemon,
+            &format!("http://api.io/orders/{n}"),
+            json!({"version": n}),
+        );
+    }
+    subscriber.wait("deliveries are under way", Duration::from_secs(10), |r| {
+        r.len() >= 20
+    });
+    drop(daemon);
+    let restarted = start(&setup.config);
+    let expected: HashSet<String> = (0..300)
+        .map(|n| format!("http://api.io/orders/{n}@{n}:create"))
+        .collect();
+    subscriber.wait(
+        "every accepted document arrives",
+        Duration::from_secs(60),
+        |received| {
+            let keys: HashSet<String> = received
+                .iter()
+                .filter_map(|r| r.header("idempotency-key").map(str::to_owned))
+                .collect();
+            keys == expected
+        },
+    );
+    drop(restarted);
+}
+
+#[test]
+fn an_upgrade_of_flare_during_deliveries_loses_none() {
+    let setup = setup("workers = 2");
+    let daemon = start(&setup.config);
+    let subscriber = Subscriber::start(200, Duration::from_millis(2));
+    let id = resource(&daemon, "http://api.io/carts/{id}");
+    subscribe(
+        &daemon,
+        &id,
+        json!({"endpoint": {"url": format!("{}/hook", subscriber.url)}, "delivery": {"success": [200], "discard": [410]}}),
+    );
+    for n in 0..200 {
+        put(
+            &daemon,
+            &format!("http://api.io/carts/{n}"),
+            json!({"version": 1}),
+        );
+        if n == 100 {
+            let library = setup.dir.path().join("libepi_plugin_flare.so");
+            let mut bytes = std::fs::read(&library).unwrap();
+            bytes.extend_from_slice(&[9; 16]);
+            let staged = setup.dir.path().join("flare.staged");
+            std::fs::write(&staged, &bytes).unwrap();
+            std::fs::rename(&staged, &library).unwrap();
+        }
+    }
+    subscriber.wait("all 200 arrive", Duration::from_secs(30), |received| {
+        received
+            .iter()
+            .filter_map(|r| r.header("idempotency-key"))
+            .collect::<HashSet<_>>()
+            .len()
+            == 200
+    });
+    let status = subscriber.status.load(Ordering::Relaxed);
+    assert_eq!(status, 200);
+}

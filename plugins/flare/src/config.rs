@@ -1,0 +1,102 @@
+//! Flare's configuration; errors name the key.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+/// Flare's settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// The SQLite database.
+    pub db: PathBuf,
+    /// Delivery workers.
+    pub workers: usize,
+    /// Per-request timeout of a delivery.
+    pub timeout: Duration,
+    /// The first retry delay.
+    pub retry_base: Duration,
+    /// The longest retry delay.
+    pub retry_cap: Duration,
+    /// Attempts before a delivery is marked failed.
+    pub max_attempts: u32,
+    /// A prefix of every route (`""`: none).
+    pub prefix: String,
+}
+
+impl Config {
+    /// Reads the configuration (`null`: defaults).
+    pub fn from_json(value: &Value) -> Result<Config, String> {
+        let empty = Map::new();
+        let object = match value {
+            Value::Null => &empty,
+            Value::Object(object) => object,
+            other => {
+                return Err(format!(
+                    "flare configuration: expected a table, found {other}"
+                ))
+            }
+        };
+        let mut config = Config {
+            db: default_db(),
+            workers: 4,
+            timeout: Duration::from_secs(5),
+            retry_base: Duration::from_millis(500),
+            retry_cap: Duration::from_secs(300),
+            max_attempts: 10,
+            prefix: String::new(),
+        };
+        for (key, value) in object {
+            let bad = |expected: &str| {
+                format!("flare configuration: `{key}`: expected {expected}, found {value}")
+            };
+            let positive = || {
+                value
+                    .as_u64()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| bad("a whole number above 0"))
+            };
+            match key.as_str() {
+                "store" | "db" => match value.as_str() {
+                    Some(path) if path.starts_with('/') => config.db = path.into(),
+                    Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                        return Err(format!(
+                            "flare configuration: `{key}`: PostgreSQL is not supported by this build yet; use a SQLite path"
+                        ))
+                    }
+                    _ => return Err(bad("an absolute path")),
+                },
+                "workers" => config.workers = positive()? as usize,
+                "timeout_ms" => config.timeout = Duration::from_millis(positive()?),
+                "retry_base_ms" => config.retry_base = Duration::from_millis(positive()?),
+                "retry_cap_ms" => config.retry_cap = Duration::from_millis(positive()?),
+                "max_attempts" => config.max_attempts = positive()?.min(u32::MAX as u64) as u32,
+                "prefix" => match value.as_str() {
+                    Some("") | Some("/") => config.prefix = String::new(),
+                    Some(p) if p.starts_with('/') && !p.ends_with('/') => config.prefix = p.to_owned(),
+                    _ => return Err(bad("a path starting with '/' and not ending with '/'")),
+                },
+                other => {
+                    return Err(format!(
+                        "flare configuration: unknown key `{other}` (known: store, workers, timeout_ms, retry_base_ms, retry_cap_ms, max_attempts, prefix)"
+                    ))
+                }
+            }
+        }
+        Ok(config)
+    }
+}
+
+/// `$EPI_DATA_DIR/flare.sqlite`, else under `$XDG_STATE_HOME/epi` or `~/.local/state/epi`.
+fn default_db() -> PathBuf {
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    var("EPI_DATA_DIR")
+        .or_else(|| var("XDG_STATE_HOME").map(|d| d.join("epi")))
+        .or_else(|| var("HOME").map(|d| d.join(".local/state/epi")))
+        .unwrap_or_else(|| std::env::temp_dir().join("epi"))
+        .join("flare.sqlite")
+}
