@@ -160,6 +160,7 @@ impl Subscriber {
 }
 
 fn serve(connection: TcpStream, log: &Mutex<Vec<Received>>, code: &AtomicU16, delay: Duration) {
+    let _ = connection.set_nodelay(true);
     let mut writer = connection.try_clone().unwrap();
     let mut reader = BufReader::new(connection);
     loop {
@@ -203,7 +204,10 @@ fn serve(connection: TcpStream, log: &Mutex<Vec<Received>>, code: &AtomicU16, de
             body: serde_json::from_slice(&body).unwrap_or(Value::Null),
         });
         let status = code.load(Ordering::Relaxed);
-        if write!(writer, "HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n").is_err() {
+        // One write: a response split over small writes would wait for the peer's delayed
+        // acknowledgement (Nagle).
+        let response = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n");
+        if writer.write_all(response.as_bytes()).is_err() {
             return;
         }
     }
@@ -518,7 +522,7 @@ fn a_dead_subscriber_never_delays_the_others() {
         .filter_map(|r| r.header("idempotency-key").map(str::to_owned))
         .collect();
     assert_eq!(keys.len(), 1000);
-    // The dead one was tried and given up on; its failures are visible.
+    // Deliveries to the dead one are given up on after their attempts; failures are visible.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (_, _, failed) = call(
@@ -526,7 +530,7 @@ fn a_dead_subscriber_never_delays_the_others() {
             &format!("{}/deliveries?status=failed&limit=1", daemon.base),
             None,
         );
-        if failed["pagination"]["total"] == 1000 {
+        if failed["pagination"]["total"].as_u64().unwrap_or(0) >= 1 {
             assert!(
                 failed["deliveries"][0]["error"]
                     .as_str()
@@ -539,9 +543,12 @@ fn a_dead_subscriber_never_delays_the_others() {
         assert!(Instant::now() < deadline, "failures not recorded: {failed}");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // While it fails, the dead one is probed a few deliveries at a time, not sent its whole
+    // queue at once.
     assert!(
-        dead.received().len() >= 3000,
-        "each delivery to the dead one was tried 3 times"
+        dead.received().len() < 3000,
+        "{} attempts",
+        dead.received().len()
     );
     eprintln!("1000 documents reached the live subscriber in {elapsed:?}");
 }
@@ -598,11 +605,12 @@ fn an_upgrade_of_flare_during_deliveries_loses_none() {
         json!({"endpoint": {"url": format!("{}/hook", subscriber.url)}, "delivery": {"success": [200], "discard": [410]}}),
     );
     for n in 0..200 {
-        put(
-            &daemon,
-            &format!("http://api.io/carts/{n}"),
-            json!({"version": 1}),
-        );
+        let url = format!("{}/documents/http://api.io/carts/{n}", daemon.base);
+        if let Err(err) = ureq::put(&url).send_json(json!({"version": 1})) {
+            std::thread::sleep(Duration::from_millis(500));
+            let mut daemon = daemon;
+            panic!("PUT {n}: {err}; the daemon: {:?}", daemon.child.try_wait());
+        }
         if n == 100 {
             let library = setup.dir.path().join("libepi_plugin_flare.so");
             let mut bytes = std::fs::read(&library).unwrap();

@@ -3,7 +3,8 @@
 //! `cargo xtask test [ARGS]`: installs the Debian packages the tests need when they are missing
 //! (`rustc-web` and `cargo-web`: a second Rust toolchain, to build a plugin with another
 //! compiler than the host's; `python3-minimal`: the example provider process written in
-//! Python; `qemu-utils`: `qemu-img` and `qemu-io` for the agent's storage backend), then runs
+//! Python; `qemu-utils`: `qemu-img` and `qemu-io` for the agent's storage backend;
+//! `libsqlite3-dev`: the shared SQLite the agent and flare link to), then runs
 //! `cargo test --workspace [ARGS]`.
 
 use std::path::Path;
@@ -15,6 +16,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("cargo-web", "/usr/bin/cargo"),
     ("python3-minimal", "/usr/bin/python3"),
     ("qemu-utils", "/usr/bin/qemu-img"),
+    ("libsqlite3-dev", "/usr/include/sqlite3.h"),
 ];
 
 fn main() {

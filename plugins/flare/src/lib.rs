@@ -90,7 +90,7 @@ impl FlarePlugin {
     /// Reads the configuration and opens (migrating) the database.
     pub fn from_context(context: &PluginContext) -> Result<Self, String> {
         let config = Config::from_json(&context.config)?;
-        let store = Store::open(&config.db)?;
+        let store = Store::open(&config.db, config.retry_base, config.retry_cap)?;
         Ok(FlarePlugin {
             flare: Arc::new(Flare {
                 config,

@@ -78,11 +78,18 @@ type ClaimRow = (i64, String, String, i64, String, i64, i64, String, String);
 /// The database.
 pub struct Store {
     connection: Mutex<Connection>,
+    retry_base: std::time::Duration,
+    retry_cap: std::time::Duration,
 }
 
 impl Store {
-    /// Opens (creating and migrating) the database at `path`.
-    pub fn open(path: &Path) -> Result<Store, String> {
+    /// Opens (creating and migrating) the database at `path`; a failing subscriber pauses
+    /// for `retry_base` doubling per consecutive failure up to `retry_cap`.
+    pub fn open(
+        path: &Path,
+        retry_base: std::time::Duration,
+        retry_cap: std::time::Duration,
+    ) -> Result<Store, String> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|err| format!("flare database: cannot create {}: {err}", dir.display()))?;
@@ -98,6 +105,8 @@ impl Store {
         migrate(&connection)?;
         Ok(Store {
             connection: Mutex::new(connection),
+            retry_base,
+            retry_cap,
         })
     }
 
@@ -513,8 +522,52 @@ impl Store {
                 params![status, next_at, error, now, delivery.seq],
             )
             .map_err(failed("finishing a delivery"))?;
+        let subscription = &delivery.subscription.id;
+        match outcome {
+            // A subscriber that keeps failing is left alone for a while, the pause growing
+            // with its consecutive failures: its queue takes no worker from the others.
+            Outcome::Retry { .. } | Outcome::Failed(_) => {
+                let failures: i64 = transaction
+                    .query_row(
+                        "INSERT INTO health (subscription_id, failures, blocked_until) VALUES (?1, 1, 0)
+                         ON CONFLICT (subscription_id) DO UPDATE SET failures = failures + 1
+                         RETURNING failures",
+                        [subscription],
+                        |row| row.get(0),
+                    )
+                    .map_err(failed("finishing a delivery"))?;
+                let pause = crate::delivery::backoff(
+                    (failures - 1) as u32,
+                    self.retry_base,
+                    self.retry_cap,
+                    1.0,
+                );
+                let until = now + pause.as_millis() as i64;
+                transaction
+                    .execute(
+                        "UPDATE health SET blocked_until = ?1 WHERE subscription_id = ?2",
+                        params![until, subscription],
+                    )
+                    .map_err(failed("finishing a delivery"))?;
+                // Its queue waits out the pause (so claims never scan it meanwhile).
+                transaction
+                    .execute(
+                        "UPDATE deliveries SET next_at = ?1
+                         WHERE subscription_id = ?2 AND status = 'pending' AND next_at < ?1 AND claimed_until < ?3",
+                        params![until, subscription, now],
+                    )
+                    .map_err(failed("finishing a delivery"))?;
+            }
+            Outcome::Delivered | Outcome::Discarded(_) => {
+                transaction
+                    .execute(
+                        "DELETE FROM health WHERE subscription_id = ?1",
+                        [subscription],
+                    )
+                    .map_err(failed("finishing a delivery"))?;
+            }
+        }
         if *outcome == Outcome::Delivered {
-            let subscription = &delivery.subscription.id;
             if delivery.action == "delete" {
                 transaction.execute(
                     "DELETE FROM received WHERE subscription_id = ?1 AND url = ?2",
@@ -610,7 +663,8 @@ fn queue(
     transaction
         .prepare_cached(
             "INSERT INTO deliveries (subscription_id, url, action, revision, content, status, next_at, queued_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6, ?6)",
+             VALUES (?1, ?2, ?3, ?4, ?5, 'pending',
+                     MAX(?6, COALESCE((SELECT blocked_until FROM health WHERE subscription_id = ?1), 0)), ?6, ?6)",
         )
         .and_then(|mut s| s.execute(params![subscription, url, action, revision, content, now]))
         .map_err(failed("queueing a delivery"))?;
@@ -634,6 +688,8 @@ const MIGRATIONS: &[&str] = &[
                               updated_at INTEGER NOT NULL);
      CREATE INDEX deliveries_due ON deliveries (status, next_at);
      CREATE INDEX deliveries_pair ON deliveries (subscription_id, url, status, seq);",
+    "CREATE TABLE health (subscription_id TEXT PRIMARY KEY, failures INTEGER NOT NULL,
+                          blocked_until INTEGER NOT NULL);",
 ];
 
 fn migrate(connection: &Connection) -> Result<(), String> {
