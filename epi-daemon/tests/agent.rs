@@ -2,14 +2,15 @@
 //! (stages served by the qemu-img backend and by the test plugin), the per-guest job queue in
 //! SQLite, restarts and upgrades.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-const EPI: &str = env!("CARGO_BIN_EXE_epi");
+mod common;
+
+use common::{start, Daemon};
 
 /// A plugin directory with the agent, its qemu backend and the test plugin; a state directory.
 struct Setup {
@@ -44,63 +45,12 @@ fn setup(agent: &str) -> Setup {
     Setup { dir, state, config }
 }
 
-/// A running daemon; killed when dropped.
-struct Daemon {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(config: &Path) -> Daemon {
-    let mut child = Command::new(EPI)
-        .args(["serve", "--config"])
-        .arg(config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start epi serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("epi listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .to_owned();
-    Daemon { child, base }
-}
-
 /// Status, job id header and body of a request.
 fn call(method: &str, url: &str, body: Option<Value>) -> (u16, Option<String>, Value) {
-    let request = ureq::request(method, url);
-    let response = match body {
-        Some(body) => request.send_json(body),
-        None => request.call(),
-    };
-    let response = match response {
-        Ok(response) => response,
-        Err(ureq::Error::Status(_, response)) => response,
-        Err(err) => panic!("{method} {url}: {err}"),
-    };
-    let status = response.status();
-    let job = response.header("x-guest-job-id").map(str::to_owned);
-    let text = response.into_string().unwrap();
-    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    (status, job, value)
+    common::call_with(method, url, body, "x-guest-job-id")
 }
 
 impl Daemon {
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
     /// Queues an Async action: the job id.
     fn queue(&self, method: &str, path: &str, body: Option<Value>) -> String {
         let (status, job, answer) = call(method, &self.url(path), body);

@@ -2,13 +2,15 @@
 //! CLI in-process and against the daemon.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-const EPI: &str = env!("CARGO_BIN_EXE_epi");
+mod common;
+
+use common::{start, Daemon, EPI};
 
 /// A plugin directory with the example plugins and the test plugin, and a config file.
 struct Setup {
@@ -38,39 +40,6 @@ fn setup(extra: &str) -> Setup {
     )
     .unwrap();
     Setup { dir, config }
-}
-
-/// A running daemon; killed when dropped if still running.
-struct Daemon {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(config: &Path) -> Daemon {
-    let mut child = Command::new(EPI)
-        .args(["serve", "--config"])
-        .arg(config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start epi serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("epi listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .to_owned();
-    Daemon { child, base }
 }
 
 fn signal(daemon: &Daemon, signal: i32) {

@@ -4,15 +4,16 @@
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-const EPI: &str = env!("CARGO_BIN_EXE_epi");
+mod common;
+
+use common::{start, Daemon};
 
 struct Setup {
     dir: tempfile::TempDir,
@@ -42,58 +43,9 @@ fn setup(flare: &str) -> Setup {
     }
 }
 
-struct Daemon {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(config: &Path) -> Daemon {
-    let mut child = Command::new(EPI)
-        .args(["serve", "--config"])
-        .arg(config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start epi serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("epi listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .to_owned();
-    Daemon { child, base }
-}
-
 /// Status, Location header and JSON body.
 fn call(method: &str, url: &str, body: Option<Value>) -> (u16, Option<String>, Value) {
-    let request = ureq::request(method, url);
-    let response = match body {
-        Some(body) => request.send_json(body),
-        None => request.call(),
-    };
-    let response = match response {
-        Ok(response) => response,
-        Err(ureq::Error::Status(_, response)) => response,
-        Err(err) => panic!("{method} {url}: {err}"),
-    };
-    let status = response.status();
-    let location = response.header("location").map(str::to_owned);
-    let text = response.into_string().unwrap();
-    (
-        status,
-        location,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    common::call_with(method, url, body, "location")
 }
 
 /// A request a subscriber received.

@@ -457,3 +457,19 @@ pub fn remove_provider(id: u64) {
         unsafe { (table.remove_provider)(context, id) }
     }
 }
+
+/// The directory a plugin keeps state in (a database, say): `$EPI_DATA_DIR` (the `epi` daemon
+/// sets it from its `[data] dir`), else `$XDG_STATE_HOME/epi`, else `~/.local/state/epi`, else
+/// `epi` under the system's temporary directory. It may not exist yet.
+pub fn data_dir() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|value| !value.is_empty())
+            .map(PathBuf::from)
+    };
+    var("EPI_DATA_DIR")
+        .or_else(|| var("XDG_STATE_HOME").map(|dir| dir.join("epi")))
+        .or_else(|| var("HOME").map(|dir| dir.join(".local/state/epi")))
+        .unwrap_or_else(|| std::env::temp_dir().join("epi"))
+}

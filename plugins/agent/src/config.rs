@@ -99,7 +99,7 @@ impl Config {
             }
         };
         let mut config = Config {
-            db: default_db(),
+            db: epi::host::data_dir().join("agent.sqlite"),
             prefix: String::new(),
             workers: 8,
             sync_per_guest: 4,
@@ -222,21 +222,6 @@ fn read_action(name: &str, value: &Value) -> Result<Vec<Stage>, String> {
 
 fn count(value: &Value) -> Option<usize> {
     value.as_u64().filter(|&n| n > 0).map(|n| n as usize)
-}
-
-/// `$EPI_DATA_DIR/agent.sqlite` (the daemon sets it from `[data] dir`), else under
-/// `$XDG_STATE_HOME/epi`, else `~/.local/state/epi`.
-fn default_db() -> PathBuf {
-    let var = |name: &str| {
-        std::env::var_os(name)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    let dir = var("EPI_DATA_DIR")
-        .or_else(|| var("XDG_STATE_HOME").map(|d| d.join("epi")))
-        .or_else(|| var("HOME").map(|d| d.join(".local/state/epi")))
-        .unwrap_or_else(|| std::env::temp_dir().join("epi"));
-    dir.join("agent.sqlite")
 }
 
 #[cfg(test)]

@@ -38,7 +38,7 @@ impl Config {
             }
         };
         let mut config = Config {
-            db: default_db(),
+            db: epi::host::data_dir().join("flare.sqlite"),
             workers: 4,
             timeout: Duration::from_secs(5),
             retry_base: Duration::from_millis(500),
@@ -85,18 +85,4 @@ impl Config {
         }
         Ok(config)
     }
-}
-
-/// `$EPI_DATA_DIR/flare.sqlite`, else under `$XDG_STATE_HOME/epi` or `~/.local/state/epi`.
-fn default_db() -> PathBuf {
-    let var = |name: &str| {
-        std::env::var_os(name)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    var("EPI_DATA_DIR")
-        .or_else(|| var("XDG_STATE_HOME").map(|d| d.join("epi")))
-        .or_else(|| var("HOME").map(|d| d.join(".local/state/epi")))
-        .unwrap_or_else(|| std::env::temp_dir().join("epi"))
-        .join("flare.sqlite")
 }
