@@ -5,12 +5,14 @@
 //!
 //! `cargo bench -p epi-daemon --bench agent`
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+mod common;
+
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::Client;
 use epi::{Registry, RegistryConfig};
 use serde_json::{json, Value};
 
@@ -20,46 +22,6 @@ const ROUNDS: usize = 5;
 const GUESTS: usize = 100;
 const JOBS: usize = 10_000;
 
-/// Sends one request on a keep-alive connection; returns the status and body.
-fn request(
-    writer: &mut TcpStream,
-    reader: &mut BufReader<TcpStream>,
-    method: &str,
-    path: &str,
-    body: &str,
-) -> (u16, Vec<u8>) {
-    write!(
-        writer,
-        "{method} {path} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    let status = line.split(' ').nth(1).unwrap().parse().unwrap();
-    let mut length = 0usize;
-    loop {
-        line.clear();
-        reader.read_line(&mut line).unwrap();
-        assert!(!line.is_empty(), "connection closed");
-        if line == "\r\n" {
-            break;
-        }
-        if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            length = value.trim().parse().unwrap();
-        }
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).unwrap();
-    (status, body)
-}
-
-fn connect(address: SocketAddr) -> (TcpStream, BufReader<TcpStream>) {
-    let stream = TcpStream::connect(address).unwrap();
-    stream.set_nodelay(true).unwrap();
-    (stream.try_clone().unwrap(), BufReader::new(stream))
-}
-
 fn requests_per_second(address: SocketAddr, path: &str) -> f64 {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
@@ -67,10 +29,10 @@ fn requests_per_second(address: SocketAddr, path: &str) -> f64 {
         .map(|_| {
             let (stop, done, path) = (stop.clone(), done.clone(), path.to_owned());
             std::thread::spawn(move || {
-                let (mut writer, mut reader) = connect(address);
+                let mut client = Client::connect(address);
                 let mut count = 0;
                 while !stop.load(Ordering::Relaxed) {
-                    let (status, _) = request(&mut writer, &mut reader, "GET", &path, "");
+                    let (status, _) = client.request("GET", &path, "");
                     assert_eq!(status, 200, "{path}");
                     count += 1;
                 }
@@ -112,10 +74,10 @@ fn main() {
     });
 
     // 100 guests (their create jobs are no-ops: no stages configured).
-    let (mut writer, mut reader) = connect(address);
+    let mut client = Client::connect(address);
     let guests: Vec<String> = (0..GUESTS)
         .map(|_| {
-            let (status, body) = request(&mut writer, &mut reader, "POST", "/guests", "{}");
+            let (status, body) = client.request("POST", "/guests", "{}");
             assert_eq!(status, 202);
             let guest: Value = serde_json::from_slice(&body).unwrap();
             guest["id"].as_str().unwrap().to_owned()
@@ -141,13 +103,12 @@ fn main() {
             .chunks(GUESTS / CLIENTS)
             .map(|chunk| {
                 scope.spawn(move || {
-                    let (mut writer, mut reader) = connect(address);
+                    let mut client = Client::connect(address);
                     let mut last = Vec::new();
                     for round in 0..JOBS / GUESTS {
                         for guest in chunk {
                             let path = format!("/guests/{guest}/restart");
-                            let (status, body) =
-                                request(&mut writer, &mut reader, "POST", &path, "");
+                            let (status, body) = client.request("POST", &path, "");
                             assert_eq!(status, 202);
                             if round == JOBS / GUESTS - 1 {
                                 let job: Value = serde_json::from_slice(&body).unwrap();
@@ -170,13 +131,7 @@ fn main() {
     let queued = started.elapsed();
     for (guest, job) in &last_jobs {
         loop {
-            let (_, body) = request(
-                &mut writer,
-                &mut reader,
-                "GET",
-                &format!("/guests/{guest}/jobs/{job}"),
-                "",
-            );
+            let (_, body) = client.request("GET", &format!("/guests/{guest}/jobs/{job}"), "");
             let job: Value = serde_json::from_slice(&body).unwrap();
             if job["status"] == "Complete" {
                 break;

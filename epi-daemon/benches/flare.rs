@@ -4,11 +4,14 @@
 //!
 //! `cargo bench -p epi-daemon --bench flare`
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::Client;
 use epi::{Registry, RegistryConfig};
 use serde_json::{json, Value};
 
@@ -73,39 +76,6 @@ fn subscriber(status: u16) -> (String, Arrivals) {
     (url, log)
 }
 
-fn request(
-    writer: &mut TcpStream,
-    reader: &mut BufReader<TcpStream>,
-    method: &str,
-    path: &str,
-    body: &str,
-) -> (u16, Vec<u8>) {
-    write!(writer, "{method} {path} HTTP/1.1\r\nhost: b\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len()).unwrap();
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    let status = line.split(' ').nth(1).unwrap().parse().unwrap();
-    let mut length = 0;
-    loop {
-        line.clear();
-        reader.read_line(&mut line).unwrap();
-        if line == "\r\n" {
-            break;
-        }
-        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            length = v.trim().parse().unwrap();
-        }
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).unwrap();
-    (status, body)
-}
-
-fn connect(address: SocketAddr) -> (TcpStream, BufReader<TcpStream>) {
-    let stream = TcpStream::connect(address).unwrap();
-    stream.set_nodelay(true).unwrap();
-    (stream.try_clone().unwrap(), BufReader::new(stream))
-}
-
 /// One run: a fresh flare, `dead` extra dead subscribers; returns (puts/s, deliveries/s, p50, p99 ms).
 fn run(dead: usize) -> (f64, f64, f64, f64) {
     let state = tempfile::tempdir().unwrap();
@@ -127,10 +97,8 @@ fn run(dead: usize) -> (f64, f64, f64, f64) {
         tokio::spawn(async move { axum::serve(listener, app).await });
         address
     });
-    let (mut writer, mut reader) = connect(address);
-    let (status, body) = request(
-        &mut writer,
-        &mut reader,
+    let mut client = Client::connect(address);
+    let (status, body) = client.request(
         "POST",
         "/resources",
         r#"{"endpoint": "http://api.io/docs/{id}", "change": {"field": "version"}}"#,
@@ -150,25 +118,17 @@ fn run(dead: usize) -> (f64, f64, f64, f64) {
         let body =
             json!({"endpoint": {"url": url}, "delivery": {"success": [200], "discard": [410]}})
                 .to_string();
-        assert_eq!(
-            request(&mut writer, &mut reader, "POST", &path, &body).0,
-            201
-        );
+        assert_eq!(client.request("POST", &path, &body).0, 201);
     }
     let started = Instant::now();
     std::thread::scope(|scope| {
-        for client in 0..CLIENTS {
+        for first in 0..CLIENTS {
             scope.spawn(move || {
-                let (mut writer, mut reader) = connect(address);
-                for n in (client..DOCUMENTS).step_by(CLIENTS) {
+                let mut client = Client::connect(address);
+                for n in (first..DOCUMENTS).step_by(CLIENTS) {
                     let body = json!({"version": 1, "sent": now_us()}).to_string();
-                    let (status, _) = request(
-                        &mut writer,
-                        &mut reader,
-                        "PUT",
-                        &format!("/documents/http://api.io/docs/{n}"),
-                        &body,
-                    );
+                    let (status, _) =
+                        client.request("PUT", &format!("/documents/http://api.io/docs/{n}"), &body);
                     assert_eq!(status, 202);
                 }
             });
