@@ -85,6 +85,32 @@ fn main() {
         .collect();
     let info_path = format!("/guests/{}", guests[0]);
 
+    // The same two requests in process, without HTTP: the handlers' own cost.
+    let handle = registry
+        .function::<epi::http::HttpRequest, epi::Decision<epi::http::HttpResponse>>(
+            epi::http::SERVICE,
+            epi::http::HANDLE,
+        );
+    let in_process = |path: &str| {
+        let request = epi::http::HttpRequest {
+            method: "GET".into(),
+            path: path.into(),
+            query: String::new(),
+            headers: Vec::new(),
+            body: Vec::new(),
+        };
+        let calls = 20_000;
+        let started = Instant::now();
+        for _ in 0..calls {
+            match handle.decide(&request, epi::Opts::new()).unwrap() {
+                epi::Decision::Decided(answer) => assert_eq!(answer.status, 200, "{path}"),
+                epi::Decision::NoDecision => panic!("nobody answered {path}"),
+            }
+        }
+        started.elapsed().as_secs_f64() * 1e6 / calls as f64
+    };
+    let (hello_call, info_call) = (in_process("/hello/Ada"), in_process(&info_path));
+
     let mut ratios = Vec::new();
     let (mut info_sum, mut hello_sum) = (0.0, 0.0);
     for _ in 0..ROUNDS {
@@ -158,6 +184,9 @@ fn main() {
         ratios[ROUNDS / 2],
         ratios[0],
         ratios[ROUNDS - 1]
+    );
+    println!(
+        "| one call of `http.handle` in process, no HTTP: hello / Info | {hello_call:.1} µs / {info_call:.1} µs |"
     );
     println!(
         "| {JOBS} no-op jobs over {GUESTS} guests, queued over HTTP then run | queued in {:.2} s, all complete after {:.2} s: {:.0} jobs/s |\n",

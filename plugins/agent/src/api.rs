@@ -151,6 +151,13 @@ fn route(
                 None => Err(error(404, format!("guest {id} has no job {job}"))),
             }
         }
+        // The Info action with no stages answers the stored document as it is.
+        ["guests", id] if method == "GET" && agent.config.stages("guest_get").is_empty() => {
+            match agent.store.guest_text(id).map_err(internal)? {
+                Some(doc) => Ok(HttpResponse::new(200, "application/json", doc.into_bytes())),
+                None => Err(error(404, format!("no guest {id}"))),
+            }
+        }
         ["guests", id, rest @ ..] => {
             let guest = agent
                 .store

@@ -123,6 +123,15 @@ impl Agent {
         guest: Value,
         args: &Value,
     ) -> Result<Outcome, HttpResponse> {
+        let stages = self.config.stages(action);
+        if stages.is_empty() {
+            // Nothing to bound: the answer is the guest (or the list) as stored.
+            return Ok(Outcome {
+                guest,
+                result: None,
+                stream: None,
+            });
+        }
         let key = guest_id.unwrap_or(AGENT_QUEUE).to_owned();
         {
             let mut running = self.sync.lock().unwrap();
@@ -132,17 +141,18 @@ impl Agent {
             *running.entry(key.clone()).or_default() += 1;
         }
         let persist_id = guest_id.map(str::to_owned);
-        let result = pipeline::run(
-            &self.limits,
-            action,
-            self.config.stages(action),
-            guest,
-            args,
-            |guest| match &persist_id {
-                Some(id) => self.store.put_guest(id, guest),
-                None => Ok(()),
-            },
-        );
+        let result =
+            pipeline::run(
+                &self.limits,
+                action,
+                stages,
+                guest,
+                args,
+                |guest| match &persist_id {
+                    Some(id) => self.store.put_guest(id, guest),
+                    None => Ok(()),
+                },
+            );
         {
             let mut running = self.sync.lock().unwrap();
             if let Some(count) = running.get_mut(&key) {

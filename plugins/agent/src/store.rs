@@ -66,10 +66,16 @@ pub enum Start {
     Gone,
 }
 
-/// The database.
+/// The database: one connection for writes, and a pool of read-only connections so that
+/// reads (the Info actions, job queries) run beside each other and beside a write (WAL mode).
 pub struct Store {
     connection: Mutex<Connection>,
+    path: std::path::PathBuf,
+    readers: Mutex<Vec<Connection>>,
 }
+
+/// Read-only connections kept open for reuse.
+const IDLE_READERS: usize = 8;
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -121,7 +127,43 @@ impl Store {
             .map_err(|err| format!("agent database {}: {err}", path.display()))?;
         Ok(Store {
             connection: Mutex::new(connection),
+            path: path.to_owned(),
+            readers: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Runs `read` on a read-only connection from the pool (opening one when none is idle).
+    fn read<T>(
+        &self,
+        what: &str,
+        read: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, String> {
+        let idle = self.readers.lock().unwrap().pop();
+        let connection = match idle {
+            Some(connection) => connection,
+            None => {
+                let connection = Connection::open_with_flags(
+                    &self.path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .map_err(|err| format!("agent database {}: {err}", self.path.display()))?;
+                connection
+                    .busy_timeout(std::time::Duration::from_secs(10))
+                    .map_err(failed("busy timeout"))?;
+                // Pages read through a mapping, not a read(2) each.
+                connection
+                    .pragma_update(None, "mmap_size", 256i64 << 20)
+                    .map_err(failed("mapping the database"))?;
+                connection
+            }
+        };
+        let result = read(&connection).map_err(failed(what));
+        let mut idle = self.readers.lock().unwrap();
+        if idle.len() < IDLE_READERS {
+            idle.push(connection);
+        }
+        result
     }
 
     /// Marks Running jobs of another process (one that died) as Error "interrupted"; returns
@@ -141,26 +183,33 @@ impl Store {
 
     /// A guest's document.
     pub fn guest(&self, id: &str) -> Result<Option<Value>, String> {
-        let connection = self.connection.lock().unwrap();
-        let doc: Option<String> = connection
-            .prepare_cached("SELECT doc FROM guests WHERE id = ?1")
-            .and_then(|mut s| s.query_row([id], |row| row.get(0)).optional())
-            .map_err(failed("reading a guest"))?;
-        Ok(doc.and_then(|doc| serde_json::from_str(&doc).ok()))
+        Ok(self
+            .guest_text(id)?
+            .and_then(|doc| serde_json::from_str(&doc).ok()))
+    }
+
+    /// A guest's document as stored (JSON text).
+    pub fn guest_text(&self, id: &str) -> Result<Option<String>, String> {
+        self.read("reading a guest", |connection| {
+            connection
+                .prepare_cached("SELECT doc FROM guests WHERE id = ?1")?
+                .query_row([id], |row| row.get(0))
+                .optional()
+        })
     }
 
     /// Every guest, by id.
     pub fn guests(&self) -> Result<Vec<Value>, String> {
-        let connection = self.connection.lock().unwrap();
-        let mut statement = connection
-            .prepare_cached("SELECT doc FROM guests ORDER BY id")
-            .map_err(failed("listing guests"))?;
-        let docs = statement
-            .query_map([], |row| row.get::<_, String>(0))
-            .map_err(failed("listing guests"))?
-            .filter_map(|doc| doc.ok().and_then(|doc| serde_json::from_str(&doc).ok()))
-            .collect();
-        Ok(docs)
+        let docs: Vec<String> = self.read("listing guests", |connection| {
+            connection
+                .prepare_cached("SELECT doc FROM guests ORDER BY id")?
+                .query_map([], |row| row.get::<_, String>(0))?
+                .collect()
+        })?;
+        Ok(docs
+            .iter()
+            .filter_map(|doc| serde_json::from_str(doc).ok())
+            .collect())
     }
 
     /// Stores a guest (insert or replace).
@@ -327,58 +376,56 @@ impl Store {
             .transaction()
             .map_err(failed("finishing a job"))?;
         transaction
-            .execute(
+            .prepare_cached(
                 "UPDATE jobs SET status = ?1, stage = ?2, message = ?3, updated_at = ?4 WHERE id = ?5",
-                params![status, stage, message, now_ms(), job.id],
             )
+            .and_then(|mut s| s.execute(params![status, stage, message, now_ms(), job.id]))
             .map_err(failed("finishing a job"))?;
         transaction
-            .execute(
+            .prepare_cached(
                 "DELETE FROM jobs WHERE guest = ?1 AND status IN (?2, ?3) AND seq <= (
                      SELECT seq FROM jobs WHERE guest = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?4)",
-                params![job.guest_id, COMPLETE, ERROR, keep as i64],
             )
+            .and_then(|mut s| s.execute(params![job.guest_id, COMPLETE, ERROR, keep as i64]))
             .map_err(failed("trimming the job log"))?;
         transaction.commit().map_err(failed("finishing a job"))
     }
 
     /// A job of `guest`.
     pub fn job(&self, guest: &str, id: &str) -> Result<Option<Job>, String> {
-        let connection = self.connection.lock().unwrap();
-        connection
-            .query_row(
-                &format!("{JOB_COLUMNS} WHERE guest = ?1 AND id = ?2"),
-                [guest, id],
-                read_job,
-            )
-            .optional()
-            .map_err(failed("reading a job"))
+        self.read("reading a job", |connection| {
+            connection
+                .prepare_cached(&format!("{JOB_COLUMNS} WHERE guest = ?1 AND id = ?2"))?
+                .query_row([guest, id], read_job)
+                .optional()
+        })
     }
 
     /// Any job by id (image jobs belong to no guest).
     pub fn job_by_id(&self, id: &str) -> Result<Option<Job>, String> {
-        let connection = self.connection.lock().unwrap();
-        connection
-            .query_row(&format!("{JOB_COLUMNS} WHERE id = ?1"), [id], read_job)
-            .optional()
-            .map_err(failed("reading a job"))
+        self.read("reading a job", |connection| {
+            connection
+                .prepare_cached(&format!("{JOB_COLUMNS} WHERE id = ?1"))?
+                .query_row([id], read_job)
+                .optional()
+        })
     }
 
     /// The newest `limit` jobs, of one guest or of all.
     pub fn jobs(&self, guest: Option<&str>, limit: usize) -> Result<Vec<Job>, String> {
-        let connection = self.connection.lock().unwrap();
         let limit = limit as i64;
-        let rows: Result<Vec<Job>, rusqlite::Error> = match guest {
+        self.read("listing jobs", |connection| match guest {
             Some(guest) => connection
                 .prepare_cached(&format!(
                     "{JOB_COLUMNS} WHERE guest = ?1 ORDER BY seq DESC LIMIT ?2"
-                ))
-                .and_then(|mut s| s.query_map(params![guest, limit], read_job)?.collect()),
+                ))?
+                .query_map(params![guest, limit], read_job)?
+                .collect(),
             None => connection
-                .prepare_cached(&format!("{JOB_COLUMNS} ORDER BY seq DESC LIMIT ?1"))
-                .and_then(|mut s| s.query_map(params![limit], read_job)?.collect()),
-        };
-        rows.map_err(failed("listing jobs"))
+                .prepare_cached(&format!("{JOB_COLUMNS} ORDER BY seq DESC LIMIT ?1"))?
+                .query_map(params![limit], read_job)?
+                .collect(),
+        })
     }
 
     /// How many jobs are queued or running.
