@@ -5,11 +5,43 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+/// Where flare's data lives.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Location {
+    /// An embedded SQLite database file (one daemon).
+    Sqlite(PathBuf),
+    /// A PostgreSQL server (`postgres://...`), which several daemons may share.
+    Postgres(String),
+}
+
+impl Location {
+    /// The location for reports: the path, or the URL without its password.
+    pub fn shown(&self) -> String {
+        match self {
+            Location::Sqlite(path) => path.display().to_string(),
+            Location::Postgres(url) => match (url.find("://"), url.rfind('@')) {
+                (Some(scheme), Some(at)) if at > scheme => {
+                    let credentials = &url[scheme + 3..at];
+                    match credentials.split_once(':') {
+                        Some((user, _)) => {
+                            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+                        }
+                        None => url.clone(),
+                    }
+                }
+                _ => url.clone(),
+            },
+        }
+    }
+}
+
 /// Flare's settings.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
-    /// The SQLite database.
-    pub db: PathBuf,
+    /// The database.
+    pub store: Location,
+    /// PostgreSQL connections this daemon opens at most.
+    pub connections: usize,
     /// Delivery workers.
     pub workers: usize,
     /// Per-request timeout of a delivery.
@@ -38,7 +70,8 @@ impl Config {
             }
         };
         let mut config = Config {
-            db: epi::host::data_dir().join("flare.sqlite"),
+            store: Location::Sqlite(epi::host::data_dir().join("flare.sqlite")),
+            connections: 0,
             workers: 4,
             timeout: Duration::from_secs(5),
             retry_base: Duration::from_millis(500),
@@ -58,14 +91,13 @@ impl Config {
             };
             match key.as_str() {
                 "store" | "db" => match value.as_str() {
-                    Some(path) if path.starts_with('/') => config.db = path.into(),
+                    Some(path) if path.starts_with('/') => config.store = Location::Sqlite(path.into()),
                     Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                        return Err(format!(
-                            "flare configuration: `{key}`: PostgreSQL is not supported by this build yet; use a SQLite path"
-                        ))
+                        config.store = Location::Postgres(url.to_owned())
                     }
-                    _ => return Err(bad("an absolute path")),
+                    _ => return Err(bad("an absolute SQLite path or a postgres:// URL")),
                 },
+                "connections" => config.connections = positive()? as usize,
                 "workers" => config.workers = positive()? as usize,
                 "timeout_ms" => config.timeout = Duration::from_millis(positive()?),
                 "retry_base_ms" => config.retry_base = Duration::from_millis(positive()?),
@@ -78,10 +110,14 @@ impl Config {
                 },
                 other => {
                     return Err(format!(
-                        "flare configuration: unknown key `{other}` (known: store, workers, timeout_ms, retry_base_ms, retry_cap_ms, max_attempts, prefix)"
+                        "flare configuration: unknown key `{other}` (known: store, connections, workers, timeout_ms, retry_base_ms, retry_cap_ms, max_attempts, prefix)"
                     ))
                 }
             }
+        }
+        if config.connections == 0 {
+            // Every worker plus the API's requests.
+            config.connections = config.workers + 4;
         }
         Ok(config)
     }

@@ -115,8 +115,15 @@ pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> String {
     format!("v1,{}", engine.encode(mac.finalize().into_bytes()))
 }
 
-/// Sends one delivery and says how it ended.
-pub fn send(agent: &ureq::Agent, config: &Config, delivery: &Delivery) -> Outcome {
+/// Sends one delivery and says how it ended; a retry is due after a back-off from `now` (ms),
+/// spread by `random` in [0, 1).
+pub fn send(
+    agent: &ureq::Agent,
+    config: &Config,
+    delivery: &Delivery,
+    now: i64,
+    random: f64,
+) -> Outcome {
     let (method, url, headers, body) = request(delivery);
     let mut request = agent.request(&method, &url);
     for (name, value) in &headers {
@@ -142,10 +149,10 @@ pub fn send(agent: &ureq::Agent, config: &Config, delivery: &Delivery) -> Outcom
         delivery.attempts as u32,
         config.retry_base,
         config.retry_cap,
-        jitter(),
+        random,
     );
     Outcome::Retry {
-        at: now_ms() + delay.as_millis() as i64,
+        at: now + delay.as_millis() as i64,
         error,
     }
 }
@@ -178,7 +185,16 @@ fn worker(flare: &Flare, agent: &ureq::Agent) {
             Ok(claimed) if claimed.is_empty() => flare.wait_for_work(Duration::from_millis(50)),
             Ok(claimed) => {
                 for delivery in claimed {
-                    let outcome = send(agent, &flare.config, &delivery);
+                    let outcome = send(
+                        agent,
+                        &flare.config,
+                        &delivery,
+                        flare.clock.now_ms(),
+                        jitter(),
+                    );
+                    flare
+                        .sent
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if let Outcome::Failed(error) = &outcome {
                         epi::log::warn(&format!(
                             "delivery {} failed for good: {error}",
@@ -201,6 +217,137 @@ fn worker(flare: &Flare, agent: &ureq::Agent) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{Clock, Pause, Store};
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+
+    /// A clock the test moves.
+    struct ManualClock(AtomicI64);
+
+    impl Clock for ManualClock {
+        fn now_ms(&self) -> i64 {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    /// A subscriber on 127.0.0.1 answering 500 to everything; counts the requests.
+    fn failing_subscriber() -> (String, Arc<AtomicUsize>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let count = Arc::new(AtomicUsize::new(0));
+        let counted = count.clone();
+        std::thread::spawn(move || {
+            for connection in listener.incoming().flatten() {
+                let counted = counted.clone();
+                std::thread::spawn(move || {
+                    let mut writer = connection.try_clone().unwrap();
+                    let mut reader = BufReader::new(connection);
+                    loop {
+                        let mut line = String::new();
+                        let mut length = 0;
+                        loop {
+                            line.clear();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                            if let Some(v) =
+                                line.to_ascii_lowercase().strip_prefix("content-length:")
+                            {
+                                length = v.trim().parse().unwrap();
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        reader.read_exact(&mut body).unwrap();
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        let _ = writer.write_all(b"HTTP/1.1 500 X\r\ncontent-length: 0\r\n\r\n");
+                    }
+                });
+            }
+        });
+        (url, count)
+    }
+
+    #[test]
+    fn a_failing_delivery_backs_off_by_the_clock_until_it_is_marked_failed() {
+        let dir = std::env::temp_dir().join(format!("flare-backoff-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let start = 1_700_000_000_000;
+        let clock = Arc::new(ManualClock(AtomicI64::new(start)));
+        let pause = Pause {
+            base: Duration::from_millis(100),
+            cap: Duration::from_millis(400),
+        };
+        let store =
+            crate::store::sqlite::Sqlite::open(&dir.join("flare.sqlite"), pause, clock.clone())
+                .unwrap();
+        let config = Config::from_json(&serde_json::json!({
+            "store": dir.join("flare.sqlite"), "retry_base_ms": 100, "retry_cap_ms": 400,
+            "max_attempts": 5, "timeout_ms": 2000,
+        }))
+        .unwrap();
+        let (url, requests) = failing_subscriber();
+        let resource = crate::model::resource(
+            &serde_json::json!({"endpoint": "http://api.io/users/{id}", "change": {"field": "v"}}),
+            "r1".into(),
+        )
+        .unwrap();
+        let subscription = crate::model::subscription(
+            &serde_json::json!({"endpoint": {"url": url}, "delivery": {"success": [200], "discard": [410]}}),
+            "s1".into(),
+            &resource,
+        )
+        .unwrap();
+        store.insert_resource(&resource).unwrap();
+        store.insert_subscription(&subscription).unwrap();
+        store
+            .put_document(
+                &resource,
+                "http://api.io/users/7",
+                &serde_json::json!({"v": 1}),
+                1,
+            )
+            .unwrap();
+        let agent = ureq::AgentBuilder::new().build();
+        // One worker step at the clock's time: claim, send (full back-off, no jitter), record.
+        let step = || -> Option<Outcome> {
+            let delivery = store.claim(1, 10_000).unwrap().pop()?;
+            let outcome = send(&agent, &config, &delivery, clock.now_ms(), 1.0);
+            store.finish(&delivery, &outcome).unwrap();
+            Some(outcome)
+        };
+        let at = |offset: i64| clock.0.store(start + offset, Ordering::SeqCst);
+        at(0);
+        assert!(matches!(step(), Some(Outcome::Retry { at, .. }) if at == start + 100));
+        // Due 100, 200, 400, then 400 (the cap) ms after each failure; nothing before.
+        let mut due = 100;
+        for delay in [200, 400, 400] {
+            at(due - 1);
+            assert!(step().is_none(), "claimed 1 ms before it was due at +{due}");
+            at(due);
+            let outcome = step().expect("due");
+            assert!(
+                matches!(&outcome, Outcome::Retry { at, .. } if *at == start + due + delay),
+                "after the failure at +{due}: {outcome:?}"
+            );
+            due += delay;
+        }
+        at(due);
+        assert!(
+            matches!(step(), Some(Outcome::Failed(error)) if error.contains("after 5 attempts"))
+        );
+        at(due + 1_000_000);
+        assert!(step().is_none(), "a failed delivery is not tried again");
+        assert_eq!(requests.load(Ordering::SeqCst), 5);
+        let (failed, total) = store.deliveries("failed", 10, 0).unwrap();
+        assert_eq!(
+            (total, failed[0]["attempts"].clone()),
+            (1, serde_json::json!(5))
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn back_off_doubles_up_to_the_cap_with_bounded_jitter() {

@@ -25,15 +25,19 @@ use epi::{Decision, Plugin, PluginContext, Process, Provider};
 use serde_json::{json, Value};
 
 use crate::config::Config;
-use crate::store::Store;
+use crate::store::{Clock, Pause, Store, SystemClock};
 
 /// Flare's state, shared by the HTTP provider and the delivery workers.
 pub struct Flare {
     /// The configuration.
     pub config: Config,
     /// The database.
-    pub store: Store,
+    pub store: Box<dyn Store>,
+    /// The queue's time.
+    pub clock: Arc<dyn Clock>,
     stop: AtomicBool,
+    /// Delivery attempts this process made (for the report).
+    pub sent: std::sync::atomic::AtomicU64,
     work: Mutex<u64>,
     work_ready: Condvar,
 }
@@ -64,7 +68,7 @@ impl Flare {
 
     /// The `delivery` process's report.
     pub fn report(&self) -> Value {
-        json!({"db": self.config.db, "workers": self.config.workers, "deliveries": self.store.counts().unwrap_or(Value::Null)})
+        json!({"store": self.config.store.shown(), "workers": self.config.workers, "sent": self.sent.load(Ordering::Relaxed), "deliveries": self.store.counts().unwrap_or(Value::Null)})
     }
 }
 
@@ -90,12 +94,19 @@ impl FlarePlugin {
     /// Reads the configuration and opens (migrating) the database.
     pub fn from_context(context: &PluginContext) -> Result<Self, String> {
         let config = Config::from_json(&context.config)?;
-        let store = Store::open(&config.db, config.retry_base, config.retry_cap)?;
+        let pause = Pause {
+            base: config.retry_base,
+            cap: config.retry_cap,
+        };
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let store = store::open(&config.store, pause, config.connections, clock.clone())?;
         Ok(FlarePlugin {
             flare: Arc::new(Flare {
                 config,
                 store,
+                clock,
                 stop: AtomicBool::new(false),
+                sent: Default::default(),
                 work: Mutex::new(0),
                 work_ready: Condvar::new(),
             }),

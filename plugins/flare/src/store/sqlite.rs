@@ -1,95 +1,38 @@
-//! Resources, subscriptions, documents and the delivery queue in SQLite (WAL). A delivery is
-//! claimed with a lease: a process that dies mid-delivery has its claims expire and taken over.
+//! The store in embedded SQLite (WAL), for one daemon: one connection, claims in an immediate
+//! transaction (SQLite has one writer at a time, so two claimers never take the same row).
 
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
+use super::{Clock, Delivery, Outcome, Pause, Store, Written};
 use crate::model::{Resource, Subscription};
-
-/// Milliseconds since the epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 fn failed(what: &str) -> impl Fn(rusqlite::Error) -> String + '_ {
     move |err| format!("flare database: {what}: {err}")
-}
-
-/// What a document write did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Written {
-    /// First version: create deliveries queued.
-    Created,
-    /// A newer revision: update deliveries queued.
-    Updated,
-    /// The same or an older revision: nothing.
-    Ignored,
-    /// The resource has no subscription: nothing stored.
-    Unsubscribed,
-}
-
-/// A claimed delivery and what sending it needs.
-#[derive(Clone, Debug)]
-pub struct Delivery {
-    /// Its sequence number.
-    pub seq: i64,
-    /// `create`, `update` or `delete`.
-    pub action: String,
-    /// The document's URL.
-    pub url: String,
-    /// The revision.
-    pub revision: i64,
-    /// The document at that revision.
-    pub content: Value,
-    /// Attempts made before this one.
-    pub attempts: i64,
-    /// When it was queued (ms).
-    pub queued_at: i64,
-    /// The subscription.
-    pub subscription: Subscription,
-    /// The subscription's resource.
-    pub resource: Resource,
-}
-
-/// How a delivery attempt ended.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Outcome {
-    /// A success status.
-    Delivered,
-    /// A discard status.
-    Discarded(u16),
-    /// Try again at this time (ms).
-    Retry { at: i64, error: String },
-    /// No more attempts.
-    Failed(String),
 }
 
 /// A due delivery as the claim query reads it: seq, action, url, revision, content, attempts,
 /// queued_at, the subscription's and the resource's JSON.
 type ClaimRow = (i64, String, String, i64, String, i64, i64, String, String);
 
-/// The database.
-pub struct Store {
+/// The SQLite store.
+pub struct Sqlite {
     connection: Mutex<Connection>,
-    retry_base: std::time::Duration,
-    retry_cap: std::time::Duration,
+    pause: Pause,
+    clock: std::sync::Arc<dyn Clock>,
 }
 
-impl Store {
+impl Sqlite {
     /// Opens (creating and migrating) the database at `path`; a failing subscriber pauses
-    /// for `retry_base` doubling per consecutive failure up to `retry_cap`.
+    /// as `pause` says; `clock` tells the time.
     pub fn open(
         path: &Path,
-        retry_base: std::time::Duration,
-        retry_cap: std::time::Duration,
-    ) -> Result<Store, String> {
+        pause: Pause,
+        clock: std::sync::Arc<dyn Clock>,
+    ) -> Result<Sqlite, String> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|err| format!("flare database: cannot create {}: {err}", dir.display()))?;
@@ -103,46 +46,11 @@ impl Store {
             .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
             .map_err(failed("pragmas"))?;
         migrate(&connection)?;
-        Ok(Store {
+        Ok(Sqlite {
             connection: Mutex::new(connection),
-            retry_base,
-            retry_cap,
+            pause,
+            clock,
         })
-    }
-
-    /// Stores a new resource; false when its endpoint exists.
-    pub fn insert_resource(&self, resource: &Resource) -> Result<bool, String> {
-        let doc = serde_json::to_string(resource).expect("a resource serializes");
-        let changed = self
-            .connection
-            .lock()
-            .unwrap()
-            .execute(
-                "INSERT OR IGNORE INTO resources (id, endpoint, doc) VALUES (?1, ?2, ?3)",
-                params![resource.id, resource.endpoint, doc],
-            )
-            .map_err(failed("creating a resource"))?;
-        Ok(changed == 1)
-    }
-
-    /// A resource.
-    pub fn resource(&self, id: &str) -> Result<Option<Resource>, String> {
-        let connection = self.connection.lock().unwrap();
-        let doc: Option<String> = connection
-            .prepare_cached("SELECT doc FROM resources WHERE id = ?1")
-            .and_then(|mut s| s.query_row([id], |row| row.get(0)).optional())
-            .map_err(failed("reading a resource"))?;
-        Ok(doc.and_then(|doc| serde_json::from_str(&doc).ok()))
-    }
-
-    /// A page of resources and the total.
-    pub fn resources(&self, limit: i64, offset: i64) -> Result<(Vec<Resource>, i64), String> {
-        self.page("resources", None, limit, offset)
-    }
-
-    /// Every resource (for matching document URLs).
-    pub fn all_resources(&self) -> Result<Vec<Resource>, String> {
-        Ok(self.page::<Resource>("resources", None, i64::MAX, 0)?.0)
     }
 
     fn page<T: serde::de::DeserializeOwned>(
@@ -180,10 +88,47 @@ impl Store {
             .collect();
         Ok((items, total))
     }
+}
+
+impl Store for Sqlite {
+    /// Stores a new resource; false when its endpoint exists.
+    fn insert_resource(&self, resource: &Resource) -> Result<bool, String> {
+        let doc = serde_json::to_string(resource).expect("a resource serializes");
+        let changed = self
+            .connection
+            .lock()
+            .unwrap()
+            .execute(
+                "INSERT OR IGNORE INTO resources (id, endpoint, doc) VALUES (?1, ?2, ?3)",
+                params![resource.id, resource.endpoint, doc],
+            )
+            .map_err(failed("creating a resource"))?;
+        Ok(changed == 1)
+    }
+
+    /// A resource.
+    fn resource(&self, id: &str) -> Result<Option<Resource>, String> {
+        let connection = self.connection.lock().unwrap();
+        let doc: Option<String> = connection
+            .prepare_cached("SELECT doc FROM resources WHERE id = ?1")
+            .and_then(|mut s| s.query_row([id], |row| row.get(0)).optional())
+            .map_err(failed("reading a resource"))?;
+        Ok(doc.and_then(|doc| serde_json::from_str(&doc).ok()))
+    }
+
+    /// A page of resources and the total.
+    fn resources(&self, limit: i64, offset: i64) -> Result<(Vec<Resource>, i64), String> {
+        self.page("resources", None, limit, offset)
+    }
+
+    /// Every resource (for matching document URLs).
+    fn all_resources(&self) -> Result<Vec<Resource>, String> {
+        Ok(self.page::<Resource>("resources", None, i64::MAX, 0)?.0)
+    }
 
     /// Deletes a resource: `Ok(None)` unknown, `Ok(Some(false))` refused (it has
     /// subscriptions), `Ok(Some(true))` deleted.
-    pub fn delete_resource(&self, id: &str) -> Result<Option<bool>, String> {
+    fn delete_resource(&self, id: &str) -> Result<Option<bool>, String> {
         let mut connection = self.connection.lock().unwrap();
         let transaction = connection
             .transaction()
@@ -220,13 +165,8 @@ impl Store {
     }
 
     /// Stores a new subscription; false when the resource has one with the same url(s).
-    pub fn insert_subscription(&self, subscription: &Subscription) -> Result<bool, String> {
-        let mut urls: Vec<String> = ["create", "update", "delete"]
-            .iter()
-            .filter_map(|action| subscription.target(action).url)
-            .collect();
-        urls.dedup();
-        let key = urls.join(" ");
+    fn insert_subscription(&self, subscription: &Subscription) -> Result<bool, String> {
+        let key = super::url_key(subscription);
         let doc = serde_json::to_string(subscription).expect("a subscription serializes");
         let changed = self
             .connection
@@ -241,7 +181,7 @@ impl Store {
     }
 
     /// A subscription of a resource.
-    pub fn subscription(&self, resource: &str, id: &str) -> Result<Option<Subscription>, String> {
+    fn subscription(&self, resource: &str, id: &str) -> Result<Option<Subscription>, String> {
         let connection = self.connection.lock().unwrap();
         let doc: Option<String> = connection
             .prepare_cached("SELECT doc FROM subscriptions WHERE resource_id = ?1 AND id = ?2")
@@ -251,7 +191,7 @@ impl Store {
     }
 
     /// A page of a resource's subscriptions and the total.
-    pub fn subscriptions(
+    fn subscriptions(
         &self,
         resource: &str,
         limit: i64,
@@ -261,7 +201,7 @@ impl Store {
     }
 
     /// Deletes a subscription (and its pending deliveries); false when unknown.
-    pub fn delete_subscription(&self, resource: &str, id: &str) -> Result<bool, String> {
+    fn delete_subscription(&self, resource: &str, id: &str) -> Result<bool, String> {
         let mut connection = self.connection.lock().unwrap();
         let transaction = connection
             .transaction()
@@ -288,7 +228,7 @@ impl Store {
     }
 
     /// Writes a document version and queues its deliveries.
-    pub fn put_document(
+    fn put_document(
         &self,
         resource: &Resource,
         url: &str,
@@ -325,7 +265,7 @@ impl Store {
             Some(old) if revision > old => (Written::Updated, "update"),
             Some(_) => return Ok(Written::Ignored),
         };
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let text = content.to_string();
         transaction
             .execute(
@@ -351,7 +291,7 @@ impl Store {
 
     /// Deletes a document: a delete delivery to each subscriber that received it. Unknown
     /// documents are no-ops; returns whether there was one.
-    pub fn delete_document(&self, url: &str) -> Result<bool, String> {
+    fn delete_document(&self, url: &str) -> Result<bool, String> {
         let mut connection = self.connection.lock().unwrap();
         let transaction = connection
             .transaction()
@@ -377,7 +317,7 @@ impl Store {
             rows.collect::<Result<_, _>>()
                 .map_err(failed("deleting a document"))?
         };
-        let now = now_ms();
+        let now = self.clock.now_ms();
         // Versions nobody received yet are not sent any more.
         transaction
             .execute(
@@ -406,20 +346,19 @@ impl Store {
     }
 
     /// A stored document: `{id, revision, content, updatedAt}`.
-    pub fn document(&self, url: &str) -> Result<Option<Value>, String> {
+    fn document(&self, url: &str) -> Result<Option<Value>, String> {
         let connection = self.connection.lock().unwrap();
         connection
             .query_row(
                 "SELECT revision, content, updated_at FROM documents WHERE url = ?1",
                 [url],
                 |row| {
-                    let content: String = row.get(1)?;
-                    Ok(serde_json::json!({
-                        "id": url,
-                        "revision": row.get::<_, i64>(0)?,
-                        "content": serde_json::from_str::<Value>(&content).unwrap_or(Value::Null),
-                        "updatedAt": crate::delivery::rfc3339(row.get(2)?),
-                    }))
+                    Ok(super::shown_document(
+                        url,
+                        row.get(0)?,
+                        &row.get::<_, String>(1)?,
+                        row.get(2)?,
+                    ))
                 },
             )
             .optional()
@@ -428,12 +367,12 @@ impl Store {
 
     /// Claims up to `limit` due deliveries for `lease_ms`: only the oldest pending one of each
     /// (subscription, document), so each pair is delivered in order.
-    pub fn claim(&self, limit: i64, lease_ms: i64) -> Result<Vec<Delivery>, String> {
+    fn claim(&self, limit: i64, lease_ms: i64) -> Result<Vec<Delivery>, String> {
         let mut connection = self.connection.lock().unwrap();
         let transaction = connection
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(failed("claiming deliveries"))?;
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let rows: Vec<ClaimRow> = {
             let mut statement = transaction
                 .prepare_cached(
@@ -501,20 +440,13 @@ impl Store {
     }
 
     /// Records how an attempt ended.
-    pub fn finish(&self, delivery: &Delivery, outcome: &Outcome) -> Result<(), String> {
+    fn finish(&self, delivery: &Delivery, outcome: &Outcome) -> Result<(), String> {
         let mut connection = self.connection.lock().unwrap();
         let transaction = connection
             .transaction()
             .map_err(failed("finishing a delivery"))?;
-        let now = now_ms();
-        let (status, next_at, error) = match outcome {
-            Outcome::Delivered => ("delivered", 0, String::new()),
-            Outcome::Discarded(code) => {
-                ("discarded", 0, format!("status {code} is a discard status"))
-            }
-            Outcome::Retry { at, error } => ("pending", *at, error.clone()),
-            Outcome::Failed(error) => ("failed", 0, error.clone()),
-        };
+        let now = self.clock.now_ms();
+        let (status, next_at, error) = outcome.row();
         transaction
             .execute(
                 "UPDATE deliveries SET status = ?1, next_at = ?2, last_error = ?3, attempts = attempts + 1,
@@ -536,13 +468,7 @@ impl Store {
                         |row| row.get(0),
                     )
                     .map_err(failed("finishing a delivery"))?;
-                let pause = crate::delivery::backoff(
-                    (failures - 1) as u32,
-                    self.retry_base,
-                    self.retry_cap,
-                    1.0,
-                );
-                let until = now + pause.as_millis() as i64;
+                let until = self.pause.until(failures, now);
                 transaction
                     .execute(
                         "UPDATE health SET blocked_until = ?1 WHERE subscription_id = ?2",
@@ -586,7 +512,7 @@ impl Store {
     }
 
     /// Deliveries with a status (`failed`, `pending`, ...), newest first, and the total.
-    pub fn deliveries(
+    fn deliveries(
         &self,
         status: &str,
         limit: i64,
@@ -608,24 +534,24 @@ impl Store {
             .map_err(failed("listing deliveries"))?;
         let rows = statement
             .query_map(params![status, limit, offset], |row| {
-                Ok(serde_json::json!({
-                    "id": row.get::<_, i64>(0)?,
-                    "subscription": row.get::<_, String>(1)?,
-                    "document": row.get::<_, String>(2)?,
-                    "action": row.get::<_, String>(3)?,
-                    "revision": row.get::<_, i64>(4)?,
-                    "attempts": row.get::<_, i64>(5)?,
-                    "error": row.get::<_, String>(6)?,
-                    "updatedAt": crate::delivery::rfc3339(row.get(7)?),
-                    "status": status,
-                }))
+                Ok(super::listed(
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                    row.get(5)?,
+                    row.get(6)?,
+                    row.get(7)?,
+                    status,
+                ))
             })
             .map_err(failed("listing deliveries"))?;
         Ok((rows.filter_map(Result::ok).collect(), total))
     }
 
     /// Counts of deliveries by status.
-    pub fn counts(&self) -> Result<Value, String> {
+    fn counts(&self) -> Result<Value, String> {
         let connection = self.connection.lock().unwrap();
         let mut statement = connection
             .prepare_cached("SELECT status, COUNT(*) FROM deliveries GROUP BY status")
