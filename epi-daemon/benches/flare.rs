@@ -1,6 +1,9 @@
-//! Flare on SQLite through the daemon's router: documents accepted per second, deliveries per
-//! second to a local subscriber, PUT-to-delivery latency, and the same with a second,
-//! dead subscriber (answering 500) beside the live one. Prints a table.
+//! Flare through the daemon's router, on SQLite and on PostgreSQL (a throwaway server from
+//! the machine's binaries): documents accepted per second, deliveries per second to a local
+//! subscriber, PUT-to-delivery latency, and the same with a second, dead subscriber (answering
+//! 500) beside the live one. Then scale-out: one `epi` daemon, then two, on one PostgreSQL,
+//! delivering to a subscriber that answers after 20 ms, each daemon capped at 4 concurrent
+//! deliveries. Prints tables.
 //!
 //! `cargo bench -p epi-daemon --bench flare`
 
@@ -30,6 +33,11 @@ type Arrivals = Arc<Mutex<Vec<(u64, u64)>>>;
 
 /// A subscriber answering `status`; records each body's `document.sent` and the arrival time.
 fn subscriber(status: u16) -> (String, Arrivals) {
+    subscriber_after(status, Duration::ZERO)
+}
+
+/// [`subscriber`] answering after `delay`.
+fn subscriber_after(status: u16, delay: Duration) -> (String, Arrivals) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     let log = Arc::new(Mutex::new(Vec::new()));
@@ -62,6 +70,7 @@ fn subscriber(status: u16) -> (String, Arrivals) {
                     let mut body = vec![0; length];
                     reader.read_exact(&mut body).unwrap();
                     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    std::thread::sleep(delay);
                     if let Some(sent) = body["document"]["sent"].as_u64() {
                         log.lock().unwrap().push((sent, now_us()));
                     }
@@ -76,14 +85,14 @@ fn subscriber(status: u16) -> (String, Arrivals) {
     (url, log)
 }
 
-/// One run: a fresh flare, `dead` extra dead subscribers; returns (puts/s, deliveries/s, p50, p99 ms).
-fn run(dead: usize) -> (f64, f64, f64, f64) {
-    let state = tempfile::tempdir().unwrap();
+/// One run: a fresh flare on `store` (a SQLite path or a `postgres://` URL of an empty
+/// database), `dead` extra dead subscribers; returns (puts/s, deliveries/s, p50, p99 ms).
+fn run(store: &str, dead: usize) -> (f64, f64, f64, f64) {
     let registry = Registry::new(RegistryConfig::default()).unwrap();
     registry
         .load_with_config(
             epi_testkit::plugin_library("epi-plugin-flare"),
-            &json!({"store": state.path().join("flare.sqlite"), "workers": 4, "retry_base_ms": 1000}),
+            &json!({"store": store, "workers": 4, "retry_base_ms": 1000}),
         )
         .unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -153,20 +162,92 @@ fn run(dead: usize) -> (f64, f64, f64, f64) {
     (accepted, delivered, at(50), at(99))
 }
 
+/// Deliveries per second to a subscriber answering after 20 ms, from `daemons` `epi serve`
+/// processes sharing the PostgreSQL database `store`, each with 4 delivery workers.
+fn scale_out(store: &str, daemons: usize) -> f64 {
+    const CHANGES: usize = 1_000;
+    let plugins = epi_testkit::plugin_dir();
+    epi_testkit::install(plugins.path(), "epi-plugin-flare", "libepi_plugin_flare.so");
+    let config = plugins.path().join("epi.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[plugins]\ndirs = [\".\"]\n[plugins.config.\"libepi_plugin_flare.so\"]\n\
+             store = \"{store}\"\nworkers = 4\n[http]\nlisten = \"127.0.0.1:0\"\n"
+        ),
+    )
+    .unwrap();
+    let epi = epi_testkit::build_binary("epi-daemon", "epi");
+    let running: Vec<common::Daemon> = (0..daemons)
+        .map(|_| common::Daemon::start(&epi, &config))
+        .collect();
+    let mut client = Client::connect(running[0].address);
+    let (status, body) = client.request(
+        "POST",
+        "/resources",
+        r#"{"endpoint": "http://api.io/slow/{id}", "change": {"field": "version"}}"#,
+    );
+    assert_eq!(status, 201);
+    let resource: Value = serde_json::from_slice(&body).unwrap();
+    let (url, log) = subscriber_after(200, Duration::from_millis(20));
+    let body = json!({"endpoint": {"url": url}, "delivery": {"success": [200], "discard": [410]}});
+    let path = format!(
+        "/resources/{}/subscriptions",
+        resource["id"].as_str().unwrap()
+    );
+    assert_eq!(client.request("POST", &path, &body.to_string()).0, 201);
+    let started = Instant::now();
+    for n in 0..CHANGES {
+        let body = json!({"version": 1, "sent": now_us()}).to_string();
+        let (status, _) =
+            client.request("PUT", &format!("/documents/http://api.io/slow/{n}"), &body);
+        assert_eq!(status, 202);
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while log.lock().unwrap().len() < CHANGES {
+        assert!(Instant::now() < deadline, "deliveries stalled");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    CHANGES as f64 / started.elapsed().as_secs_f64()
+}
+
 fn main() {
-    let (put_alive, delivered_alive, p50_alive, p99_alive) = run(0);
-    let (put_dead, delivered_dead, p50_dead, p99_dead) = run(1);
-    println!(
-        "\nflare on SQLite, {DOCUMENTS} documents PUT by {CLIENTS} clients, 4 delivery workers\n"
-    );
-    println!("| subscribers | PUT accepted/s | deliveries/s to the live one | PUT → delivery p50 / p99 |");
-    println!("|---|---|---|---|");
-    println!(
-        "| one live | {put_alive:.0} | {delivered_alive:.0} | {p50_alive:.1} / {p99_alive:.1} ms |"
-    );
-    println!("| one live, one dead (500) | {put_dead:.0} | {delivered_dead:.0} | {p50_dead:.1} / {p99_dead:.1} ms |");
-    println!(
-        "| live throughput with a dead one / without | | {:.2} | |\n",
-        delivered_dead / delivered_alive
-    );
+    let state = tempfile::tempdir().unwrap();
+    let sqlite = |name: &str| state.path().join(name).display().to_string();
+    let postgres = epi_testkit::postgres::Postgres::start();
+    let rows = [
+        (
+            "SQLite",
+            run(&sqlite("alive.sqlite"), 0),
+            run(&sqlite("dead.sqlite"), 1),
+        ),
+        (
+            "PostgreSQL",
+            run(&postgres.create_database("alive"), 0),
+            run(&postgres.create_database("dead"), 1),
+        ),
+    ];
+    println!("\nflare, {DOCUMENTS} documents PUT by {CLIENTS} clients, 4 delivery workers\n");
+    println!("| store | subscribers | PUT accepted/s | deliveries/s to the live one | PUT → delivery p50 / p99 |");
+    println!("|---|---|---|---|---|");
+    for (store, alive, dead) in rows {
+        let (put_alive, delivered_alive, p50_alive, p99_alive) = alive;
+        let (put_dead, delivered_dead, p50_dead, p99_dead) = dead;
+        println!(
+            "| {store} | one live | {put_alive:.0} | {delivered_alive:.0} | {p50_alive:.1} / {p99_alive:.1} ms |"
+        );
+        println!("| {store} | one live, one dead (500) | {put_dead:.0} | {delivered_dead:.0} | {p50_dead:.1} / {p99_dead:.1} ms |");
+        println!(
+            "| {store} | live throughput with a dead one / without | | {:.2} | |",
+            delivered_dead / delivered_alive
+        );
+    }
+    let one = scale_out(&postgres.create_database("one_daemon"), 1);
+    let two = scale_out(&postgres.create_database("two_daemons"), 2);
+    println!("\nscale-out on one PostgreSQL: 1,000 changes to a subscriber answering after 20 ms, 4 delivery workers per daemon\n");
+    println!("| daemons | deliveries/s |");
+    println!("|---|---|");
+    println!("| 1 | {one:.0} |");
+    println!("| 2 | {two:.0} |");
+    println!("| two / one | {:.2} |\n", two / one);
 }

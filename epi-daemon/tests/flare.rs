@@ -22,17 +22,25 @@ struct Setup {
 }
 
 fn setup(flare: &str) -> Setup {
+    setup_on(None, flare)
+}
+
+/// Flare on `store` (a `postgres://` URL), or on SQLite in a temp dir when `None`.
+fn setup_on(store: Option<&str>, flare: &str) -> Setup {
     let dir = epi_testkit::plugin_dir();
     epi_testkit::install(dir.path(), "epi-plugin-flare", "libepi_plugin_flare.so");
     let state = tempfile::tempdir().unwrap();
+    let store = match store {
+        Some(url) => url.to_owned(),
+        None => state.path().join("flare.sqlite").display().to_string(),
+    };
     let config = dir.path().join("epi.toml");
     std::fs::write(
         &config,
         format!(
             "[plugins]\ndirs = [\".\"]\n\
-             [plugins.config.\"libepi_plugin_flare.so\"]\nstore = \"{}\"\n{flare}\n\
-             [http]\nlisten = \"127.0.0.1:0\"\n",
-            state.path().join("flare.sqlite").display()
+             [plugins.config.\"libepi_plugin_flare.so\"]\nstore = \"{store}\"\n{flare}\n\
+             [http]\nlisten = \"127.0.0.1:0\"\n"
         ),
     )
     .unwrap();
@@ -353,7 +361,16 @@ fn every_validation_rule_names_its_field() {
 
 #[test]
 fn a_document_is_created_updated_ignored_and_deleted_once_each() {
-    let setup = setup("");
+    create_update_ignore_delete(&setup(""));
+}
+
+#[test]
+fn on_postgres_a_document_is_created_updated_ignored_and_deleted_once_each() {
+    let server = epi_testkit::postgres::Postgres::start();
+    create_update_ignore_delete(&setup_on(Some(&server.url()), ""));
+}
+
+fn create_update_ignore_delete(setup: &Setup) {
     let daemon = start(&setup.config);
     let subscriber = Subscriber::start(200, Duration::ZERO);
     let id = resource(&daemon, "http://api.io/users/{id}");
@@ -582,4 +599,145 @@ fn an_upgrade_of_flare_during_deliveries_loses_none() {
     });
     let status = subscriber.status.load(Ordering::Relaxed);
     assert_eq!(status, 200);
+}
+
+#[test]
+fn two_daemons_on_one_postgres_deliver_each_change_exactly_once() {
+    const CHANGES: usize = 10_000;
+    let server = epi_testkit::postgres::Postgres::start();
+    let setup = setup_on(Some(&server.url()), "workers = 4");
+    let first = start(&setup.config);
+    let second = start(&setup.config);
+    let subscribers = [
+        Subscriber::start(200, Duration::ZERO),
+        Subscriber::start(200, Duration::ZERO),
+    ];
+    // Made through one daemon, seen through the other: they share the database.
+    let id = resource(&first, "http://api.io/parcels/{id}");
+    for subscriber in &subscribers {
+        subscribe(
+            &second,
+            &id,
+            json!({"endpoint": {"url": format!("{}/hook", subscriber.url)}, "delivery": {"success": [200], "discard": [410]}}),
+        );
+    }
+    // 10,000 changes (documents), half accepted by each daemon, by four clients at once; the
+    // first 1,000 are also written at the same time through the other daemon, where exactly
+    // one of the two writes may count.
+    let creates = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for client in 0..4 {
+            let (daemons, creates) = ([&first, &second], &creates);
+            scope.spawn(move || {
+                let agent = ureq::AgentBuilder::new().build();
+                let mut mine: Vec<(usize, usize)> =
+                    (client..CHANGES).step_by(4).map(|n| (n, n % 2)).collect();
+                // Clients 0/1 and 2/3 race on the same first 1,000 documents.
+                let partner = client ^ 1;
+                mine.extend((partner..1000).step_by(4).map(|n| (n, (n + 1) % 2)));
+                mine.sort();
+                for (n, daemon) in mine {
+                    let url = daemons[daemon].url(&format!("/documents/http://api.io/parcels/{n}"));
+                    let answer: Value = agent
+                        .put(&url)
+                        .send_json(json!({"version": 1}))
+                        .unwrap_or_else(|err| panic!("PUT {url}: {err}"))
+                        .into_json()
+                        .unwrap();
+                    if answer["action"] == "create" {
+                        creates.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(
+        creates.load(Ordering::Relaxed),
+        CHANGES,
+        "one create per document, whichever daemon got it first"
+    );
+    for subscriber in &subscribers {
+        subscriber.wait(
+            "every change arrives",
+            Duration::from_secs(120),
+            |received| received.len() >= CHANGES,
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for subscriber in &subscribers {
+        let received = subscriber.received();
+        let mut keys = HashSet::new();
+        for request in &received {
+            let key = request.header("idempotency-key").unwrap().to_owned();
+            assert!(keys.insert(key.clone()), "{key} was delivered twice");
+        }
+        assert_eq!(received.len(), CHANGES);
+        eprintln!(
+            "{} deliveries to one subscriber, none twice",
+            received.len()
+        );
+    }
+    // Both daemons took part in the delivery (their process reports refresh every second).
+    std::thread::sleep(Duration::from_millis(1500));
+    for daemon in [&first, &second] {
+        let (_, _, report) = call("GET", &daemon.url("/_epi/processes"), None);
+        let sent = find_key(&report, "sent")
+            .and_then(Value::as_u64)
+            .unwrap_or_else(|| panic!("no `sent` in {report}"));
+        eprintln!("{}: {sent} deliveries sent", daemon.base);
+        assert!(sent > 0, "{} sent nothing: {report}", daemon.base);
+    }
+}
+
+/// The first value under `key` anywhere in `value`.
+fn find_key<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
+    match value {
+        Value::Object(map) => map
+            .get(key)
+            .or_else(|| map.values().find_map(|v| find_key(v, key))),
+        Value::Array(items) => items.iter().find_map(|v| find_key(v, key)),
+        _ => None,
+    }
+}
+
+#[test]
+fn on_postgres_the_claims_of_a_killed_daemon_are_taken_over_by_the_other() {
+    let server = epi_testkit::postgres::Postgres::start();
+    let setup = setup_on(Some(&server.url()), "timeout_ms = 500\nworkers = 2");
+    let doomed = start(&setup.config);
+    let survivor = start(&setup.config);
+    let subscriber = Subscriber::start(200, Duration::from_millis(5));
+    let id = resource(&doomed, "http://api.io/orders/{id}");
+    subscribe(
+        &doomed,
+        &id,
+        json!({"endpoint": {"url": format!("{}/hook", subscriber.url)}, "delivery": {"success": [200], "discard": [410]}}),
+    );
+    for n in 0..300 {
+        let daemon = if n % 2 == 0 { &doomed } else { &survivor };
+        put(
+            daemon,
+            &format!("http://api.io/orders/{n}"),
+            json!({"version": n}),
+        );
+    }
+    subscriber.wait("deliveries are under way", Duration::from_secs(10), |r| {
+        r.len() >= 20
+    });
+    drop(doomed); // SIGKILL, mid-delivery
+    let expected: HashSet<String> = (0..300)
+        .map(|n| format!("http://api.io/orders/{n}@{n}:create"))
+        .collect();
+    subscriber.wait(
+        "every accepted document arrives through the survivor",
+        Duration::from_secs(60),
+        |received| {
+            let keys: HashSet<String> = received
+                .iter()
+                .filter_map(|r| r.header("idempotency-key").map(str::to_owned))
+                .collect();
+            keys == expected
+        },
+    );
+    drop(survivor);
 }

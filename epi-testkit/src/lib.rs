@@ -2,6 +2,8 @@
 //! Test and benchmark helpers: build the workspace's plugin libraries (once per process, with
 //! the same profile as the running test or bench) and lay out plugin directories.
 
+pub mod postgres;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;

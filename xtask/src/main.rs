@@ -4,19 +4,22 @@
 //! (`rustc-web` and `cargo-web`: a second Rust toolchain, to build a plugin with another
 //! compiler than the host's; `python3-minimal`: the example provider process written in
 //! Python; `qemu-utils`: `qemu-img` and `qemu-io` for the agent's storage backend;
-//! `libsqlite3-dev`: the shared SQLite the agent and flare link to), then runs
+//! `libsqlite3-dev`: the shared SQLite the agent and flare link to; `postgresql`: the server
+//! binaries flare's PostgreSQL tests and benchmarks start as throwaway servers), then runs
 //! `cargo test --workspace [ARGS]`.
 
 use std::path::Path;
 use std::process::{exit, Command};
 
-/// Debian packages the tests need, with a file each one installs.
+/// Debian packages the tests need, with a file each one installs; a `*` path component
+/// matches any directory (the PostgreSQL version differs between Debian releases).
 const PACKAGES: &[(&str, &str)] = &[
     ("rustc-web", "/usr/bin/rustc"),
     ("cargo-web", "/usr/bin/cargo"),
     ("python3-minimal", "/usr/bin/python3"),
     ("qemu-utils", "/usr/bin/qemu-img"),
     ("libsqlite3-dev", "/usr/include/sqlite3.h"),
+    ("postgresql", "/usr/lib/postgresql/*/bin/initdb"),
 ];
 
 fn main() {
@@ -41,7 +44,7 @@ fn main() {
 fn install_missing() {
     let missing: Vec<&str> = PACKAGES
         .iter()
-        .filter(|(_, file)| !Path::new(file).exists())
+        .filter(|(_, file)| !installed(Path::new(file)))
         .map(|(package, _)| *package)
         .collect();
     if missing.is_empty() {
@@ -65,6 +68,31 @@ fn install_missing() {
             missing.join(" ")
         );
     }
+}
+
+/// Whether `path` exists, a `*` component matching any directory entry.
+fn installed(path: &Path) -> bool {
+    let mut candidates = vec![std::path::PathBuf::from("/")];
+    for component in path.components().skip(1) {
+        let part = component.as_os_str();
+        candidates = candidates
+            .into_iter()
+            .flat_map(|dir| {
+                if part == "*" {
+                    std::fs::read_dir(&dir)
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                        .map(|entry| entry.path())
+                        .collect::<Vec<_>>()
+                } else {
+                    vec![dir.join(part)]
+                }
+            })
+            .filter(|candidate| candidate.exists())
+            .collect();
+    }
+    !candidates.is_empty()
 }
 
 fn fail(message: &str) -> ! {

@@ -1,5 +1,6 @@
 //! What the daemon's benchmarks share: a keep-alive HTTP/1.1 client that reads each response
 //! whole.
+#![allow(dead_code)] // each benchmark uses part of it
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -46,5 +47,44 @@ impl Client {
         let mut body = vec![0; length];
         self.reader.read_exact(&mut body).unwrap();
         (status, body)
+    }
+}
+
+/// An `epi serve` process; killed when dropped.
+pub struct Daemon {
+    child: std::process::Child,
+    /// Where it listens.
+    pub address: SocketAddr,
+}
+
+impl Daemon {
+    /// Starts `EPI serve --config CONFIG` (which must listen on `127.0.0.1:0`) and waits until
+    /// it listens.
+    pub fn start(epi: &std::path::Path, config: &std::path::Path) -> Daemon {
+        let mut child = std::process::Command::new(epi)
+            .args(["serve", "--config"])
+            .arg(config)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| panic!("start {}: {err}", epi.display()));
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let address = line
+            .trim()
+            .strip_prefix("epi listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .parse()
+            .unwrap();
+        Daemon { child, address }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
