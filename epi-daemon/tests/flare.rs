@@ -457,9 +457,21 @@ fn create_update_ignore_delete(setup: &Setup) {
     assert_eq!(delete.body["action"], "delete");
 }
 
+const DEAD_SUBSCRIBER_CONFIG: &str =
+    "retry_base_ms = 20\nretry_cap_ms = 100\nmax_attempts = 3\nworkers = 4";
+
 #[test]
 fn a_dead_subscriber_never_delays_the_others() {
-    let setup = setup("retry_base_ms = 20\nretry_cap_ms = 100\nmax_attempts = 3\nworkers = 4");
+    dead_subscriber(&setup(DEAD_SUBSCRIBER_CONFIG));
+}
+
+#[test]
+fn on_postgres_a_dead_subscriber_never_delays_the_others() {
+    let server = epi_testkit::postgres::Postgres::start();
+    dead_subscriber(&setup_on(Some(&server.url()), DEAD_SUBSCRIBER_CONFIG));
+}
+
+fn dead_subscriber(setup: &Setup) {
     let daemon = start(&setup.config);
     let alive = Subscriber::start(200, Duration::ZERO);
     let dead = Subscriber::start(500, Duration::ZERO);

@@ -172,6 +172,9 @@ pub fn run(flare: &Arc<Flare>, context: &epi::ProcessContext) {
                 .expect("start a delivery worker");
         }
         while !context.wait_stop(Duration::from_secs(1)) {
+            if let Err(err) = flare.store.maintain() {
+                epi::log::error(&err);
+            }
             context.set_report(&flare.report());
         }
         flare.stop_workers();

@@ -8,8 +8,10 @@
 //! - only the oldest pending delivery of a (subscription, document) pair can be claimed, so a
 //!   pair is delivered in revision order, and a newer revision supersedes an undelivered older
 //!   one;
-//! - a subscriber that keeps failing is paused (its queue's `next_at` pushed past the pause),
-//!   so it takes no worker from the others.
+//! - a subscriber that keeps failing is paused, so it takes no worker from the others: SQLite
+//!   pushes its queue's `next_at` past each pause; PostgreSQL, where rewriting a long queue at
+//!   every failure costs a new version of every row, parks the queue once per failure streak
+//!   and retries one delivery (the probe) until the subscriber answers again.
 
 pub mod postgres;
 pub mod sqlite;
@@ -203,6 +205,11 @@ pub trait Store: Send + Sync {
 
     /// Counts of deliveries by status.
     fn counts(&self) -> Result<Value, String>;
+
+    /// Periodic upkeep (the delivery process calls it about once a second).
+    fn maintain(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Opens (creating and migrating) the store at `location`, telling time by `clock`;

@@ -43,12 +43,24 @@ const MIGRATIONS: &[&str] = &[
                               next_at BIGINT NOT NULL, claimed_until BIGINT NOT NULL DEFAULT 0,
                               last_error TEXT NOT NULL DEFAULT '', queued_at BIGINT NOT NULL,
                               updated_at BIGINT NOT NULL);
+     -- A queue: rows are updated a few times each and then left; room on each page for the
+     -- claim's update in place, and vacuum and statistics kept up with the churn.
+     ALTER TABLE deliveries SET (fillfactor = 70, autovacuum_vacuum_scale_factor = 0.02,
+                                 autovacuum_analyze_scale_factor = 0.02, autovacuum_vacuum_threshold = 200,
+                                 autovacuum_analyze_threshold = 200);
      CREATE INDEX deliveries_pending ON deliveries (next_at, seq) WHERE status = 'pending';
      CREATE INDEX deliveries_pair ON deliveries (subscription_id, url, status, seq);
      CREATE INDEX deliveries_by_status ON deliveries (status, seq);
+     CREATE INDEX deliveries_unparked ON deliveries (subscription_id)
+         WHERE status = 'pending' AND next_at < 9223372036854775807;
      CREATE TABLE health (subscription_id TEXT PRIMARY KEY, failures BIGINT NOT NULL,
                           blocked_until BIGINT NOT NULL);",
 ];
+
+/// `next_at` of a parked delivery: its subscriber is paused, and one delivery of it (the
+/// probe) is tried on its own back-off until the subscriber answers again.
+/// (Spelled out in `maintain` and in the index `deliveries_unparked`.)
+const PARKED: i64 = i64::MAX;
 
 /// How many times a transaction that lost a deadlock or a serialization conflict is retried.
 const RETRIES: usize = 5;
@@ -493,8 +505,9 @@ impl Store for Postgres {
                 &[&status, &next_at, &error, &now, &delivery.seq],
             )?;
             match outcome {
-                // A subscriber that keeps failing is left alone for a while, the pause
-                // growing with its consecutive failures.
+                // A subscriber that keeps failing is left alone: at the first failure of a
+                // streak its other pending deliveries are parked, and this one (the probe)
+                // is retried on its back-off, no sooner than the pause allows.
                 Outcome::Retry { .. } | Outcome::Failed(_) => {
                     let failures: i64 = session
                         .query_one(
@@ -509,17 +522,34 @@ impl Store for Postgres {
                         "UPDATE health SET blocked_until = $1 WHERE subscription_id = $2",
                         &[&until, subscription],
                     )?;
-                    session.execute(
-                        "UPDATE deliveries SET next_at = $1
-                         WHERE subscription_id = $2 AND status = 'pending' AND next_at < $1 AND claimed_until < $3",
-                        &[&until, subscription, &now],
-                    )?;
+                    if let Outcome::Retry { .. } = outcome {
+                        session.execute(
+                            "UPDATE deliveries SET next_at = GREATEST(next_at, $1) WHERE seq = $2",
+                            &[&until, &delivery.seq],
+                        )?;
+                    }
+                    if failures == 1 {
+                        session.execute(
+                            "UPDATE deliveries SET next_at = $1
+                             WHERE subscription_id = $2 AND status = 'pending' AND seq != $3
+                               AND claimed_until < $4 AND next_at < $1",
+                            &[&PARKED, subscription, &delivery.seq, &now],
+                        )?;
+                    }
                 }
                 Outcome::Delivered | Outcome::Discarded(_) => {
-                    session.execute(
+                    let paused = session.execute(
                         "DELETE FROM health WHERE subscription_id = $1",
                         &[subscription],
                     )?;
+                    if paused > 0 {
+                        // It answers again: its parked deliveries are due.
+                        session.execute(
+                            "UPDATE deliveries SET next_at = $1
+                             WHERE subscription_id = $2 AND status = 'pending' AND next_at = $3",
+                            &[&now, subscription, &PARKED],
+                        )?;
+                    }
                 }
             }
             if *outcome == Outcome::Delivered {
@@ -578,6 +608,31 @@ impl Store for Postgres {
         })
     }
 
+    /// A paused subscriber whose probe is gone (it failed for good, or a newer revision
+    /// superseded it) gets its oldest parked delivery as the next probe, due when the pause
+    /// ends.
+    fn maintain(&self) -> Result<(), String> {
+        self.with("choosing probes", |session| {
+            // The literal is PARKED, so that the partial index `deliveries_unparked` serves.
+            session.execute(
+                "WITH orphaned AS (
+                     SELECT h.subscription_id, h.blocked_until FROM health AS h
+                     WHERE NOT EXISTS (SELECT 1 FROM deliveries AS q
+                                       WHERE q.subscription_id = h.subscription_id AND q.status = 'pending'
+                                         AND q.next_at < 9223372036854775807)),
+                 probes AS (
+                     SELECT o.blocked_until,
+                            (SELECT MIN(p.seq) FROM deliveries AS p
+                             WHERE p.subscription_id = o.subscription_id AND p.status = 'pending') AS seq
+                     FROM orphaned AS o)
+                 UPDATE deliveries AS d SET next_at = GREATEST(probes.blocked_until, $2)
+                 FROM probes WHERE d.seq = probes.seq AND d.next_at = $1",
+                &[&PARKED, &self.clock.now_ms()],
+            )
+        })
+        .map(drop)
+    }
+
     fn counts(&self) -> Result<Value, String> {
         self.with("counting deliveries", |session| {
             let rows = session.query(
@@ -598,7 +653,7 @@ impl Store for Postgres {
 }
 
 /// Queues a delivery, superseding the undelivered older ones of the same pair; a paused
-/// subscriber's delivery waits out the pause.
+/// subscriber's delivery is parked.
 fn queue(
     session: &mut Session,
     subscription: &String,
@@ -617,8 +672,9 @@ fn queue(
     session.execute(
         "INSERT INTO deliveries (subscription_id, url, action, revision, content, status, next_at, queued_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, 'pending',
-                 GREATEST($6, COALESCE((SELECT blocked_until FROM health WHERE subscription_id = $1), 0)), $6, $6)",
-        &[subscription, &url, &action, &revision, content, &now],
+                 CASE WHEN EXISTS (SELECT 1 FROM health WHERE subscription_id = $1) THEN $7::BIGINT ELSE $6::BIGINT END,
+                 $6, $6)",
+        &[subscription, &url, &action, &revision, content, &now, &PARKED],
     )?;
     Ok(())
 }
@@ -754,6 +810,12 @@ impl Pool {
     fn new(mut config: postgres::Config, max: usize) -> Pool {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
+        }
+        // The queue's tables grow from empty to thousands of rows within seconds: a plan
+        // cached while they were small (a generic plan) can scan a whole subscriber's queue
+        // per statement. Plan each execution with its values and the tables' current size.
+        if config.get_options().is_none() {
+            config.options("-c plan_cache_mode=force_custom_plan");
         }
         Pool {
             config,
