@@ -36,17 +36,27 @@ impl Failure {
     }
 }
 
-/// Where commands run.
+/// Where commands run: in process, or on a daemon at a URL with its admin token (if any).
 enum Backend {
     Local(Registry),
-    Remote(String),
+    Remote(String, Option<String>),
+}
+
+/// A request to the daemon, with the admin token when there is one.
+fn authorized(request: ureq::Request, token: &Option<String>) -> ureq::Request {
+    match token {
+        Some(token) => request.set("authorization", &format!("Bearer {token}")),
+        None => request,
+    }
 }
 
 impl Backend {
     fn get(&self, route: &str, local: impl FnOnce(&Registry) -> Value) -> Result<Value, Failure> {
         match self {
             Backend::Local(registry) => Ok(local(registry)),
-            Backend::Remote(base) => remote(ureq::get(&format!("{base}{route}")).call()),
+            Backend::Remote(base, token) => {
+                remote(authorized(ureq::get(&format!("{base}{route}")), token).call())
+            }
         }
     }
 
@@ -58,7 +68,9 @@ impl Backend {
     ) -> Result<Value, Failure> {
         match self {
             Backend::Local(registry) => local(registry),
-            Backend::Remote(base) => remote(ureq::post(&format!("{base}{route}")).send_json(body)),
+            Backend::Remote(base, token) => {
+                remote(authorized(ureq::post(&format!("{base}{route}")), token).send_json(body))
+            }
         }
     }
 }
@@ -131,7 +143,17 @@ pub fn run(command: Command, config: &Config, daemon: Option<&str>, as_json: boo
 
 fn backend(config: &Config, daemon: Option<&str>) -> Result<Backend, Failure> {
     match daemon {
-        Some(url) => Ok(Backend::Remote(url.trim_end_matches('/').to_owned())),
+        Some(url) => {
+            // The token: $EPI_ADMIN_TOKEN, else the configuration's.
+            let token = match std::env::var("EPI_ADMIN_TOKEN") {
+                Ok(token) if !token.trim().is_empty() => Some(token.trim().to_owned()),
+                _ => config.http.token().map_err(|err| Failure {
+                    code: EXIT_CONFIG,
+                    message: err,
+                })?,
+            };
+            Ok(Backend::Remote(url.trim_end_matches('/').to_owned(), token))
+        }
         None => open_registry(config, false)
             .map(Backend::Local)
             .map_err(|err| Failure {

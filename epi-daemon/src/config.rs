@@ -99,8 +99,22 @@ pub enum Retire {
 pub struct HttpConfig {
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// Largest request body accepted, in bytes.
+    /// Largest request body accepted, in bytes (every route, admin ones included).
     pub max_body_bytes: usize,
+    /// The token admin routes (`/_epi/*`) require, as `Authorization: Bearer TOKEN`.
+    pub admin_token: Option<String>,
+    /// A file holding the admin token (instead of `admin_token`; surrounding whitespace is
+    /// ignored).
+    pub admin_token_file: Option<PathBuf>,
+    /// Serve admin routes without a token on a non-loopback address (refused otherwise).
+    pub allow_unauthenticated_admin: bool,
+    /// Host names (besides loopback names and the listen address) admin routes answer to.
+    pub hosts: Vec<String>,
+    /// Time a client has to send a request's headers, in milliseconds; a connection idle
+    /// that long between requests is closed too.
+    pub header_timeout_ms: u64,
+    /// Connections served at once; more wait to be accepted (logged once per burst).
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -108,6 +122,41 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 1 << 20,
+            admin_token: None,
+            admin_token_file: None,
+            allow_unauthenticated_admin: false,
+            hosts: Vec::new(),
+            header_timeout_ms: 10_000,
+            max_connections: 1024,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The admin token, from `admin_token` or `admin_token_file`; an error names the file
+    /// or the conflict.
+    pub fn token(&self) -> Result<Option<String>, String> {
+        match (&self.admin_token, &self.admin_token_file) {
+            (Some(_), Some(_)) => {
+                Err("[http]: set admin_token or admin_token_file, not both".into())
+            }
+            (Some(token), None) if token.trim().is_empty() => {
+                Err("[http] admin_token: empty".into())
+            }
+            (Some(token), None) => Ok(Some(token.clone())),
+            (None, Some(file)) => {
+                let text = std::fs::read_to_string(file)
+                    .map_err(|err| format!("[http] admin_token_file {}: {err}", file.display()))?;
+                let token = text.trim();
+                if token.is_empty() {
+                    return Err(format!(
+                        "[http] admin_token_file {}: the file is empty",
+                        file.display()
+                    ));
+                }
+                Ok(Some(token.to_owned()))
+            }
+            (None, None) => Ok(None),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! The `epi` program as a library: configuration, registry set-up, the HTTP server and the
 //! command line. `src/main.rs` is the thin binary around it.
 
+pub mod admin;
 pub mod args;
 pub mod cli;
 pub mod config;

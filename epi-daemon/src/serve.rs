@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path as UrlPath, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,7 +17,8 @@ use epi::{Decision, Error, Function, Opts, Registry};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::config::Config;
+use crate::admin::{self, AdminGuard};
+use crate::config::{Config, HttpConfig};
 use crate::registry::open_registry;
 
 /// What every handler shares.
@@ -34,15 +35,21 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (status, Json(json!({"error": message.to_string()}))).into_response()
 }
 
-/// The router: admin routes, then everything else to the plugins.
+/// The router: admin routes, then everything else to the plugins; admin routes open to any
+/// caller (for hosts that embed the router; `epi serve` guards them, see [`router_with`]).
 pub fn router(registry: Registry, max_body: usize) -> Router {
+    router_with(registry, max_body, AdminGuard::open())
+}
+
+/// The router with the admin routes behind `guard`.
+pub fn router_with(registry: Registry, max_body: usize, guard: AdminGuard) -> Router {
     let state = AppState {
         handle: Arc::new(registry.function(epi::http::SERVICE, epi::http::HANDLE)),
         next_chunk: Arc::new(registry.function(epi::http::SERVICE, epi::http::NEXT_CHUNK)),
         registry,
         max_body,
     };
-    Router::new()
+    let admin = Router::new()
         .route("/_epi/plugins", get(plugins))
         .route("/_epi/services", get(services))
         .route("/_epi/data", get(data_status))
@@ -60,7 +67,11 @@ pub fn router(registry: Registry, max_body: usize) -> Router {
         .route("/_epi/reload", post(reload))
         .route("/_epi/apply", post(apply))
         .route("/_epi/decide", post(decide))
+        .route_layer(axum::middleware::from_fn_with_state(guard, admin::guard));
+    Router::new()
+        .merge(admin)
         .fallback(route_to_plugins)
+        .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }
 
@@ -71,6 +82,7 @@ pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error + Sen
         move || open_registry(&config, true)
     })
     .await??;
+    let guard = AdminGuard::new(&config.http, config.http.listen)?;
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .map_err(|err| format!("cannot listen on {}: {err}", config.http.listen))?;
@@ -79,10 +91,8 @@ pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error + Sen
     tracing::info!(%address, plugins = registry.plugins().len(), "serving");
 
     tokio::spawn(reload_on_hangup(registry.clone()));
-    let app = router(registry.clone(), config.http.max_body_bytes);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    let app = router_with(registry.clone(), config.http.max_body_bytes, guard);
+    serve_connections(listener, app, &config.http, shutdown_signal()).await;
     tracing::info!("requests finished; stopping processes, dependents first");
     let fatal = tokio::task::spawn_blocking(move || registry.stop_processes()).await?;
     if let Some(err) = fatal {
@@ -90,6 +100,68 @@ pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error + Sen
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Accepts and serves connections until `shutdown` completes, then waits for the requests in
+/// flight. A client gets `header_timeout_ms` to send each request's headers (and a connection
+/// idle that long is closed), so half-sent requests neither pile up nor hold shutdown; at most
+/// `max_connections` are served at once.
+async fn serve_connections(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    http: &HttpConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let header_timeout = std::time::Duration::from_millis(http.header_timeout_ms.max(1));
+    let slots = Arc::new(tokio::sync::Semaphore::new(http.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    tokio::pin!(shutdown);
+    let mut at_limit = false;
+    loop {
+        let slot = tokio::select! {
+            () = &mut shutdown => break,
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore stays open"),
+        };
+        if slots.available_permits() == 0 && !at_limit {
+            tracing::warn!(
+                max_connections = http.max_connections,
+                "connection limit reached: new connections wait until one closes ([http] max_connections)"
+            );
+        }
+        at_limit = slots.available_permits() == 0;
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of descriptors and the like: say so, and give it a moment.
+                    tracing::warn!("accept failed: {err}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .keep_alive(true);
+        let connection = builder.serve_connection(TokioIo::new(stream), service.clone());
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%peer, "connection ended: {err}");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    // Requests in flight finish; idle and half-sent connections are closed by the header
+    // timeout at the latest.
+    graceful.shutdown().await;
 }
 
 async fn shutdown_signal() {
@@ -127,10 +199,16 @@ async fn route_to_plugins(State(state): State<AppState>, request: Request) -> Re
     let (parts, body) = request.into_parts();
     let body = match axum::body::to_bytes(body, state.max_body).await {
         Ok(body) => body,
-        Err(_) => {
+        Err(err) if is_length_limit(&err) => {
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("the request body exceeds {} bytes", state.max_body),
+            )
+        }
+        Err(err) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("the request body could not be read: {err}"),
             )
         }
     };
@@ -161,6 +239,18 @@ async fn route_to_plugins(State(state): State<AppState>, request: Request) -> Re
             error(StatusCode::INTERNAL_SERVER_ERROR, err)
         }
     }
+}
+
+/// Whether a body read failed on the size limit (anything else is a malformed body).
+fn is_length_limit(err: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(current) = source {
+        if current.to_string().contains("length limit exceeded") {
+            return true;
+        }
+        source = current.source();
+    }
+    false
 }
 
 /// Turns a plugin's response into an HTTP response; a streamed body is pulled chunk by chunk.
@@ -378,14 +468,18 @@ async fn apply(State(state): State<AppState>, body: Bytes) -> Response {
         Ok(call) => call,
         Err(response) => return *response,
     };
-    match state
-        .registry
-        .apply_json(&call.service, &call.function, &call.args, call.opts)
-    {
-        Ok(applied) => {
-            Json(json!({"result": applied.to_json(call.opts.ignore_errors)})).into_response()
-        }
-        Err(err) => call_error(err),
+    // Plugin code may take its time: not on the async workers.
+    let done = tokio::task::spawn_blocking(move || {
+        state
+            .registry
+            .apply_json(&call.service, &call.function, &call.args, call.opts)
+            .map(|applied| applied.to_json(call.opts.ignore_errors))
+    })
+    .await;
+    match done {
+        Ok(Ok(result)) => Json(json!({"result": result})).into_response(),
+        Ok(Err(err)) => call_error(err),
+        Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, err),
     }
 }
 
@@ -394,11 +488,15 @@ async fn decide(State(state): State<AppState>, body: Bytes) -> Response {
         Ok(call) => call,
         Err(response) => return *response,
     };
-    match state
-        .registry
-        .decide_json(&call.service, &call.function, &call.args, call.opts)
-    {
-        Ok(decision) => Json(json!({"result": decision})).into_response(),
-        Err(err) => call_error(err),
+    let done = tokio::task::spawn_blocking(move || {
+        state
+            .registry
+            .decide_json(&call.service, &call.function, &call.args, call.opts)
+    })
+    .await;
+    match done {
+        Ok(Ok(decision)) => Json(json!({"result": decision})).into_response(),
+        Ok(Err(err)) => call_error(err),
+        Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, err),
     }
 }

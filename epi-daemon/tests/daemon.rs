@@ -440,3 +440,267 @@ fn provider_processes_answer_the_cli_and_stream_over_http() {
     let _ = provider.kill();
     let _ = provider.wait();
 }
+
+/// [`setup`] with more `[http]` settings.
+fn setup_http(http: &str) -> Setup {
+    let setup = setup("");
+    let mut text = std::fs::read_to_string(&setup.config).unwrap();
+    text.push_str(http);
+    std::fs::write(&setup.config, text).unwrap();
+    setup
+}
+
+/// A request with extra headers and an optional body: status and body.
+fn call(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> (u16, String) {
+    let mut request = ureq::request(method, url);
+    for (name, value) in headers {
+        request = request.set(name, value);
+    }
+    let response = match body {
+        Some(body) => request.send_string(body),
+        None => request.call(),
+    };
+    match response {
+        Ok(response) => (response.status(), response.into_string().unwrap()),
+        Err(ureq::Error::Status(code, response)) => (code, response.into_string().unwrap()),
+        Err(err) => panic!("{method} {url}: {err}"),
+    }
+}
+
+/// Sends raw bytes on a new connection; returns everything the daemon answers until it
+/// closes the connection (or 5 s pass).
+fn raw(daemon: &Daemon, bytes: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let address = daemon.base.strip_prefix("http://").unwrap();
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(bytes).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+const APPLY: &str = r#"{"service": "greeting", "function": "greet", "args": "Ada"}"#;
+
+#[test]
+fn admin_routes_need_the_admin_token_when_one_is_set() {
+    let setup = setup_http("admin_token = \"s3cret\"\n");
+    let daemon = start(&setup.config);
+    let plugins = daemon.url("/_epi/plugins");
+    assert_eq!(call("GET", &plugins, &[], None).0, 401);
+    assert_eq!(
+        call("GET", &plugins, &[("authorization", "Bearer wrong")], None).0,
+        401
+    );
+    assert_eq!(
+        call("GET", &plugins, &[("authorization", "Bearer s3cret")], None).0,
+        200
+    );
+    let (status, body) = call(
+        "POST",
+        &daemon.url("/_epi/apply"),
+        &[("content-type", "application/json")],
+        Some(APPLY),
+    );
+    assert_eq!(status, 401, "{body}");
+    // Plugins' routes are not admin routes.
+    assert_eq!(get(&daemon.url("/hello/Ada")).0, 200);
+    // The CLI sends the configuration's token.
+    let (code, out, err) = epi(&[
+        "--config",
+        setup.config.to_str().unwrap(),
+        "--daemon",
+        &daemon.base,
+        "list",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("hello"), "{out}");
+}
+
+#[test]
+fn a_public_address_without_admin_protection_is_refused() {
+    let setup = setup("");
+    let text = std::fs::read_to_string(&setup.config)
+        .unwrap()
+        .replace("listen = \"127.0.0.1:0\"", "listen = \"0.0.0.0:0\"");
+    std::fs::write(&setup.config, &text).unwrap();
+    let mut child = Command::new(EPI)
+        .args(["serve", "--config"])
+        .arg(&setup.config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("epi serve started on 0.0.0.0 without admin protection");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(
+        err.contains("0.0.0.0") && err.contains("admin_token"),
+        "{err}"
+    );
+    // Said explicitly, it serves.
+    std::fs::write(
+        &setup.config,
+        format!("{text}allow_unauthenticated_admin = true\n"),
+    )
+    .unwrap();
+    let daemon = start(&setup.config);
+    let port = daemon.base.rsplit(':').next().unwrap();
+    assert_eq!(get(&format!("http://127.0.0.1:{port}/hello/Ada")).0, 200);
+}
+
+#[test]
+fn cross_site_form_and_rebinding_admin_requests_are_refused() {
+    let setup = setup("");
+    let daemon = start(&setup.config);
+    let apply = daemon.url("/_epi/apply");
+    for kind in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ] {
+        let (status, body) = call("POST", &apply, &[("content-type", kind)], Some(APPLY));
+        assert_eq!(status, 415, "{kind}: {body}");
+    }
+    let json = ("content-type", "application/json");
+    let (status, body) = call(
+        "POST",
+        &apply,
+        &[json, ("origin", "http://evil.example")],
+        Some(APPLY),
+    );
+    assert_eq!(status, 403, "{body}");
+    let own = daemon.base.clone();
+    assert_eq!(
+        call(
+            "POST",
+            &apply,
+            &[json, ("origin", own.as_str())],
+            Some(APPLY)
+        )
+        .0,
+        200
+    );
+    assert_eq!(call("POST", &apply, &[json], Some(APPLY)).0, 200);
+    // DNS rebinding: the right address under another name.
+    let answer = raw(
+        &daemon,
+        b"GET /_epi/plugins HTTP/1.1\r\nHost: attacker.example\r\nConnection: close\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    let answer = raw(
+        &daemon,
+        b"GET /_epi/plugins HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // A reload without a body, as the CLI sends it, is fine.
+    assert_eq!(call("POST", &daemon.url("/_epi/reload"), &[], None).0, 200);
+}
+
+#[test]
+fn admin_bodies_obey_max_body_bytes_and_bad_bodies_are_400() {
+    let setup = setup("");
+    let daemon = start(&setup.config);
+    // max_body_bytes is 1024 in this configuration.
+    let big = format!(
+        r#"{{"service": "greeting", "function": "greet", "args": "{}"}}"#,
+        "a".repeat(1_500_000)
+    );
+    let (status, _) = call(
+        "POST",
+        &daemon.url("/_epi/apply"),
+        &[("content-type", "application/json")],
+        Some(&big),
+    );
+    assert_eq!(status, 413);
+    let answer = raw(
+        &daemon,
+        b"POST /hello/Ada HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nZZZ\r\nnot a chunk\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(get(&daemon.url("/hello/Ada")).0, 200);
+}
+
+#[test]
+fn half_sent_requests_time_out_and_do_not_hold_shutdown() {
+    use std::io::{Read, Write};
+    let setup = setup_http("header_timeout_ms = 300\n");
+    let mut daemon = start(&setup.config);
+    let address = daemon.base.strip_prefix("http://").unwrap().to_owned();
+    let mut slow: Vec<std::net::TcpStream> = (0..50)
+        .map(|_| {
+            let mut stream = std::net::TcpStream::connect(&address).unwrap();
+            stream
+                .write_all(b"GET /hello/Ada HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+                .unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            stream
+        })
+        .collect();
+    // Every half-sent request is dropped once its time is up.
+    for stream in &mut slow {
+        let mut answer = Vec::new();
+        let read = stream.read_to_end(&mut answer);
+        assert!(read.is_ok(), "still open after 5 s: {read:?}");
+    }
+    assert_eq!(get(&daemon.url("/hello/Ada")).0, 200);
+    // One more, then SIGTERM: the daemon does not wait for it.
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    stream.write_all(b"GET /hello/Ada HTTP/1.1\r\nHo").unwrap();
+    signal(&daemon, libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while daemon.child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "a half-sent request held shutdown"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(stream);
+}
+
+#[test]
+fn admin_calls_run_off_the_async_workers() {
+    let setup = setup("");
+    let daemon = start(&setup.config);
+    let decide = daemon.url("/_epi/decide");
+    let slow = r#"{"service": "probe", "function": "stage_sleep", "args": {"args": {"ms": 2000}}}"#;
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                let (status, body) = call(
+                    "POST",
+                    &decide,
+                    &[("content-type", "application/json")],
+                    Some(slow),
+                );
+                assert_eq!(status, 200, "{body}");
+            });
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let started = Instant::now();
+        assert_eq!(get(&daemon.url("/hello/Ada")).0, 200);
+        // Four 2-second calls run meanwhile; with them on the async workers (two on this
+        // machine) this request waited for them.
+        assert!(
+            started.elapsed() < Duration::from_millis(1000),
+            "GET /hello took {:?} beside slow admin calls",
+            started.elapsed()
+        );
+    });
+}
