@@ -37,7 +37,9 @@ pub use epi_plugin::{
 /// The dependency engine that runs plugin processes.
 pub use epi_engine as engine;
 
-pub use data::{DataEntry, DataHandle, DataStatus, Group, Named, SourceKind};
+pub use data::{
+    DataEntry, DataHandle, DataStatus, Group, Named, SourceKind, DEFAULT_MAX_DATA_FILE_BYTES,
+};
 pub use dispatch::{Argument, Function, Opts, Output, ServiceHandle};
 pub use dynamic::{Applied, Reply};
 pub use engine::{EngineReport, WorkerReport, WorkerState};

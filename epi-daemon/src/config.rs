@@ -168,6 +168,8 @@ pub struct DataConfig {
     /// Where private copies of plugin files go (default: the system temp directory), and the
     /// directory plugins keep state in (`EPI_DATA_DIR` in their environment).
     pub dir: Option<PathBuf>,
+    /// The largest data file read, in bytes (default 64 MiB).
+    pub max_file_bytes: Option<u64>,
 }
 
 /// `[log]`

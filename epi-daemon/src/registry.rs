@@ -21,6 +21,7 @@ pub fn open_registry(
         },
         file_pattern: Some(config.plugins.pattern.clone()),
         count_calls: true,
+        max_data_file_bytes: config.data.max_file_bytes,
         ..RegistryConfig::default()
     })?;
     for dir in config.plugin_dirs() {

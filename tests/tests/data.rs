@@ -521,3 +521,72 @@ fn service_definers_are_notified_when_providers_change() {
         .collect();
     assert_eq!(changes, vec![(0, 1), (1, 0)]);
 }
+
+#[test]
+fn a_fifo_a_device_or_an_oversized_data_file_is_refused_without_blocking() {
+    let dir = plugin_dir();
+    write_file(
+        dir.path(),
+        "big.json",
+        format!("\"{}\"", "x".repeat(2000)).as_bytes(),
+    );
+    let fifo = dir.path().join("fifo.json");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo (coreutils)");
+    assert!(made.success());
+    std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero.json")).unwrap();
+    write_file(dir.path(), "good.json", b"1");
+    let registry = Registry::new(epi::RegistryConfig {
+        max_data_file_bytes: Some(1024),
+        ..epi::RegistryConfig::default()
+    })
+    .unwrap();
+    install(dir.path(), "epi-plugin-testplug", "files.so");
+    let started = Instant::now();
+    load_in(
+        &registry,
+        dir.path(),
+        "files.so",
+        json!({"app": "files", "data": [
+            {"service": "cfg", "key": "fifo", "file": "fifo.json", "interval_ms": 600000},
+            {"service": "cfg", "key": "zero", "file": "zero.json", "interval_ms": 600000},
+            {"service": "cfg", "key": "big", "file": "big.json", "interval_ms": 600000},
+            {"service": "cfg", "key": "good", "file": "good.json", "interval_ms": 600000}]}),
+    );
+    // Loading did not wait on the FIFO (no writer ever opens it) nor read /dev/zero forever.
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let status = registry.data_status();
+    let error = |key: &str| {
+        status
+            .iter()
+            .find(|s| s.key == key)
+            .and_then(|s| s.error.clone())
+            .unwrap_or_default()
+    };
+    assert!(
+        error("fifo").contains("fifo.json") && error("fifo").contains("not a regular file"),
+        "{}",
+        error("fifo")
+    );
+    assert!(
+        error("zero").contains("not a regular file"),
+        "{}",
+        error("zero")
+    );
+    assert!(
+        error("big").contains("big.json")
+            && error("big").contains("over the data file limit of 1024"),
+        "{}",
+        error("big")
+    );
+    assert_eq!(error("good"), "");
+    assert_eq!(
+        registry.data("cfg").get_value("files", "good"),
+        Some(v(json!(1)))
+    );
+    // The registry still answers and reloads.
+    registry.reload_data();
+    assert_eq!(registry.plugins().len(), 1);
+}

@@ -24,6 +24,7 @@ use serde_json::Value;
 
 use crate::ids::{Interner, ServiceId};
 use crate::loader::LoadedPlugin;
+pub use source::DEFAULT_MAX_DATA_FILE_BYTES;
 use state::{DataState, Delivery, KeyRef};
 pub use state::{DataStatus, SourceKind};
 use table::DataTable;
@@ -64,7 +65,11 @@ impl Drop for DataWorker {
 
 impl DataHub {
     /// A hub with no sources and its running background thread.
-    pub(crate) fn start(interner: Arc<Mutex<Interner>>) -> (Arc<DataHub>, DataWorker) {
+    /// Data files over `max_file_bytes` are refused.
+    pub(crate) fn start(
+        interner: Arc<Mutex<Interner>>,
+        max_file_bytes: u64,
+    ) -> (Arc<DataHub>, DataWorker) {
         let (commands, receiver) = mpsc::channel();
         let events = commands.clone();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -83,7 +88,7 @@ impl DataHub {
         };
         let hub = Arc::new(DataHub {
             current: ArcSwap::from_pointee(DataTable::default()),
-            state: Mutex::new(DataState::default()),
+            state: Mutex::new(DataState::new(max_file_bytes)),
             interner,
             watcher: Mutex::new(watcher),
             commands: Mutex::new(commands.clone()),

@@ -45,16 +45,61 @@ pub(crate) fn parse_file(path: &Path, text: &[u8]) -> Result<Value, String> {
     }
 }
 
-/// Reads provider `index` of `plugin` (whose file sources resolve against `path` when set).
+/// The default of [`crate::RegistryConfig::max_data_file_bytes`]: 64 MiB.
+pub const DEFAULT_MAX_DATA_FILE_BYTES: u64 = 64 << 20;
+
+/// Reads a data file: a regular file (after symlinks) of at most `limit` bytes. A FIFO, a
+/// device (`/dev/zero` through a symlink) or a directory is refused without blocking: the file
+/// is opened non-blocking and checked through the opened descriptor.
+pub(crate) fn read_data_file(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|err| format!("{}: {err}", path.display()))?;
+    let metadata = file
+        .metadata()
+        .map_err(|err| format!("{}: {err}", path.display()))?;
+    if !metadata.is_file() {
+        return Err(format!(
+            "{}: not a regular file (a FIFO, device or directory); data files must be regular files",
+            path.display()
+        ));
+    }
+    if metadata.len() > limit {
+        return Err(format!(
+            "{}: {} bytes, over the data file limit of {limit} bytes",
+            path.display(),
+            metadata.len()
+        ));
+    }
+    let mut text = Vec::with_capacity(metadata.len() as usize);
+    file.take(limit + 1)
+        .read_to_end(&mut text)
+        .map_err(|err| format!("{}: {err}", path.display()))?;
+    if text.len() as u64 > limit {
+        return Err(format!(
+            "{}: grew over the data file limit of {limit} bytes while being read",
+            path.display()
+        ));
+    }
+    Ok(text)
+}
+
+/// Reads provider `index` of `plugin` (whose file sources resolve against `path` when set; a
+/// file over `limit` bytes is refused).
 pub(crate) fn read(
     plugin: &LoadedPlugin,
     index: usize,
     file: Option<&Path>,
+    limit: u64,
 ) -> Result<Read, String> {
     let descriptor = &plugin.data_providers[index];
     match (&descriptor.source, file) {
         (DataSource::File(_), Some(path)) => {
-            let text = std::fs::read(path).map_err(|err| format!("{}: {err}", path.display()))?;
+            let text = read_data_file(path, limit)?;
             parse_file(path, &text).map(hashed)
         }
         (DataSource::File(path), None) => Err(format!("{path}: no resolved path")),

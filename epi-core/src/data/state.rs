@@ -121,10 +121,10 @@ impl Entry {
     }
 
     /// Reads the source; true when the served content changed. A failure keeps the old value.
-    fn read(&mut self, now: Instant) -> bool {
+    fn read(&mut self, now: Instant, limit: u64) -> bool {
         self.checked_at = Some(SystemTime::now());
         self.next_due = self.interval.map(|interval| now + interval);
-        match source::read(&self.plugin, self.index, self.path.as_deref()) {
+        match source::read(&self.plugin, self.index, self.path.as_deref(), limit) {
             Ok(read) => {
                 self.error = None;
                 if self
@@ -158,10 +158,22 @@ impl Entry {
 }
 
 /// Every data source of the loaded plugins.
-#[derive(Default)]
 pub(crate) struct DataState {
     entries: Vec<Entry>,
     plugins: Vec<Arc<LoadedPlugin>>,
+    /// Data files larger than this are refused.
+    max_file_bytes: u64,
+}
+
+impl DataState {
+    /// No sources; data files up to `max_file_bytes` are read.
+    pub(crate) fn new(max_file_bytes: u64) -> DataState {
+        DataState {
+            entries: Vec::new(),
+            plugins: Vec::new(),
+            max_file_bytes,
+        }
+    }
 }
 
 impl DataState {
@@ -190,7 +202,7 @@ impl DataState {
                     None => {
                         let mut entry = Entry::new(plugin, index, rank as u32);
                         changed.insert(entry.key_ref());
-                        entry.read(now);
+                        entry.read(now, self.max_file_bytes);
                         entry
                     }
                 };
@@ -230,10 +242,11 @@ impl DataState {
     /// Re-reads the entries `select` picks; returns the keys whose content changed.
     fn refresh(&mut self, select: impl Fn(&Entry) -> bool) -> BTreeSet<KeyRef> {
         let now = Instant::now();
+        let limit = self.max_file_bytes;
         self.entries
             .iter_mut()
             .filter(|entry| select(entry))
-            .filter_map(|entry| entry.read(now).then(|| entry.key_ref()))
+            .filter_map(|entry| entry.read(now, limit).then(|| entry.key_ref()))
             .collect()
     }
 

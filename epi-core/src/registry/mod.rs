@@ -55,6 +55,9 @@ pub struct RegistryConfig {
     /// Count every provider call in [`Registry::counters`] (errors and panics are always
     /// counted). Off by default: a shared counter per call costs cross-core traffic.
     pub count_calls: bool,
+    /// The largest data file read, in bytes (default 64 MiB); a larger one is refused with
+    /// an error in [`Registry::data_status`] and the previous value stays.
+    pub max_data_file_bytes: Option<u64>,
 }
 
 /// The default of [`RegistryConfig::max_call_depth`].
@@ -178,7 +181,12 @@ impl Registry {
             .build()
             .map_err(std::io::Error::other)?;
         let interner = Arc::new(Mutex::new(Interner::default()));
-        let (data, data_worker) = DataHub::start(interner.clone());
+        let (data, data_worker) = DataHub::start(
+            interner.clone(),
+            config
+                .max_data_file_bytes
+                .unwrap_or(crate::data::DEFAULT_MAX_DATA_FILE_BYTES),
+        );
         Ok(Registry {
             shared: Arc::new(Shared {
                 engine: Engine::new(config.engine, Arc::new(RealClock::default())),
