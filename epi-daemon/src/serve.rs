@@ -457,6 +457,15 @@ fn call_error(err: Error) -> Response {
     let status = match err {
         Error::UnknownService(_) => StatusCode::NOT_FOUND,
         Error::IncompatibleOptions(_) | Error::BadArguments { .. } => StatusCode::BAD_REQUEST,
+        // The caller's arguments did not decode as the function's argument type.
+        Error::Provider(ref failed)
+            if matches!(
+                failed.failure,
+                epi::Failure::BadInput(_) | epi::Failure::TypeMismatch { .. }
+            ) =>
+        {
+            StatusCode::BAD_REQUEST
+        }
         Error::Provider(_) | Error::TooDeep { .. } | Error::Remote(_) => StatusCode::BAD_GATEWAY,
         Error::NoHost(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };

@@ -704,3 +704,21 @@ fn admin_calls_run_off_the_async_workers() {
         );
     });
 }
+
+#[test]
+fn a_callers_bad_arguments_are_a_400() {
+    let setup = setup("");
+    let daemon = start(&setup.config);
+    // greeting.greet takes a string.
+    let (status, body) = post(
+        &daemon.url("/_epi/decide"),
+        r#"{"service": "greeting", "function": "language", "args": {"not": "a string"}}"#,
+    );
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = post(
+        &daemon.url("/_epi/apply"),
+        r#"{"service": "greeting", "function": "greet", "args": [1, 2]}"#,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("greet"), "{body}");
+}
