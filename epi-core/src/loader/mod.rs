@@ -506,6 +506,17 @@ impl FileIdentity {
     pub(crate) fn stat(path: &Path) -> std::io::Result<Self> {
         std::fs::metadata(path).map(|meta| Self::of(&meta))
     }
+
+    /// True when the file was modified within the last 2 seconds: a same-size rewrite within
+    /// the file system's timestamp granularity could leave this identity unchanged, so it
+    /// cannot prove the content is (git's "racily clean" rule).
+    pub(crate) fn racy(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
+        now - self.modified_ns < 2_000_000_000
+    }
 }
 
 /// A plugin file that passed the trust and ELF checks, held in memory.

@@ -32,6 +32,15 @@ struct FileRecord {
     error: Option<String>,
 }
 
+/// Whether [`Registry::upgrade_checked`] re-reads a file whose identity is unchanged.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Recheck {
+    /// Always (explicit upgrades and reloads: they hash the file).
+    Always,
+    /// Only when its identity changed or is too recent to trust (the watcher).
+    IfChanged,
+}
+
 /// A retired version, tracked until its library is unmapped.
 struct Retired {
     copy: PathBuf,
@@ -202,18 +211,38 @@ impl Registry {
     /// On error the running version keeps serving and the error is kept in the status until
     /// the file changes again.
     pub fn upgrade(&self, path: impl AsRef<Path>) -> Result<Upgrade, LoadError> {
-        let path = path.as_ref();
+        self.upgrade_checked(path.as_ref(), Recheck::Always)
+    }
+
+    /// [`Registry::upgrade`] for the watcher: a file whose identity (device, inode, size,
+    /// mtime) is unchanged is skipped, unless its mtime is too recent to tell a same-size
+    /// rewrite apart (git's "racily clean" rule).
+    pub(crate) fn upgrade_if_changed(&self, path: &Path) -> Result<Upgrade, LoadError> {
+        self.upgrade_checked(path, Recheck::IfChanged)
+    }
+
+    fn upgrade_checked(&self, path: &Path, recheck: Recheck) -> Result<Upgrade, LoadError> {
         let Ok(identity) = FileIdentity::stat(path) else {
             return Ok(match self.unload_file(path) {
                 Some(info) => Upgrade::Removed(info),
-                None => Upgrade::Unchanged,
+                None => {
+                    // A file that failed to load and is gone leaves the status.
+                    self.shared.state.lock().files.remove(path);
+                    Upgrade::Unchanged
+                }
             });
         };
         let config = {
             let state = self.shared.state.lock();
             match state.files.get(path) {
                 // Same file as last time: loaded, or failed and not changed since.
-                Some(record) if record.identity == Some(identity) => return Ok(Upgrade::Unchanged),
+                Some(record)
+                    if recheck == Recheck::IfChanged
+                        && record.identity == Some(identity)
+                        && !identity.racy() =>
+                {
+                    return Ok(Upgrade::Unchanged)
+                }
                 Some(record) => record.config.clone(),
                 None => Value::Null,
             }
@@ -294,7 +323,7 @@ impl Registry {
 
         let _changing = self.changing();
         let mut state = self.shared.state.lock();
-        let previous = if replace {
+        let mut previous = if replace {
             state.plugins.iter().position(|p| p.info.file == path)
         } else {
             None
@@ -303,12 +332,26 @@ impl Registry {
             state.plugins.iter().enumerate().find(|(index, other)| {
                 other.info.app == plugin.info.app && Some(*index) != previous
             });
-        if let Some((_, existing)) = clash {
-            return Err(LoadError::DuplicateApp {
-                path,
-                app: plugin.info.app.clone(),
-                existing: existing.info.file.clone(),
-            });
+        if let Some((index, existing)) = clash {
+            if previous.is_none() && !existing.info.file.exists() {
+                // The plugin's file was renamed to this one (the new name's event came
+                // first): the plugin moves with it.
+                let old_file = existing.info.file.clone();
+                tracing::info!(
+                    app = %plugin.info.app,
+                    from = %old_file.display(),
+                    to = %path.display(),
+                    "plugin file renamed"
+                );
+                state.files.remove(&old_file);
+                previous = Some(index);
+            } else {
+                return Err(LoadError::DuplicateApp {
+                    path,
+                    app: plugin.info.app.clone(),
+                    existing: existing.info.file.clone(),
+                });
+            }
         }
         let mut info = plugin.info.clone();
         info.priority = snapshot::plugin_priority(&self.shared.rules, &plugin);
@@ -463,8 +506,18 @@ impl Registry {
         let info = old.info.clone();
         tracing::info!(app = %info.app, version = %info.version, "plugin unloaded");
         self.retire(&mut state, old);
+        // Files refused while it was loaded (a duplicate of it, say) get another chance.
+        let failed: Vec<PathBuf> = state
+            .files
+            .iter()
+            .filter(|(_, record)| record.app.is_none() && record.error.is_some())
+            .map(|(path, _)| path.clone())
+            .collect();
         drop(state);
         data::deliver(deliveries);
+        for path in failed {
+            let _ = self.upgrade(&path);
+        }
         Some(info)
     }
 

@@ -77,7 +77,7 @@ fn reload_loop(registry: Weak<Shared>, receiver: mpsc::Receiver<Vec<PathBuf>>) {
                 return;
             };
             let registry = Registry { shared };
-            match registry.upgrade(&path) {
+            match registry.upgrade_if_changed(&path) {
                 Ok(Upgrade::Unchanged) | Err(_) => {}
                 Ok(outcome) => tracing::debug!(path = %path.display(), "{outcome:?}"),
             }
