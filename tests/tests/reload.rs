@@ -541,3 +541,52 @@ fn a_borrowed_static_stays_readable_after_its_version_is_retired() {
     );
     assert_eq!(stable, MOTTO);
 }
+
+#[test]
+fn a_chmod_that_makes_a_loaded_file_untrusted_is_refused_loudly_at_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = plugin_dir();
+    let path = write_file(dir.path(), "counter.so", &build(1));
+    let registry = registry(&[]);
+    registry.watch(dir.path()).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    wait_for("the refusal in the status", || {
+        registry
+            .status()
+            .files
+            .iter()
+            .any(|f| f.path == path && f.error.as_deref().is_some_and(|e| e.contains("untrusted")))
+    });
+    // The version already running keeps serving; a restart would refuse the file, and the
+    // status says so now rather than then.
+    let mark = registry.function::<(), String>("probe", "mark");
+    assert_eq!(mark.apply(&()).unwrap(), vec!["00000001"]);
+    // Fixed: the error goes.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    wait_for("the error cleared", || {
+        registry.status().files.iter().all(|f| f.error.is_none())
+    });
+}
+
+#[test]
+fn links_created_in_a_watched_directory_are_loaded() {
+    let outside = plugin_dir();
+    let built = write_file(outside.path(), "built.so", &build(7));
+    let hello = write_file(
+        outside.path(),
+        "hello-build.so",
+        &library_bytes("epi-plugin-hello"),
+    );
+    let dir = plugin_dir();
+    let registry = registry(&[]);
+    registry.watch(dir.path()).unwrap();
+    std::fs::hard_link(&built, dir.path().join("linked.so")).unwrap();
+    let mark = registry.function::<(), String>("probe", "mark");
+    wait_for("the hard link loaded", || {
+        mark.apply(&()).map(|m| m == ["00000007"]).unwrap_or(false)
+    });
+    std::os::unix::fs::symlink(&hello, dir.path().join("hello.so")).unwrap();
+    wait_for("the symlink loaded", || {
+        version_of(&registry, "hello").is_some()
+    });
+}
