@@ -272,7 +272,21 @@ fn into_response(state: &AppState, response: HttpResponse) -> Response {
                         Ok(Decision::Decided(Some(chunk))) => {
                             Some((Ok::<Bytes, std::io::Error>(Bytes::from(chunk)), ()))
                         }
-                        Ok(_) => None,
+                        // The end the plugin announced.
+                        Ok(Decision::Decided(None)) => None,
+                        // Nobody knows the stream any more (its plugin was replaced or
+                        // unloaded): the body cannot be finished. An error aborts the
+                        // connection, so the client sees a cut body, not a complete one.
+                        Ok(Decision::NoDecision) => {
+                            tracing::warn!(
+                                stream = id,
+                                "a streamed body lost its plugin; aborting the response"
+                            );
+                            Some((
+                                Err(std::io::Error::other("the stream's plugin is gone")),
+                                (),
+                            ))
+                        }
                         Err(err) => Some((Err(std::io::Error::other(err.to_string())), ())),
                     }
                 }

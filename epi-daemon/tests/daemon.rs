@@ -368,8 +368,23 @@ fn a_bad_config_names_file_line_and_key() {
     );
 }
 
-#[test]
-fn provider_processes_answer_the_cli_and_stream_over_http() {
+/// The daemon with the provider plugin, and the example provider process serving its tasks.
+struct WithProvider {
+    dir: tempfile::TempDir,
+    _sockets: tempfile::TempDir,
+    config: PathBuf,
+    daemon: Daemon,
+    provider: std::process::Child,
+}
+
+impl Drop for WithProvider {
+    fn drop(&mut self) {
+        let _ = self.provider.kill();
+        let _ = self.provider.wait();
+    }
+}
+
+fn start_with_provider() -> WithProvider {
     let dir = epi_testkit::plugin_dir();
     epi_testkit::install(
         dir.path(),
@@ -401,6 +416,39 @@ fn provider_processes_answer_the_cli_and_stream_over_http() {
     let mut line = String::new();
     provider_out.read_line(&mut line).unwrap();
     assert!(line.starts_with("serving"), "{line}");
+    WithProvider {
+        dir,
+        _sockets: sockets,
+        config,
+        daemon,
+        provider,
+    }
+}
+
+/// A stream of the example provider's `lines` task; returns its URL on the daemon.
+fn lines_stream(daemon: &Daemon, count: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = post(
+            &format!("{}/_epi/apply", daemon.base),
+            &format!(
+                r#"{{"service": "provider", "function": "lines", "args": {{"count": {count}}}}}"#
+            ),
+        );
+        if status == 200 {
+            if let Some(url) = json(&body)["result"][0]["stream_url"].as_str() {
+                return format!("{}/provider/streams?url={url}", daemon.base);
+            }
+        }
+        assert!(Instant::now() < deadline, "no stream: {status} {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn provider_processes_answer_the_cli_and_stream_over_http() {
+    let setup = start_with_provider();
+    let (config, daemon) = (&setup.config, &setup.daemon);
     let config = config.to_str().unwrap();
     let remote = ["--config", config, "--daemon", daemon.base.as_str()];
     let args = r#"{"lang": "en", "name": "Ada"}"#;
@@ -420,16 +468,7 @@ fn provider_processes_answer_the_cli_and_stream_over_http() {
     };
     assert_eq!(out, "decided: \"example greets Ada in en\"\n");
     // A stream: the task's value names it; the daemon serves its bytes once.
-    let (status, body) = post(
-        &format!("{}/_epi/apply", daemon.base),
-        r#"{"service": "provider", "function": "lines", "args": {"count": 2}}"#,
-    );
-    assert_eq!(status, 200, "{body}");
-    let url = json(&body)["result"][0]["stream_url"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let stream = format!("{}/provider/streams?url={url}", daemon.base);
+    let stream = lines_stream(daemon, 2);
     assert_eq!(get(&stream), (200, "line 1\nline 2\n".into()));
     assert_eq!(get(&stream).0, 404, "a stream is read once");
     let (status, body) = get(&format!(
@@ -437,8 +476,66 @@ fn provider_processes_answer_the_cli_and_stream_over_http() {
         daemon.base
     ));
     assert_eq!(status, 403, "{body}");
-    let _ = provider.kill();
-    let _ = provider.wait();
+}
+
+#[test]
+fn a_stream_whose_plugin_is_replaced_ends_as_an_error_not_as_a_whole_body() {
+    use std::io::{Read, Write};
+    let setup = start_with_provider();
+    let daemon = &setup.daemon;
+    // About 25 MB: more than the sockets can buffer while the client does not read.
+    let stream = lines_stream(daemon, 2_500_000);
+    let path = stream.strip_prefix(&daemon.base).unwrap();
+    let address = daemon.base.strip_prefix("http://").unwrap();
+    let mut connection = std::net::TcpStream::connect(address).unwrap();
+    connection
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        connection,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = vec![0; 4096];
+    let read = connection.read(&mut head).unwrap();
+    assert!(
+        head[..read].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head[..read])
+    );
+    // A new build of the provider plugin replaces the one serving the stream.
+    let library = setup.dir.path().join("libepi_plugin_provider.so");
+    let mut bytes = std::fs::read(&library).unwrap();
+    bytes.extend_from_slice(&[7; 16]);
+    let staged = setup.dir.path().join(".provider.staged");
+    std::fs::write(&staged, &bytes).unwrap();
+    std::fs::rename(&staged, &library).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, plugins) = get(&format!("{}/_epi/plugins", daemon.base));
+        let hashes: Vec<Value> = json(&plugins)["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["content_hash"].clone())
+            .collect();
+        if hashes.len() == 1 && json(&plugins)["retired_total"].as_u64().unwrap_or(0) >= 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the upgrade did not happen: {plugins}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut rest = Vec::new();
+    let _ = connection.read_to_end(&mut rest);
+    let total = read + rest.len();
+    assert!(
+        !rest.ends_with(b"0\r\n\r\n"),
+        "the body ended as if complete after {total} bytes"
+    );
+    assert!(total < 20_000_000, "{total} bytes: the stream was not cut");
 }
 
 /// [`setup`] with more `[http]` settings.
