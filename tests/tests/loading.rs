@@ -359,3 +359,34 @@ fn load_dir_loads_good_files_and_reports_bad_ones() {
     );
     assert_eq!(registry.plugins().len(), 2);
 }
+
+#[test]
+fn plugin_copies_left_by_a_dead_registry_are_removed_at_start() {
+    let runtime = tempfile::tempdir().unwrap();
+    // Left by a process that is gone (no pid is that high), and by one that runs (this one).
+    let stale = runtime.path().join("epi-plugins-999999999-abc123");
+    let live = runtime
+        .path()
+        .join(format!("epi-plugins-{}-def456", std::process::id()));
+    let unrelated = runtime.path().join("epi-plugins-notapid");
+    for dir in [&stale, &live, &unrelated] {
+        std::fs::create_dir(dir).unwrap();
+        std::fs::write(dir.join("copy.so"), vec![0u8; 4096]).unwrap();
+    }
+    let registry = epi::Registry::new(epi::RegistryConfig {
+        runtime_dir: Some(runtime.path().to_owned()),
+        ..epi::RegistryConfig::default()
+    })
+    .unwrap();
+    assert!(!stale.exists(), "the dead registry's copies stay");
+    assert!(live.exists() && unrelated.exists());
+    // This registry's own directory is named after this process.
+    let own: Vec<String> = std::fs::read_dir(runtime.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(&format!("epi-plugins-{}-", std::process::id())))
+        .collect();
+    assert_eq!(own.len(), 2, "{own:?}");
+    drop(registry);
+}

@@ -158,18 +158,66 @@ pub struct Registry {
     pub(crate) shared: Arc<Shared>,
 }
 
+/// The name of a registry's copies directory: this, the owner's process id, `-`, a random
+/// suffix.
+const COPIES_PREFIX: &str = "epi-plugins-";
+
+/// Removes the copies directories in `parent` of registries whose process is gone (killed
+/// daemons leave them: 20 crashes left 135 MB in /tmp). Only this user's are touched.
+fn remove_stale_copies(parent: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|name| name.strip_prefix(COPIES_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let owned = entry
+            .metadata()
+            .is_ok_and(|meta| meta.is_dir() && meta.uid() == me);
+        if !owned || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        match std::fs::remove_dir_all(entry.path()) {
+            Ok(()) => tracing::info!(
+                dir = %entry.path().display(),
+                pid,
+                "removed the plugin copies of a registry that is gone"
+            ),
+            Err(err) => tracing::warn!(
+                dir = %entry.path().display(),
+                "cannot remove stale plugin copies: {err}"
+            ),
+        }
+    }
+}
+
 impl Registry {
     /// A registry with no plugins.
     pub fn new(config: RegistryConfig) -> std::io::Result<Self> {
+        // The copies directory is named after this process, so that the next registry to
+        // start in the same place removes what a killed one left behind.
+        let prefix = format!("{COPIES_PREFIX}{}-", std::process::id());
         let mut builder = tempfile::Builder::new();
-        builder.prefix("epi-plugins-");
-        let copies_dir = match &config.runtime_dir {
+        builder.prefix(&prefix);
+        let parent = match &config.runtime_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir)?;
-                builder.tempdir_in(dir)?
+                dir.clone()
             }
-            None => builder.tempdir()?,
+            None => std::env::temp_dir(),
         };
+        remove_stale_copies(&parent);
+        let copies_dir = builder.tempdir_in(&parent)?;
         let threads = config.concurrency.unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map(usize::from)
