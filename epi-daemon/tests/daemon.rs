@@ -819,3 +819,51 @@ fn a_callers_bad_arguments_are_a_400() {
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("greet"), "{body}");
 }
+
+#[test]
+fn run_as_an_unprivileged_user_epi_refuses_a_link_another_user_planted() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    // The daemon's user (nobody) and an attacker (another unprivileged uid).
+    const DAEMON_USER: u32 = 65534;
+    const ATTACKER: u32 = 65533;
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test acts as two other users (setuid, lchown): run the tests as root, as CI does"
+    );
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let trusted = epi_testkit::plugin_dir();
+    let target = epi_testkit::install(trusted.path(), "epi-plugin-hello", "hello.so");
+    let link = shared.path().join("libepi_plugin_hello.so");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let inspect_as_daemon_user = || {
+        Command::new(EPI)
+            .arg("inspect")
+            .arg(&link)
+            .uid(DAEMON_USER)
+            .gid(DAEMON_USER)
+            .env("HOME", "/tmp")
+            .current_dir("/")
+            .output()
+            .unwrap()
+    };
+    std::os::unix::fs::lchown(&link, Some(ATTACKER), Some(ATTACKER)).unwrap();
+    let output = inspect_as_daemon_user();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("symlink") && err.contains(&format!("uid {ATTACKER}")),
+        "{err}"
+    );
+    // Its own link (or root's target) it trusts.
+    std::os::unix::fs::lchown(&link, Some(DAEMON_USER), Some(DAEMON_USER)).unwrap();
+    let output = inspect_as_daemon_user();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

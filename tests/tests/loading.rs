@@ -251,7 +251,11 @@ fn files_writable_by_others_are_refused() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let err = registry.load(&path).unwrap_err();
     assert!(matches!(err, LoadError::Untrusted { .. }), "{err}");
-    assert!(err.to_string().contains("its directory"), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("the directory {}", dir.path().display())),
+        "{err}"
+    );
 
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     registry.load(&path).expect("trusted again");
@@ -389,4 +393,101 @@ fn plugin_copies_left_by_a_dead_registry_are_removed_at_start() {
         .collect();
     assert_eq!(own.len(), 2, "{own:?}");
     drop(registry);
+}
+
+/// A uid that is neither root nor this user: the attacker.
+const OTHER_USER: u32 = 65534;
+
+fn set_mode(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn refusal(path: &std::path::Path) -> String {
+    let registry = epi::Registry::new(epi::RegistryConfig::default()).unwrap();
+    match registry.load(path) {
+        Err(err @ epi::LoadError::Untrusted { .. }) => err.to_string(),
+        other => panic!("{} was not refused as untrusted: {other:?}", path.display()),
+    }
+}
+
+#[test]
+fn a_plugin_directory_under_a_directory_anyone_can_write_is_refused() {
+    // /base (0777, not sticky) / plugins (0755) / hello.so: anyone can swap `plugins` for
+    // another directory.
+    let base = tempfile::tempdir().unwrap();
+    set_mode(base.path(), 0o777);
+    let plugins = base.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    set_mode(&plugins, 0o755);
+    let file = epi_testkit::install(&plugins, "epi-plugin-hello", "hello.so");
+    let err = refusal(&file);
+    assert!(
+        err.contains(&base.path().display().to_string()) && err.contains("every user"),
+        "{err}"
+    );
+    // Fixed, it loads.
+    set_mode(base.path(), 0o755);
+    epi::Registry::new(epi::RegistryConfig::default())
+        .unwrap()
+        .load(&file)
+        .unwrap();
+}
+
+#[test]
+fn a_symlink_into_a_directory_anyone_can_write_is_refused() {
+    let open = tempfile::tempdir().unwrap();
+    set_mode(open.path(), 0o777);
+    let target = epi_testkit::install(open.path(), "epi-plugin-hello", "hello.so");
+    let plugins = plugin_dir();
+    let link = plugins.path().join("hello.so");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let err = refusal(&link);
+    assert!(
+        err.contains(&open.path().display().to_string()) && err.contains("every user"),
+        "{err}"
+    );
+    // The same link to a trusted place loads.
+    set_mode(open.path(), 0o755);
+    epi::Registry::new(epi::RegistryConfig::default())
+        .unwrap()
+        .load(&link)
+        .unwrap();
+}
+
+#[test]
+fn a_symlink_another_user_made_in_a_sticky_directory_is_refused() {
+    // Like `dirs = ["/tmp"]`: a sticky directory where another user made a link to a
+    // perfectly trusted plugin.
+    let shared = tempfile::tempdir().unwrap();
+    set_mode(shared.path(), 0o1777);
+    let trusted = plugin_dir();
+    let target = epi_testkit::install(trusted.path(), "epi-plugin-hello", "hello.so");
+    let link = shared.path().join("hello.so");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    std::os::unix::fs::lchown(&link, Some(OTHER_USER), Some(OTHER_USER)).unwrap_or_else(|err| {
+        panic!("this test gives a symlink to another user (lchown: {err}): run the tests as root, as CI does")
+    });
+    let err = refusal(&link);
+    assert!(
+        err.contains("symlink") && err.contains(&format!("uid {OTHER_USER}")),
+        "{err}"
+    );
+    // Made by this user, it loads.
+    std::os::unix::fs::lchown(&link, Some(unsafe_free_euid()), None).unwrap();
+    epi::Registry::new(epi::RegistryConfig::default())
+        .unwrap()
+        .load(&link)
+        .unwrap();
+}
+
+/// This process's effective uid, read from /proc.
+fn unsafe_free_euid() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        .and_then(|id| id.parse().ok())
+        .unwrap()
 }
