@@ -232,7 +232,7 @@ impl ServiceHandle {
         ))
     }
 
-    /// True when there are providers and every one returned `true` (couch_epi's `all`).
+    /// True unless some provider returned `false` (couch_epi's `all`: `true` with no providers).
     pub fn all<A: Argument>(&self, function: &str, args: &A, opts: Opts) -> Result<bool, Error> {
         Ok(core::all_true(
             &self.apply_with::<A, bool>(function, args, opts)?,
@@ -322,7 +322,7 @@ impl<A: Argument> Function<A, bool> {
         Ok(core::any_true(&self.apply_with(args, opts)?))
     }
 
-    /// True when there are providers and every one returned `true`.
+    /// True unless some provider returned `false` (`true` with no providers, as couch_epi).
     pub fn all(&self, args: &A, opts: Opts) -> Result<bool, Error> {
         Ok(core::all_true(&self.apply_with(args, opts)?))
     }

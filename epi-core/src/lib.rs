@@ -16,6 +16,43 @@
 //!
 //! A plugin implements [`Plugin`], marks provider impl blocks with [`provider`], and exports
 //! itself with [`export_plugin!`]. See `ARCHITECTURE.md` for how the pieces fit.
+//!
+//! Each public method of a provider answers the function of its name, or of the name given
+//! with `#[epi(name = "...")]`:
+//!
+//! ```
+//! pub struct Greeter;
+//!
+//! #[epi::provider]
+//! impl Greeter {
+//!     pub fn greet(&self, name: &String) -> String {
+//!         format!("Hello, {name}!")
+//!     }
+//!
+//!     #[epi(name = "greet_loudly")]
+//!     pub fn shout(&self, name: &String) -> String {
+//!         format!("HELLO, {name}!")
+//!     }
+//! }
+//! ```
+//!
+//! Two methods answering the same function are refused when the plugin compiles:
+//!
+//! ```compile_fail
+//! pub struct Greeter;
+//!
+//! #[epi::provider]
+//! impl Greeter {
+//!     pub fn greet(&self, name: &String) -> String {
+//!         format!("Hello, {name}!")
+//!     }
+//!
+//!     #[epi(name = "greet")]
+//!     pub fn shout(&self, name: &String) -> String {
+//!         format!("HELLO, {name}!")
+//!     }
+//! }
+//! ```
 
 mod data;
 mod dispatch;

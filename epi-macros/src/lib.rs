@@ -150,6 +150,8 @@ fn expand(block: &mut ItemImpl) -> syn::Result<Tokens> {
     let self_ty = block.self_ty.clone();
     let mut methods = Vec::new();
     let mut entries = Vec::new();
+    // Dispatch names taken so far, with the method that took each.
+    let mut names: Vec<(String, syn::Ident)> = Vec::new();
     for item in &mut block.items {
         let ImplItem::Fn(method) = item else { continue };
         let options = take_options(method)?;
@@ -199,6 +201,15 @@ fn expand(block: &mut ItemImpl) -> syn::Result<Tokens> {
         let call = quote!(provider.#ident(#(#passed),*));
         let (output_ty, body) = output(&method.sig.output, call);
         let name = options.name.unwrap_or_else(|| ident.to_string());
+        if let Some((_, first)) = names.iter().find(|(taken, _)| *taken == name) {
+            return Err(syn::Error::new(
+                ident.span(),
+                format!(
+                    "two methods of this provider answer to the function `{name}`: `{first}` and `{ident}`; give one another `#[epi(name = \"...\")]`"
+                ),
+            ));
+        }
+        names.push((name.clone(), ident.clone()));
         let marker = format_ident!("EpiMethod_{}", ident);
         methods.push(quote! {
             #[allow(non_camel_case_types)]

@@ -583,9 +583,10 @@ pub fn any_true(results: &[Result<bool, ProviderError>]) -> bool {
     results.iter().any(|result| matches!(result, Ok(true)))
 }
 
-/// couch_epi's `all`: there are providers and every one returned `true`.
+/// couch_epi's `all`: no provider returned `false`. With no providers it is `true` (the empty
+/// conjunction), and a provider that failed (skipped with `ignore_errors`) is not a `false`.
 pub fn all_true(results: &[Result<bool, ProviderError>]) -> bool {
-    !results.is_empty() && results.iter().all(|result| matches!(result, Ok(true)))
+    !results.iter().any(|result| matches!(result, Ok(false)))
 }
 
 /// Asks providers in order until one returns `Decided`; none → `NoDecision`.

@@ -239,7 +239,7 @@ impl<A: Argument> Function<A, bool> {
         Ok(core::any_true(&self.apply_with(args, opts)?))
     }
 
-    /// True when there are providers and every one returned `true` (couch_epi's `all`).
+    /// True unless some provider returned `false` (couch_epi's `all`: `true` with no providers).
     pub fn all(&self, args: &A, opts: Opts) -> Result<bool, Error> {
         Ok(core::all_true(&self.apply_with(args, opts)?))
     }

@@ -326,9 +326,10 @@ fn any_and_all() {
     assert!(check.all(&0, Opts::new()).unwrap());
     let math = registry.service("math");
     assert!(math.any("check", &0i64, Opts::new()).unwrap());
-    // No providers: any is false, all is false (as couch_epi).
+    // No providers: any is false, all is true (the empty conjunction, as couch_epi's
+    // `[] == [R || R <- Replies, R == false]`).
     assert!(!math.any("nothing", &0i64, Opts::new()).unwrap());
-    assert!(!math.all("nothing", &0i64, Opts::new()).unwrap());
+    assert!(math.all("nothing", &0i64, Opts::new()).unwrap());
 }
 
 #[test]
