@@ -374,3 +374,16 @@ fn a_call_in_flight_finishes_on_the_plugin_being_unloaded() {
     assert_eq!(call.join().unwrap().unwrap(), vec!["slow".to_string()]);
     assert!(matches!(sleep.apply(&0), Err(Error::UnknownService(_))));
 }
+
+#[test]
+fn an_app_listed_twice_in_the_order_takes_its_first_place() {
+    let registry = registry(&["b", "a", "b"]);
+    load_testplug(&registry, "a", json!([{"label": "a"}]));
+    load_testplug(&registry, "b", json!([{"label": "b"}]));
+    load_testplug(&registry, "c", json!([{"label": "c"}]));
+    let order = registry
+        .function::<(), String>("math", "label")
+        .apply(&())
+        .unwrap();
+    assert_eq!(order, ["b", "a", "c"]);
+}

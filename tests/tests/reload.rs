@@ -590,3 +590,35 @@ fn links_created_in_a_watched_directory_are_loaded() {
         version_of(&registry, "hello").is_some()
     });
 }
+
+#[test]
+fn definers_are_notified_of_a_rebuild_with_the_same_version() {
+    let dir = plugin_dir();
+    let (registry, path) = setup(dir.path(), 1);
+    // Same version string (the mark is part of it), other bytes: a recompile.
+    let mut rebuilt = build(1);
+    rebuilt.extend_from_slice(&[5; 32]);
+    publish_by_rename(&path, &rebuilt);
+    assert!(matches!(
+        registry.upgrade(&path).unwrap(),
+        Upgrade::Replaced { .. }
+    ));
+    let Value::Array(replies) = registry
+        .apply_json("probe", "notifications", &Value::Null, Opts::new())
+        .unwrap()
+        .to_json(false)
+    else {
+        panic!()
+    };
+    let notes: Vec<Notification> = serde_json::from_value(replies[0].clone()).unwrap();
+    let rebuilt = notes.iter().any(|note| match note {
+        Notification::Providers { service, old, new } => {
+            service == "math" && !new.is_empty() && old == new
+        }
+        _ => false,
+    });
+    assert!(
+        rebuilt,
+        "no provider notification for the rebuild: {notes:?}"
+    );
+}

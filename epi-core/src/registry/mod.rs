@@ -453,12 +453,13 @@ impl Registry {
     }
 }
 
-/// `(service, plugin, provider, version)` of every provider of a snapshot, borrowed, sorted by
-/// service (stable, so providers stay in plugin order within a service).
-fn provider_rows<'s>(
-    snapshot: &'s Snapshot,
-    only: Option<&str>,
-) -> Vec<(&'s str, &'s str, &'s str, &'s str)> {
+/// `(service, plugin, provider, version, content hash)` of every provider of a snapshot,
+/// borrowed, sorted by service (stable, so providers stay in plugin order within a service).
+/// The hash makes an upgrade to a build with the same version string a change, as couch_epi
+/// notifies on every recompile.
+type Row<'s> = (&'s str, &'s str, &'s str, &'s str, u64);
+
+fn provider_rows<'s>(snapshot: &'s Snapshot, only: Option<&str>) -> Vec<Row<'s>> {
     let mut rows = Vec::new();
     for (plugin, added) in snapshot.plugins.iter().zip(&snapshot.added) {
         let providers = plugin.providers.iter().chain(added.iter().map(|p| &**p));
@@ -468,6 +469,7 @@ fn provider_rows<'s>(
                 plugin.info.app.as_str(),
                 &*provider.label,
                 plugin.info.version.as_str(),
+                plugin.info.content_hash,
             ));
         }
     }
@@ -476,10 +478,7 @@ fn provider_rows<'s>(
 }
 
 /// The rows of one service.
-fn rows_of<'r, 's>(
-    rows: &'r [(&'s str, &'s str, &'s str, &'s str)],
-    service: &str,
-) -> &'r [(&'s str, &'s str, &'s str, &'s str)] {
+fn rows_of<'r, 's>(rows: &'r [Row<'s>], service: &str) -> &'r [Row<'s>] {
     let start = rows.partition_point(|row| row.0 < service);
     let end = rows.partition_point(|row| row.0 <= service);
     &rows[start..end]
@@ -494,7 +493,7 @@ fn provider_changes(
 ) -> Vec<(Arc<LoadedPlugin>, Notification)> {
     let before = provider_rows(old, only);
     let after = provider_rows(new, only);
-    let group = |rows: &[(&str, &str, &str, &str)], service: &str| -> Vec<ProviderVersion> {
+    let group = |rows: &[Row<'_>], service: &str| -> Vec<ProviderVersion> {
         rows.iter()
             .filter(|row| row.0 == service)
             .map(|row| ProviderVersion {
