@@ -120,7 +120,7 @@ fn bad_requests_get_json_errors_and_the_daemon_keeps_serving() {
         &format!("{}/_epi/apply", daemon.base),
         r#"{"service": "greeting", "function": "greet", "args": 42}"#,
     );
-    assert_eq!(status, 502, "{body}");
+    assert_eq!(status, 400, "the caller's arguments do not decode: {body}");
     let big = "x".repeat(4096);
     let (status, body) = post(&format!("{}/hello/Ada", daemon.base), &big);
     assert_eq!(status, 413);
@@ -573,7 +573,8 @@ fn raw(daemon: &Daemon, bytes: &[u8]) -> String {
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
-    stream.write_all(bytes).unwrap();
+    // The daemon may answer and close before taking everything.
+    let _ = stream.write_all(bytes);
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer);
     String::from_utf8_lossy(&answer).into_owned()
@@ -711,18 +712,20 @@ fn cross_site_form_and_rebinding_admin_requests_are_refused() {
 fn admin_bodies_obey_max_body_bytes_and_bad_bodies_are_400() {
     let setup = setup("");
     let daemon = start(&setup.config);
-    // max_body_bytes is 1024 in this configuration.
-    let big = format!(
+    // max_body_bytes is 1024 in this configuration. The daemon answers 413 as soon as the
+    // body passes the limit, possibly while the client still sends: read the answer anyway.
+    let body = format!(
         r#"{{"service": "greeting", "function": "greet", "args": "{}"}}"#,
         "a".repeat(1_500_000)
     );
-    let (status, _) = call(
-        "POST",
-        &daemon.url("/_epi/apply"),
-        &[("content-type", "application/json")],
-        Some(&big),
-    );
-    assert_eq!(status, 413);
+    let mut request = format!(
+        "POST /_epi/apply HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body.as_bytes());
+    let answer = raw(&daemon, &request);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     let answer = raw(
         &daemon,
         b"POST /hello/Ada HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nZZZ\r\nnot a chunk\r\n\r\n",
