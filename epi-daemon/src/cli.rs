@@ -120,7 +120,11 @@ pub fn run(command: Command, config: &Config, daemon: Option<&str>, as_json: boo
                 code: EXIT_USAGE,
                 message: err.to_string(),
             }),
-        command => backend(config, daemon).and_then(|backend| execute(&backend, command)),
+        command => {
+            // Listing plugins runs none of their workers.
+            let processes = !matches!(command, Command::List);
+            backend(config, daemon, processes).and_then(|backend| execute(&backend, command))
+        }
     };
     match outcome {
         Ok((value, table)) => {
@@ -141,7 +145,7 @@ pub fn run(command: Command, config: &Config, daemon: Option<&str>, as_json: boo
     }
 }
 
-fn backend(config: &Config, daemon: Option<&str>) -> Result<Backend, Failure> {
+fn backend(config: &Config, daemon: Option<&str>, processes: bool) -> Result<Backend, Failure> {
     match daemon {
         Some(url) => {
             // The token: $EPI_ADMIN_TOKEN, else the configuration's.
@@ -154,7 +158,7 @@ fn backend(config: &Config, daemon: Option<&str>) -> Result<Backend, Failure> {
             };
             Ok(Backend::Remote(url.trim_end_matches('/').to_owned(), token))
         }
-        None => open_registry(config, false)
+        None => open_registry(config, false, processes)
             .map(Backend::Local)
             .map_err(|err| Failure {
                 code: EXIT_CONFIG,
@@ -428,7 +432,12 @@ fn report_table(report: &Value) -> String {
 /// `epi inspect FILE`: the loader's checks (ABI, toolchain, trust) run before any plugin code;
 /// only a compatible plugin is initialised to describe its services and data.
 fn inspect(file: &std::path::Path) -> Result<(Value, String), Failure> {
-    let registry = Registry::new(epi::RegistryConfig::default()).map_err(|err| Failure {
+    // Describing a plugin starts none of its processes.
+    let registry = Registry::new(epi::RegistryConfig {
+        skip_processes: true,
+        ..epi::RegistryConfig::default()
+    })
+    .map_err(|err| Failure {
         code: EXIT_CONFIG,
         message: err.to_string(),
     })?;
@@ -438,7 +447,6 @@ fn inspect(file: &std::path::Path) -> Result<(Value, String), Failure> {
     })?;
     let services = registry.services();
     let data = registry.data_status();
-    let processes = registry.process_report();
     let value = json!({
         "plugin": info,
         "compatible": true,
@@ -447,7 +455,7 @@ fn inspect(file: &std::path::Path) -> Result<(Value, String), Failure> {
         "abi": format!("{}.{}", epi::abi::ABI_MAJOR, epi::abi::ABI_MINOR),
         "services": services,
         "data": data,
-        "processes": processes.workers.keys().collect::<Vec<_>>(),
+        "processes": info.processes,
     });
     let mut text = format!(
         "app:        {}\nversion:    {}\nfile:       {}\nhash:       {:016x}\ncompatible: yes (ABI {}, {:?} call path)\nbuilt by:   {}\n",
@@ -479,7 +487,7 @@ fn inspect(file: &std::path::Path) -> Result<(Value, String), Failure> {
             source.service, source.key, source.kind
         ));
     }
-    for name in processes.workers.keys() {
+    for name in &info.processes {
         text.push_str(&format!("process:    {name}\n"));
     }
     Ok((value, text))

@@ -5,10 +5,12 @@ use epi::{Registry, RegistryConfig, RetirePolicy};
 use crate::config::{Config, Retire};
 
 /// A registry with the configured plugins loaded (a file that fails is logged and skipped)
-/// and, when `watch` is set, their directories followed.
+/// and, when `watch` is set, their directories followed; their processes run unless
+/// `processes` is false (read-only commands).
 pub fn open_registry(
     config: &Config,
     watch: bool,
+    processes: bool,
 ) -> Result<Registry, Box<dyn std::error::Error + Send + Sync>> {
     let registry = Registry::new(RegistryConfig {
         order: config.plugins.order.clone(),
@@ -22,6 +24,7 @@ pub fn open_registry(
         file_pattern: Some(config.plugins.pattern.clone()),
         count_calls: true,
         max_data_file_bytes: config.data.max_file_bytes,
+        skip_processes: !processes,
         ..RegistryConfig::default()
     })?;
     for dir in config.plugin_dirs() {

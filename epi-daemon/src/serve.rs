@@ -79,7 +79,7 @@ pub fn router_with(registry: Registry, max_body: usize, guard: AdminGuard) -> Ro
 pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let registry = tokio::task::spawn_blocking({
         let config = config.clone();
-        move || open_registry(&config, true)
+        move || open_registry(&config, true, true)
     })
     .await??;
     let guard = AdminGuard::new(&config.http, config.http.listen)?;

@@ -870,3 +870,51 @@ fn run_as_an_unprivileged_user_epi_refuses_a_link_another_user_planted() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[test]
+fn read_only_commands_run_no_plugin_processes() {
+    // The test plugin's process leaves a file when it runs.
+    let marks = tempfile::tempdir().unwrap();
+    let mark = marks.path().join("ran");
+    let dir = epi_testkit::plugin_dir();
+    let library = epi_testkit::install(
+        dir.path(),
+        "epi-plugin-testplug",
+        "libepi_plugin_testplug.so",
+    );
+    let config = dir.path().join("epi.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[plugins]\ndirs = [\".\"]\n\
+             [plugins.config.\"libepi_plugin_testplug.so\"]\napp = \"testplug\"\n\
+             processes = [{{ name = \"worker\", touch = \"{}\" }}]\n",
+            mark.display()
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let (code, out, err) = epi(&["--config", config, "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("testplug"), "{out}");
+    // (inspect loads the file without configuration: the plugin declares no process then.)
+    let (code, _, err) = epi(&["inspect", library.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !mark.exists(),
+        "a read-only command ran the plugin's process"
+    );
+    // The control: a registry that runs processes gets the mark.
+    let registry = epi::Registry::new(epi::RegistryConfig::default()).unwrap();
+    registry
+        .load_with_config(
+            &library,
+            &json!({"app": "testplug", "processes": [{"name": "worker", "touch": mark}]}),
+        )
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !mark.exists() {
+        assert!(Instant::now() < deadline, "the control run left no mark");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

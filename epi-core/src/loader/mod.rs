@@ -58,6 +58,8 @@ pub struct PluginInfo {
     pub call_path: CallPath,
     /// The compiler, target and epi version that built it.
     pub build: String,
+    /// Its processes, as the plugin names them (whether or not the registry runs them).
+    pub processes: Vec<String>,
 }
 
 /// Calls, errors and panics of one provider function. Shared by every snapshot the
@@ -655,6 +657,7 @@ fn assemble(
             services: Vec::new(),
             call_path: entry.call_path,
             build: entry.build.clone(),
+            processes: Vec::new(),
         },
         app: Arc::from(""),
         providers: Vec::new(),
@@ -697,6 +700,7 @@ fn assemble(
     plugin.data_providers = manifest.data_providers;
     plugin.data_subscriptions = manifest.data_subscriptions;
     plugin.processes = manifest.processes;
+    plugin.info.processes = plugin.processes.iter().map(|p| p.name.clone()).collect();
     let app = plugin.info.app.clone();
     let provider_count = provider_tables.len();
     let mut manifests = manifest.providers.into_iter();

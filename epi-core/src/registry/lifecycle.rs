@@ -392,7 +392,9 @@ impl Registry {
         if new_plugin.dynamic.dirty.swap(false, Ordering::SeqCst) {
             deliveries.extend(self.publish(&state.plugins));
         }
-        processes::install(&self.shared.engine, &new_plugin);
+        if !self.shared.config.skip_processes {
+            processes::install(&self.shared.engine, &new_plugin);
+        }
         let outcome = match retired {
             Some(old) => {
                 let mut old_info = old.info.clone();

@@ -58,6 +58,9 @@ pub struct RegistryConfig {
     /// The largest data file read, in bytes (default 64 MiB); a larger one is refused with
     /// an error in [`Registry::data_status`] and the previous value stays.
     pub max_data_file_bytes: Option<u64>,
+    /// Load plugins without running their processes: for read-only tools (`epi list`,
+    /// `epi inspect`) that must not start a plugin's workers.
+    pub skip_processes: bool,
 }
 
 /// The default of [`RegistryConfig::max_call_depth`].

@@ -124,6 +124,9 @@ pub struct ProcessConfig {
     /// thread and from a thread it starts) and reports both results as `called`.
     #[serde(default)]
     call: Option<(String, String, Value)>,
+    /// A file `run` creates when it starts: a mark other processes can see.
+    #[serde(default)]
+    touch: Option<std::path::PathBuf>,
 }
 
 /// The plugin's configuration.
@@ -322,6 +325,7 @@ impl Plugin for TestPlug {
                 let output = config.output.clone();
                 let fail_with = config.fail_with.clone();
                 let call = config.call.clone();
+                let touch = config.touch.clone();
                 let inputs_seen = Arc::new(Mutex::new(Value::Null));
                 let seen = inputs_seen.clone();
                 epi::Process::new(config.name.clone())
@@ -331,6 +335,9 @@ impl Plugin for TestPlug {
                         Ok(output.clone())
                     })
                     .run(move |ctx| {
+                        if let Some(path) = &touch {
+                            let _ = std::fs::write(path, b"ran");
+                        }
                         let called = call.as_ref().map(|(service, function, args)| {
                             let apply = || {
                                 epi::host::apply_json(service, function, args, epi::Opts::new())
