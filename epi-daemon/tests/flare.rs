@@ -74,6 +74,14 @@ impl Received {
     }
 }
 
+/// The idempotency keys of what a subscriber received.
+fn keys(received: &[Received]) -> HashSet<String> {
+    received
+        .iter()
+        .filter_map(|r| r.header("idempotency-key").map(str::to_owned))
+        .collect()
+}
+
 /// A subscriber: an HTTP server on 127.0.0.1 answering every request with `status`.
 struct Subscriber {
     url: String,
@@ -497,12 +505,7 @@ fn dead_subscriber(setup: &Setup) {
         |r| r.len() >= 1000,
     );
     let elapsed = started.elapsed();
-    let keys: HashSet<String> = alive
-        .received()
-        .iter()
-        .filter_map(|r| r.header("idempotency-key").map(str::to_owned))
-        .collect();
-    assert_eq!(keys.len(), 1000);
+    assert_eq!(keys(&alive.received()).len(), 1000);
     // Deliveries to the dead one are given up on after their attempts; failures are visible.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -563,13 +566,7 @@ fn a_killed_daemon_delivers_every_accepted_document_after_a_restart() {
     subscriber.wait(
         "every accepted document arrives",
         Duration::from_secs(60),
-        |received| {
-            let keys: HashSet<String> = received
-                .iter()
-                .filter_map(|r| r.header("idempotency-key").map(str::to_owned))
-                .collect();
-            keys == expected
-        },
+        |received| keys(received) == expected,
     );
     drop(restarted);
 }
@@ -602,12 +599,7 @@ fn an_upgrade_of_flare_during_deliveries_loses_none() {
         }
     }
     subscriber.wait("all 200 arrive", Duration::from_secs(30), |received| {
-        received
-            .iter()
-            .filter_map(|r| r.header("idempotency-key"))
-            .collect::<HashSet<_>>()
-            .len()
-            == 200
+        keys(received).len() == 200
     });
     let status = subscriber.status.load(Ordering::Relaxed);
     assert_eq!(status, 200);
@@ -743,13 +735,7 @@ fn on_postgres_the_claims_of_a_killed_daemon_are_taken_over_by_the_other() {
     subscriber.wait(
         "every accepted document arrives through the survivor",
         Duration::from_secs(60),
-        |received| {
-            let keys: HashSet<String> = received
-                .iter()
-                .filter_map(|r| r.header("idempotency-key").map(str::to_owned))
-                .collect();
-            keys == expected
-        },
+        |received| keys(received) == expected,
     );
     drop(survivor);
 }

@@ -114,14 +114,7 @@ fn definers_are_notified_of_an_upgraded_provider() {
     let (registry, path) = setup(dir.path(), 1);
     publish_by_rename(&path, &build(2));
     registry.upgrade(&path).unwrap();
-    let Value::Array(replies) = registry
-        .apply_json("probe", "notifications", &Value::Null, Opts::new())
-        .unwrap()
-        .to_json(false)
-    else {
-        panic!()
-    };
-    let notes: Vec<Notification> = serde_json::from_value(replies[0].clone()).unwrap();
+    let notes = notifications(&registry);
     let upgraded = notes.iter().any(|note| match note {
         Notification::Providers { service, old, new } => {
             service == "math"
@@ -269,6 +262,18 @@ fn the_watcher_follows_renames_copies_new_files_and_removals() {
         }
     }
     assert_eq!(mark.apply(&()).unwrap(), vec!["00000003"]);
+}
+
+/// The notifications the (first) test plugin received, through its `probe` provider.
+fn notifications(registry: &Registry) -> Vec<Notification> {
+    let Value::Array(replies) = registry
+        .apply_json("probe", "notifications", &Value::Null, Opts::new())
+        .unwrap()
+        .to_json(false)
+    else {
+        panic!("notifications are a list")
+    };
+    serde_json::from_value(replies[0].clone()).unwrap()
 }
 
 /// The file each loaded plugin came from.
@@ -603,14 +608,7 @@ fn definers_are_notified_of_a_rebuild_with_the_same_version() {
         registry.upgrade(&path).unwrap(),
         Upgrade::Replaced { .. }
     ));
-    let Value::Array(replies) = registry
-        .apply_json("probe", "notifications", &Value::Null, Opts::new())
-        .unwrap()
-        .to_json(false)
-    else {
-        panic!()
-    };
-    let notes: Vec<Notification> = serde_json::from_value(replies[0].clone()).unwrap();
+    let notes = notifications(&registry);
     let rebuilt = notes.iter().any(|note| match note {
         Notification::Providers { service, old, new } => {
             service == "math" && !new.is_empty() && old == new
