@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::abi::{RVec, StrRef, ENCODING_JSON, STATUS_OK};
+use crate::abi::{RVec, StrRef, COUNT_LATENCY, ENCODING_JSON, LATENCY_SAMPLE_EVERY, STATUS_OK};
 use crate::dispatch::{
     failure, provider_error, refuse_for_decide, run_concurrent, Dispatcher, Opts,
 };
@@ -67,11 +67,17 @@ impl Applied {
 fn call_json(provider: &ProviderCall, input: &[u8]) -> Result<Vec<u8>, ProviderError> {
     let mut output = RVec::new();
     let mut error = RVec::new();
+    // Timed as typed calls are: one in `LATENCY_SAMPLE_EVERY`.
+    let mut timed = None;
     if provider.count_calls != 0 {
         // SAFETY: the counters live as long as the snapshot holding the entry.
-        unsafe { &*provider.counters }
+        let counters = unsafe { &*provider.counters };
+        let before = counters
             .calls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if provider.count_calls & COUNT_LATENCY != 0 && before % LATENCY_SAMPLE_EVERY == 0 {
+            timed = Some((counters, std::time::Instant::now()));
+        }
     }
     // SAFETY: the JSON shim takes any bytes and fills the buffers through the shared
     // allocator; the plugin is mapped while the snapshot lives; the shim catches panics.
@@ -84,6 +90,10 @@ fn call_json(provider: &ProviderCall, input: &[u8]) -> Result<Vec<u8>, ProviderE
             &mut error,
         )
     };
+    if let Some((counters, start)) = timed {
+        let nanos = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        counters.latency.record(nanos);
+    }
     if status == STATUS_OK {
         Ok(bytes(output))
     } else {

@@ -84,6 +84,6 @@ pub use epi_plugin::Provider;
 pub use error::{Error, Failure, LoadError, ProviderError};
 pub use loader::{CallPath, PluginInfo};
 pub use registry::{
-    is_plugin_file, FileStatus, ProviderCounters, Registry, RegistryConfig, RegistryStatus,
-    RetirePolicy, ServiceInfo, Upgrade,
+    is_plugin_file, Change, ChangeKind, FileStatus, FileTotals, History, LatencyCounts,
+    ProviderCounters, Registry, RegistryConfig, RegistryStatus, RetirePolicy, ServiceInfo, Upgrade,
 };

@@ -270,7 +270,11 @@ fn entry(
 ) -> ProviderEntry {
     ProviderEntry {
         counters: Arc::as_ptr(&function.counters),
-        count_calls: config.count_calls as u32,
+        count_calls: if config.count_calls {
+            crate::abi::COUNT_CALLS | crate::abi::COUNT_LATENCY
+        } else {
+            0
+        },
         plugin: StrRef::new(&plugin.app),
         provider: StrRef::new(&provider.label),
         service: StrRef::new(names.0),

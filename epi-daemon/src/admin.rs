@@ -53,7 +53,18 @@ impl AdminGuard {
         }
     }
 
+    /// Whether the token is configured (the console's page then asks for it).
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
     fn check(&self, request: &Request) -> Result<(), (StatusCode, String)> {
+        self.check_host(request)?;
+        self.check_caller(request)
+    }
+
+    /// The `Host` check alone (against DNS rebinding).
+    fn check_host(&self, request: &Request) -> Result<(), (StatusCode, String)> {
         let headers = request.headers();
         if !self.hosts.is_empty() {
             let host = headers
@@ -74,6 +85,12 @@ impl AdminGuard {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// The token, and for requests that change something, the `Origin` and body checks.
+    fn check_caller(&self, request: &Request) -> Result<(), (StatusCode, String)> {
+        let headers = request.headers();
         if let Some(expected) = &self.token {
             let given = headers
                 .get(header::AUTHORIZATION)
@@ -148,7 +165,24 @@ fn request_has_body(request: &Request) -> bool {
 
 /// The middleware in front of the admin routes.
 pub async fn guard(State(guard): State<AdminGuard>, request: Request, next: Next) -> Response {
-    match guard.check(&request) {
+    let checked = guard.check(&request);
+    pass_or_refuse(checked, request, next).await
+}
+
+/// The middleware in front of the console's page (`/_epi/ui`): the `Host` check only. The
+/// page is static and holds nothing of the daemon's; everything it shows and does goes
+/// through admin routes behind [`guard`], with the token the operator gives the page.
+pub async fn page_guard(State(guard): State<AdminGuard>, request: Request, next: Next) -> Response {
+    let checked = guard.check_host(&request);
+    pass_or_refuse(checked, request, next).await
+}
+
+async fn pass_or_refuse(
+    checked: Result<(), (StatusCode, String)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match checked {
         Ok(()) => next.run(request).await,
         Err((status, message)) => {
             tracing::warn!(

@@ -6,6 +6,8 @@ pub mod admin;
 pub mod args;
 pub mod cli;
 pub mod config;
+pub mod console;
+pub mod metrics;
 pub mod registry;
 pub mod scaffold;
 pub mod serve;

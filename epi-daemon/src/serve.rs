@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use epi::http::{HttpBody, HttpRequest, HttpResponse};
@@ -19,6 +19,8 @@ use serde_json::{json, Value};
 
 use crate::admin::{self, AdminGuard};
 use crate::config::{Config, HttpConfig};
+use crate::console::Console;
+use crate::metrics::http::HttpCounts;
 use crate::registry::open_registry;
 
 /// What every handler shares.
@@ -28,6 +30,8 @@ pub struct AppState {
     handle: Arc<Function<HttpRequest, Decision<HttpResponse>>>,
     next_chunk: Arc<Function<u64, Decision<Option<Vec<u8>>>>>,
     max_body: usize,
+    console: Arc<Console>,
+    http_counts: Arc<HttpCounts>,
 }
 
 /// A JSON error response.
@@ -43,11 +47,14 @@ pub fn router(registry: Registry, max_body: usize) -> Router {
 
 /// The router with the admin routes behind `guard`.
 pub fn router_with(registry: Registry, max_body: usize, guard: AdminGuard) -> Router {
+    let http_counts = Arc::new(HttpCounts::default());
     let state = AppState {
         handle: Arc::new(registry.function(epi::http::SERVICE, epi::http::HANDLE)),
         next_chunk: Arc::new(registry.function(epi::http::SERVICE, epi::http::NEXT_CHUNK)),
         registry,
         max_body,
+        console: Arc::default(),
+        http_counts: http_counts.clone(),
     };
     let admin = Router::new()
         .route("/_epi/plugins", get(plugins))
@@ -64,14 +71,32 @@ pub fn router_with(registry: Registry, max_body: usize, guard: AdminGuard) -> Ro
         )
         .route("/_epi/processes", get(processes))
         .route("/_epi/counters", get(counters))
+        .route("/_epi/metrics", get(metrics))
+        .route("/_epi/ui/panels", get(console_panels))
         .route("/_epi/reload", post(reload))
         .route("/_epi/apply", post(apply))
         .route("/_epi/decide", post(decide))
-        .route_layer(axum::middleware::from_fn_with_state(guard, admin::guard));
+        .route_layer(axum::middleware::from_fn_with_state(
+            guard.clone(),
+            admin::guard,
+        ));
+    // The console's page holds nothing of the daemon's: a browser can load it without the
+    // token (it asks for one), and all it shows and does goes through the routes above.
+    let page = Router::new()
+        .route("/_epi/ui", get(console_page))
+        .route_layer(axum::middleware::from_fn_with_state(
+            guard,
+            admin::page_guard,
+        ));
     Router::new()
         .merge(admin)
+        .merge(page)
         .fallback(route_to_plugins)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            http_counts,
+            crate::metrics::http::count,
+        ))
         .with_state(state)
 }
 
@@ -387,6 +412,46 @@ async fn processes(State(state): State<AppState>) -> Response {
 
 async fn counters(State(state): State<AppState>) -> Response {
     Json(state.registry.counters()).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let done = tokio::task::spawn_blocking(move || {
+        crate::metrics::render(&state.registry, &state.http_counts)
+    })
+    .await;
+    match done {
+        Ok(Ok(text)) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                crate::metrics::CONTENT_TYPE,
+            )],
+            text,
+        )
+            .into_response(),
+        Ok(Err(err)) => {
+            tracing::error!("{err}");
+            error(StatusCode::INTERNAL_SERVER_ERROR, err)
+        }
+        Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, err),
+    }
+}
+
+async fn console_page(State(state): State<AppState>) -> Response {
+    Html(state.console.page().into_string()).into_response()
+}
+
+async fn console_panels(State(state): State<AppState>) -> Response {
+    let done =
+        tokio::task::spawn_blocking(move || state.console.panels(&state.registry).into_string())
+            .await;
+    match done {
+        Ok(html) => (
+            [(axum::http::header::CACHE_CONTROL, "no-store")],
+            Html(html),
+        )
+            .into_response(),
+        Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, err),
+    }
 }
 
 /// Query of `/_epi/reload`.

@@ -187,6 +187,10 @@ impl RVec<u8> {
 }
 
 /// Calls, errors and panics of one provider function, counted by whoever calls it.
+///
+/// `latency` follows the three counters and exists only when the entry's `count_calls` has
+/// [`COUNT_LATENCY`] set: a host built before it allocated the three counters alone, so a
+/// caller touches `latency` only when the host says it is there.
 #[repr(C)]
 #[derive(Debug, Default)]
 pub struct CallCounters {
@@ -196,6 +200,67 @@ pub struct CallCounters {
     pub errors: std::sync::atomic::AtomicU64,
     /// Calls that panicked.
     pub panics: std::sync::atomic::AtomicU64,
+    /// Durations of a sample of the calls (one in [`LATENCY_SAMPLE_EVERY`]).
+    pub latency: LatencyHistogram,
+}
+
+/// `ProviderEntry::count_calls` bit: count every call in `CallCounters::calls`.
+pub const COUNT_CALLS: u32 = 1;
+/// `ProviderEntry::count_calls` bit: `CallCounters::latency` exists; time sampled calls.
+pub const COUNT_LATENCY: u32 = 2;
+/// One call in this many is timed (the one whose `calls` count before it is a multiple):
+/// reading the clock twice costs several times a native call, so timing every call would
+/// cost more than counting it.
+pub const LATENCY_SAMPLE_EVERY: u64 = 32;
+
+/// Upper bounds of [`LatencyHistogram`]'s buckets in nanoseconds; a last bucket takes the rest.
+pub const LATENCY_BOUNDS_NS: [u64; 25] = [
+    100,
+    250,
+    500,
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+
+/// Call durations in fixed buckets (not cumulative): `buckets[i]` counts durations up to
+/// `LATENCY_BOUNDS_NS[i]` and above the bound before it; the last bucket counts the rest.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    /// Count per bucket.
+    pub buckets: [std::sync::atomic::AtomicU64; LATENCY_BOUNDS_NS.len() + 1],
+    /// Sum of the recorded durations, in nanoseconds.
+    pub sum_ns: std::sync::atomic::AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// Records one duration.
+    pub fn record(&self, nanos: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let bucket = LATENCY_BOUNDS_NS.partition_point(|&bound| bound < nanos);
+        self.buckets[bucket].fetch_add(1, Relaxed);
+        self.sum_ns.fetch_add(nanos, Relaxed);
+    }
 }
 
 /// A type as a dispatch table entry describes it (see [`manifest::TypeDesc`]).
@@ -220,8 +285,9 @@ pub struct ProviderEntry {
     pub instance: *const c_void,
     /// The native entry point; `None` when the provider's plugin is on the stable path.
     pub typed: Option<TypedCallFn>,
-    /// 1 when every call is counted (errors and panics always are). With the two fields above,
-    /// all a native call reads: they share its first cache line.
+    /// [`COUNT_CALLS`] when every call is counted (errors and panics always are), with
+    /// [`COUNT_LATENCY`] when sampled calls are timed too; 0 for neither. With the two
+    /// fields above, all a native call reads: they share its first cache line.
     pub count_calls: u32,
     /// Its counters.
     pub counters: *const CallCounters,

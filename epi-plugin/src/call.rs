@@ -23,8 +23,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::abi::{
-    ProviderEntry, RVec, StrRef, TypeRef, ENCODING_MSGPACK, STATUS_ABSENT, STATUS_BAD_INPUT,
-    STATUS_FAILED, STATUS_OK, STATUS_PANICKED,
+    CallCounters, ProviderEntry, RVec, StrRef, TypeRef, COUNT_LATENCY, ENCODING_MSGPACK,
+    LATENCY_SAMPLE_EVERY, STATUS_ABSENT, STATUS_BAD_INPUT, STATUS_FAILED, STATUS_OK,
+    STATUS_PANICKED,
 };
 use crate::error::{Error, Failure, ProviderError};
 use crate::Decision;
@@ -352,10 +353,40 @@ impl<'s, A: Serialize, O: DeserializeOwned> Typed<'s, A, O> {
         let provider = self.provider;
         if provider.count_calls != 0 {
             // SAFETY: the counters live as long as the entry (`Providers::new`).
-            unsafe { &*provider.counters }
-                .calls
-                .fetch_add(1, Ordering::Relaxed);
+            let counters = unsafe { &*provider.counters };
+            let before = counters.calls.fetch_add(1, Ordering::Relaxed);
+            if provider.count_calls & COUNT_LATENCY != 0 && before % LATENCY_SAMPLE_EVERY == 0 {
+                return self.call_timed(args, output, counters);
+            }
         }
+        self.call_uncounted(args, output)
+    }
+
+    /// A sampled call: timed into the provider's latency histogram (which the entry's
+    /// [`COUNT_LATENCY`] bit says exists).
+    #[cold]
+    #[inline(never)]
+    fn call_timed(
+        self,
+        args: &Args<'_, A>,
+        output: &mut MaybeUninit<O>,
+        counters: &CallCounters,
+    ) -> Result<(), ProviderError> {
+        let start = std::time::Instant::now();
+        let result = self.call_uncounted(args, output);
+        let nanos = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        counters.latency.record(nanos);
+        result
+    }
+
+    /// The call itself, after counting.
+    #[inline(always)]
+    fn call_uncounted(
+        self,
+        args: &Args<'_, A>,
+        output: &mut MaybeUninit<O>,
+    ) -> Result<(), ProviderError> {
+        let provider = self.provider;
         let mut error = RVec::new();
         let status = match provider.typed {
             // SAFETY: `self` proves the provider declares exactly `A -> O` as this build

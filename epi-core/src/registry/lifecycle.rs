@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
+use std::time::Instant;
 
 use serde_json::Value;
 
@@ -162,7 +163,9 @@ impl Registry {
         config: &Value,
     ) -> Result<PluginInfo, LoadError> {
         let path = path.as_ref();
+        let started = Instant::now();
         let result = loader::check(path).and_then(|checked| self.install(checked, config, false));
+        self.record_change(path, started, &result);
         match result {
             Ok(Upgrade::Loaded(info)) => Ok(info),
             Ok(other) => unreachable!("a fresh load cannot give {other:?}"),
@@ -222,8 +225,24 @@ impl Registry {
     }
 
     fn upgrade_checked(&self, path: &Path, recheck: Recheck) -> Result<Upgrade, LoadError> {
+        let started = Instant::now();
+        let result = self.upgrade_unrecorded(path, recheck);
+        self.record_change(path, started, &result);
+        result
+    }
+
+    /// Adds what an attempt on `path` did to the history.
+    fn record_change(&self, path: &Path, started: Instant, result: &Result<Upgrade, LoadError>) {
+        self.shared
+            .history
+            .lock()
+            .record(path, started.elapsed(), result);
+    }
+
+    fn upgrade_unrecorded(&self, path: &Path, recheck: Recheck) -> Result<Upgrade, LoadError> {
         let Ok(identity) = FileIdentity::stat(path) else {
-            return Ok(match self.unload_file(path) {
+            let unloaded = self.unload_where(|plugin| plugin.info.file == path);
+            return Ok(match unloaded {
                 Some(info) => Upgrade::Removed(info),
                 None => {
                     // A file that failed to load and is gone leaves the status.
@@ -484,13 +503,23 @@ impl Registry {
     /// Removes a plugin from dispatch. Calls already running finish on it; its library is
     /// closed when the last of them returns. Returns false when no such plugin is loaded.
     pub fn unload(&self, app: &str) -> bool {
-        self.unload_where(|plugin| plugin.info.app == app).is_some()
+        let started = Instant::now();
+        let unloaded = self.unload_where(|plugin| plugin.info.app == app);
+        if let Some(info) = &unloaded {
+            self.record_change(&info.file, started, &Ok(Upgrade::Removed(info.clone())));
+        }
+        unloaded.is_some()
     }
 
     /// Unloads the plugin loaded from `path`, if any.
     pub fn unload_file(&self, path: impl AsRef<Path>) -> Option<PluginInfo> {
         let path = path.as_ref();
-        self.unload_where(|plugin| plugin.info.file == path)
+        let started = Instant::now();
+        let unloaded = self.unload_where(|plugin| plugin.info.file == path);
+        if let Some(info) = &unloaded {
+            self.record_change(path, started, &Ok(Upgrade::Removed(info.clone())));
+        }
+        unloaded
     }
 
     fn unload_where(&self, matches: impl Fn(&LoadedPlugin) -> bool) -> Option<PluginInfo> {

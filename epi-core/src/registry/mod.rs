@@ -7,10 +7,12 @@
 //!
 //! `lifecycle` holds load, upgrade, unload and retirement; `watch` the plugin directory watcher.
 
+mod history;
 mod lifecycle;
 mod processes;
 mod watch;
 
+pub use history::{Change, ChangeKind, FileTotals, History};
 pub use lifecycle::{FileStatus, RegistryStatus, Upgrade};
 
 use std::collections::BTreeMap;
@@ -77,12 +79,36 @@ pub struct ProviderCounters {
     pub service: String,
     /// The function.
     pub function: String,
+    /// Whether the provider was added at run time (`epi::host::add_provider`) rather than
+    /// declared by its plugin.
+    pub added: bool,
     /// Calls (counted only with `RegistryConfig::count_calls`).
     pub calls: u64,
     /// Calls that returned an error.
     pub errors: u64,
     /// Calls that panicked.
     pub panics: u64,
+    /// Durations of sampled calls (one in [`crate::abi::LATENCY_SAMPLE_EVERY`], counted only
+    /// with `RegistryConfig::count_calls`).
+    pub latency: LatencyCounts,
+}
+
+/// A provider function's sampled call durations: counts per bucket of
+/// [`crate::abi::LATENCY_BOUNDS_NS`] (not cumulative; one more bucket for the rest) and their
+/// sum.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LatencyCounts {
+    /// Count per bucket, `LATENCY_BOUNDS_NS.len() + 1` of them.
+    pub buckets: Vec<u64>,
+    /// Sum of the sampled durations, in nanoseconds.
+    pub sum_ns: u64,
+}
+
+impl LatencyCounts {
+    /// How many calls were timed.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
 }
 
 /// What happens to a plugin version once an upgrade replaced it or it was unloaded.
@@ -143,6 +169,8 @@ pub(crate) struct Shared {
     pending: Mutex<std::collections::BTreeSet<String>>,
     /// Order, priorities and counting, as the snapshot builder needs them.
     rules: snapshot::Rules,
+    /// Loads, upgrades, unloads and refusals, for operators.
+    history: Mutex<history::Recorder>,
 }
 
 impl Drop for Shared {
@@ -264,6 +292,7 @@ impl Registry {
                 sequence: AtomicU64::new(0),
                 changing: Default::default(),
                 pending: Default::default(),
+                history: Default::default(),
             }),
         })
     }
@@ -359,10 +388,24 @@ impl Registry {
             .decide_json(service, function, args, opts)
     }
 
+    /// The latest loads, upgrades, unloads and refused files (oldest first), with totals per
+    /// file and the durations of every change since the registry started.
+    pub fn history(&self) -> History {
+        self.shared.history.lock().report()
+    }
+
     /// Per provider function counters, sorted by service, function, then call order.
     pub fn counters(&self) -> Vec<ProviderCounters> {
         use std::sync::atomic::Ordering::Relaxed;
         let snapshot = self.shared.dispatcher.current.load();
+        // Added providers' functions, known by their counters.
+        let added: std::collections::HashSet<*const crate::abi::CallCounters> = snapshot
+            .added
+            .iter()
+            .flatten()
+            .flat_map(|provider| &provider.functions)
+            .map(|function| Arc::as_ptr(&function.counters))
+            .collect();
         let mut rows: Vec<ProviderCounters> = snapshot
             .functions
             .iter()
@@ -377,9 +420,19 @@ impl Registry {
                 provider: snapshot::text(&call.provider).to_owned(),
                 service: snapshot::text(&call.service).to_owned(),
                 function: snapshot::text(&call.function).to_owned(),
+                added: added.contains(&call.counters),
                 calls: counters.calls.load(Relaxed),
                 errors: counters.errors.load(Relaxed),
                 panics: counters.panics.load(Relaxed),
+                latency: LatencyCounts {
+                    buckets: counters
+                        .latency
+                        .buckets
+                        .iter()
+                        .map(|bucket| bucket.load(Relaxed))
+                        .collect(),
+                    sum_ns: counters.latency.sum_ns.load(Relaxed),
+                },
             })
             .collect();
         rows.sort_by(|a, b| (&a.service, &a.function).cmp(&(&b.service, &b.function)));
