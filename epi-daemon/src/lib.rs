@@ -11,3 +11,5 @@ pub mod metrics;
 pub mod registry;
 pub mod scaffold;
 pub mod serve;
+#[cfg(feature = "otlp")]
+pub mod telemetry;

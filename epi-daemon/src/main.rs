@@ -23,7 +23,8 @@ fn main() -> ExitCode {
         // say). Set before any thread starts, so no thread reads the environment meanwhile.
         std::env::set_var("EPI_DATA_DIR", dir);
     }
-    init_logging(&config, matches!(cli.command, Command::Serve));
+    // Flushes the exported spans when `main` returns (feature `otlp`).
+    let _telemetry = init_logging(&config, matches!(cli.command, Command::Serve));
     match cli.command {
         Command::Serve => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -43,20 +44,56 @@ fn main() -> ExitCode {
 }
 
 /// Human logs by default, JSON by option; `RUST_LOG` overrides the level. Commands other than
-/// `serve` log warnings only, to keep their output clean.
-fn init_logging(config: &config::Config, serving: bool) {
-    use tracing_subscriber::EnvFilter;
+/// `serve` log warnings only, to keep their output clean. With the `otlp` feature and
+/// OpenTelemetry's endpoint variable set, spans are exported over OTLP too.
+fn init_logging(config: &config::Config, serving: bool) -> Option<Telemetry> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
     let level = if serving {
         config.log.level.as_str()
     } else {
         "warn"
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match config.log.format {
-        config::LogFormat::Json => builder.json().init(),
-        config::LogFormat::Human => builder.init(),
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match config.log.format {
+        config::LogFormat::Json => fmt.json().boxed(),
+        config::LogFormat::Human => fmt.boxed(),
+    };
+    let (otlp, telemetry) = otlp_layer();
+    tracing_subscriber::registry()
+        .with(otlp)
+        .with(fmt.with_filter(filter))
+        .init();
+    telemetry
+}
+
+#[cfg(feature = "otlp")]
+type Telemetry = epi_daemon::telemetry::Telemetry;
+#[cfg(not(feature = "otlp"))]
+type Telemetry = ();
+
+/// The OTLP layer when the feature is on and an endpoint is configured.
+#[cfg(feature = "otlp")]
+fn otlp_layer() -> (
+    Option<epi_daemon::telemetry::BoxedLayer<tracing_subscriber::Registry>>,
+    Option<Telemetry>,
+) {
+    match epi_daemon::telemetry::from_env() {
+        Ok(Some((layer, telemetry))) => (Some(layer), Some(telemetry)),
+        Ok(None) => (None, None),
+        Err(err) => {
+            eprintln!("epi: {err}; spans are not exported");
+            (None, None)
+        }
     }
+}
+
+#[cfg(not(feature = "otlp"))]
+fn otlp_layer() -> (
+    Option<tracing_subscriber::layer::Identity>,
+    Option<Telemetry>,
+) {
+    (None, None)
 }

@@ -5,8 +5,10 @@
 //! compiler than the host's; `python3-minimal`: the example provider process written in
 //! Python; `qemu-utils`: `qemu-img` and `qemu-io` for the agent's storage backend;
 //! `libsqlite3-dev`: the shared SQLite the agent and flare link to; `postgresql`: the server
-//! binaries flare's PostgreSQL tests and benchmarks start as throwaway servers), then runs
-//! `cargo test --workspace [ARGS]`.
+//! binaries flare's PostgreSQL tests and benchmarks start as throwaway servers; `chromium` and
+//! `chromium-driver`: the headless browser and its WebDriver server the console's browser test
+//! drives), then runs `cargo test --workspace [ARGS]`; without ARGS, also the tests that need a
+//! feature (`epi-daemon`'s `otlp`).
 
 use std::path::Path;
 use std::process::{exit, Command};
@@ -20,6 +22,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("qemu-utils", "/usr/bin/qemu-img"),
     ("libsqlite3-dev", "/usr/include/sqlite3.h"),
     ("postgresql", "/usr/lib/postgresql/*/bin/initdb"),
+    ("chromium", "/usr/bin/chromium"),
+    ("chromium-driver", "/usr/bin/chromedriver"),
 ];
 
 fn main() {
@@ -28,11 +32,31 @@ fn main() {
         Some("test") => {
             install_missing();
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["test", "--workspace"])
-                .args(args)
-                .status()
-                .unwrap_or_else(|err| fail(&format!("cannot run cargo test: {err}")));
+            let args: Vec<String> = args.collect();
+            let run = |arguments: &[&str], extra: &[String]| {
+                Command::new(&cargo)
+                    .args(arguments)
+                    .args(extra)
+                    .status()
+                    .unwrap_or_else(|err| fail(&format!("cannot run cargo test: {err}")))
+            };
+            let status = run(&["test", "--workspace"], &args);
+            if !status.success() || !args.is_empty() {
+                exit(status.code().unwrap_or(1));
+            }
+            // What a feature adds: the daemon's OTLP span export (feature `otlp`).
+            let status = run(
+                &[
+                    "test",
+                    "-p",
+                    "epi-daemon",
+                    "--features",
+                    "otlp",
+                    "--test",
+                    "otlp",
+                ],
+                &[],
+            );
             exit(status.code().unwrap_or(1));
         }
         _ => fail("usage: cargo xtask test [cargo test arguments]"),
