@@ -31,6 +31,15 @@ pub enum LoadError {
         /// What the ELF check found.
         reason: String,
     },
+    /// Loading the file in a probe process crashed, exited or hung it (see
+    /// [`crate::LoadProbe`]); the file was not opened in this process.
+    #[error("{path}: refused: {reason}; it was not loaded in this process")]
+    ProbeFailed {
+        /// The plugin file.
+        path: PathBuf,
+        /// What happened to the probe process.
+        reason: String,
+    },
     /// The dynamic loader refused the library.
     #[error("{path}: the dynamic loader refused it: {reason}")]
     Dlopen {

@@ -82,6 +82,7 @@ pub use dynamic::{Applied, Reply};
 pub use engine::{EngineReport, WorkerReport, WorkerState};
 pub use epi_plugin::Provider;
 pub use error::{Error, Failure, LoadError, ProviderError};
+pub use loader::probe::{LoadProbe, DEFAULT_PROBE_TIMEOUT};
 pub use loader::{CallPath, PluginInfo};
 pub use registry::{
     is_plugin_file, Change, ChangeKind, FileStatus, FileTotals, History, LatencyCounts,

@@ -7,6 +7,8 @@
 
 mod elf;
 pub(crate) mod host;
+mod image;
+pub(crate) mod probe;
 mod trust;
 
 use std::ffi::c_void;
@@ -566,6 +568,7 @@ pub(crate) struct HostContext {
 }
 
 /// Loads a checked file from a private copy and initialises it.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn load(
     checked: CheckedFile,
     copies: &CopyDir,
@@ -574,9 +577,12 @@ pub(crate) fn load(
     close_native: bool,
     host: HostContext,
     dynamic: Arc<DynamicProviders>,
+    probe: Option<&probe::ProbeSettings>,
 ) -> Result<LoadedPlugin, LoadError> {
     let path = &checked.path;
     let content_hash = checked.hash;
+    tracing::debug!(file = %path.display(), "loading a plugin file");
+    let file_entry = read_file_entry(path, &checked.bytes)?;
     // Load what was checked: the private copy holds exactly these bytes.
     let copy = copies.copy_path(path, sequence);
     write_private_copy(&copy, &checked.bytes).map_err(|source| LoadError::Io {
@@ -584,6 +590,13 @@ pub(crate) fn load(
         source,
     })?;
     drop(checked.bytes);
+    if let Some(settings) = probe {
+        tracing::debug!(file = %path.display(), "probing the plugin file in a child process");
+        if let Err(err) = probe::probe(path, &copy, config, settings) {
+            let _ = std::fs::remove_file(&copy);
+            return Err(err);
+        }
+    }
     // SAFETY: the bytes are a complete ELF shared object (checked above); running its
     // initialisers is the point of loading a plugin the operator installed.
     let opened = unsafe { Library::open(Some(&copy), RTLD_NOW | RTLD_LOCAL) };
@@ -594,7 +607,7 @@ pub(crate) fn load(
         reason: dl_reason(&err),
     })?;
 
-    let entry = read_entry(path, &library)?;
+    let (entry, library) = read_entry(path, library, &file_entry)?;
     dynamic.native.store(
         entry.call_path == CallPath::Native,
         std::sync::atomic::Ordering::Release,
@@ -803,79 +816,119 @@ fn compatibility(version: &str) -> &str {
     }
 }
 
-/// Reads the entry as plain data, checks it, and copies out what loading needs. Runs no
-/// plugin code.
-fn read_entry(path: &Path, library: &Library) -> Result<EntryInfo, LoadError> {
-    let symbol_name = format!("{ENTRY_SYMBOL}\0");
-    // SAFETY: the symbol's address is the address of the exported static; we only read it as a
-    // pointer here and check the fields below before trusting anything else.
-    let address: *const c_void = unsafe {
-        match library.get::<*const c_void>(symbol_name.as_bytes()) {
-            Ok(symbol) => symbol.into_raw(),
-            Err(_) => {
-                return Err(LoadError::NoEntry {
-                    path: path.to_owned(),
-                    symbol: ENTRY_SYMBOL,
-                })
-            }
-        }
+/// Reads the entry descriptor from the file's bytes and checks it: runs nothing, opens
+/// nothing, dereferences no pointer of the plugin's.
+fn read_file_entry(path: &Path, bytes: &[u8]) -> Result<image::FileEntry, LoadError> {
+    let not_a_library = |reason: String| LoadError::NotALibrary {
+        path: path.to_owned(),
+        reason,
     };
-    // SAFETY: every ABI version starts with the magic; the symbol has at least those bytes.
-    let magic = unsafe { (address as *const [u8; 8]).read_unaligned() };
-    if magic != MAGIC {
+    let image = image::Image::parse(bytes).map_err(not_a_library)?;
+    let vaddr = image
+        .symbol(ENTRY_SYMBOL)
+        .ok_or_else(|| LoadError::NoEntry {
+            path: path.to_owned(),
+            symbol: ENTRY_SYMBOL,
+        })?;
+    // Every ABI version starts with the magic and the major version.
+    let head = image.entry(vaddr, false).map_err(not_a_library)?;
+    if head.magic != MAGIC {
         return Err(LoadError::BadMagic {
             path: path.to_owned(),
             symbol: ENTRY_SYMBOL,
-            found: magic,
+            found: head.magic,
         });
     }
-    // SAFETY: every ABI version has its major version right after the magic.
-    let abi_major = unsafe { (address as *const u8).add(8).cast::<u32>().read_unaligned() };
-    if abi_major != ABI_MAJOR {
+    if head.abi_major != ABI_MAJOR {
         return Err(LoadError::AbiMismatch {
             path: path.to_owned(),
             expected: ABI_MAJOR,
-            found: abi_major,
+            found: head.abi_major,
         });
     }
-    // SAFETY: same ABI major version, so the entry has this layout. The reference does not
-    // outlive this function; the library stays mapped while `library` lives.
-    let entry: &PluginEntry = unsafe { &*(address as *const PluginEntry) };
+    let entry = image.entry(vaddr, true).map_err(not_a_library)?;
     if entry.panic_unwind != 1 {
         return Err(LoadError::PanicAbort {
             path: path.to_owned(),
         });
     }
-    // SAFETY: a static string of the plugin (ABI checked); invalid UTF-8 is replaced.
-    let target = unsafe { entry.target.to_string_lossy() };
-    // SAFETY: as above.
-    let version = unsafe { entry.epi_version.to_string_lossy() };
-    // SAFETY: as above.
-    let build = unsafe { entry.build_info.to_string_lossy() };
-    if target != TARGET {
+    if entry.target != TARGET {
         return Err(LoadError::TargetMismatch {
             path: path.to_owned(),
             expected: TARGET.to_owned(),
-            found: target,
+            found: entry.target,
         });
     }
-    if compatibility(&version) != compatibility(EPI_VERSION) {
+    if compatibility(&entry.epi_version) != compatibility(EPI_VERSION) {
         return Err(LoadError::VersionMismatch {
             path: path.to_owned(),
             expected: format!("{}.x", compatibility(EPI_VERSION)),
-            found: version,
+            found: entry.epi_version,
         });
     }
-    let call_path = if build == BUILD_INFO {
+    Ok(entry)
+}
+
+/// Finds the checked entry in the mapped library (its load address plus the entry's
+/// address in the file, no symbol lookup) and copies out what loading needs. Runs no
+/// plugin code.
+fn read_entry(
+    path: &Path,
+    library: Library,
+    file: &image::FileEntry,
+) -> Result<(EntryInfo, Library), LoadError> {
+    let handle = library.into_raw();
+    let mut map: *const usize = std::ptr::null();
+    // SAFETY: `handle` is a live handle from `dlopen`; RTLD_DI_LINKMAP writes a pointer to its
+    // `link_map`, whose first field is the load address.
+    let found = unsafe {
+        libc::dlinfo(
+            handle,
+            libc::RTLD_DI_LINKMAP,
+            &mut map as *mut _ as *mut c_void,
+        )
+    };
+    // SAFETY: `handle` came from `into_raw` just above.
+    let library = unsafe { Library::from_raw(handle) };
+    if found != 0 || map.is_null() {
+        return Err(LoadError::Dlopen {
+            path: path.to_owned(),
+            reason: "the dynamic loader does not say where it mapped the library".into(),
+        });
+    }
+    // SAFETY: `map` points at the library's `link_map`, alive while the library is open.
+    let base = unsafe { *map };
+    let address = base.wrapping_add(file.vaddr as usize) as *const PluginEntry;
+    // SAFETY: the image check placed the whole entry inside a loaded segment, which is mapped
+    // at `base`; `init` is an address-sized field of it.
+    let init = unsafe {
+        std::ptr::addr_of!((*address).init)
+            .cast::<usize>()
+            .read_unaligned()
+    };
+    if init != base.wrapping_add(file.init as usize) {
+        return Err(LoadError::NotALibrary {
+            path: path.to_owned(),
+            reason: "the mapped entry descriptor differs from the file's".into(),
+        });
+    }
+    // SAFETY: `init` points at code inside the library (checked against the file's segments
+    // and relocation) with the `InitFn` signature of this ABI major version.
+    let init: crate::abi::InitFn =
+        unsafe { std::mem::transmute::<usize, crate::abi::InitFn>(init) };
+    let call_path = if file.build_info == BUILD_INFO {
         CallPath::Native
     } else {
         CallPath::Stable
     };
-    Ok(EntryInfo {
-        init: entry.init,
-        call_path,
-        build,
-    })
+    Ok((
+        EntryInfo {
+            init,
+            call_path,
+            build: file.build_info.clone(),
+        },
+        library,
+    ))
 }
 
 /// Calls the plugin's `init` (the first plugin code that runs).

@@ -299,6 +299,19 @@ impl Registry {
         false
     }
 
+    /// How this registry probes files before opening them (`None`: it does not).
+    fn probe_settings(&self) -> Option<loader::probe::ProbeSettings> {
+        let config = &self.shared.config;
+        (config.load_probe == loader::probe::LoadProbe::Child).then(|| {
+            loader::probe::ProbeSettings {
+                runtime_dir: config.runtime_dir.clone(),
+                timeout: config
+                    .load_probe_timeout
+                    .unwrap_or(loader::probe::DEFAULT_PROBE_TIMEOUT),
+            }
+        })
+    }
+
     /// Loads a checked file and publishes it, replacing the plugin loaded from the same file
     /// when `replace` is set.
     fn install(
@@ -338,6 +351,7 @@ impl Registry {
             close_native,
             host,
             dynamic,
+            self.probe_settings().as_ref(),
         )?;
 
         let _changing = self.changing();

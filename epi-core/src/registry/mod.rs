@@ -29,6 +29,7 @@ use crate::dynamic::Applied;
 use crate::engine::{Engine, EngineConfig, EngineReport, RealClock};
 use crate::error::Error;
 use crate::ids::Interner;
+use crate::loader::probe::LoadProbe;
 use crate::loader::{CopyDir, LoadedPlugin, PluginInfo};
 use crate::snapshot::{self, Snapshot};
 use epi_plugin::{Notification, ProviderVersion};
@@ -63,6 +64,12 @@ pub struct RegistryConfig {
     /// Load plugins without running their processes: for read-only tools (`epi list`,
     /// `epi inspect`) that must not start a plugin's workers.
     pub skip_processes: bool,
+    /// Whether a file is loaded in a short-lived child process before the host opens it
+    /// (default: yes, see [`LoadProbe`]).
+    pub load_probe: LoadProbe,
+    /// How long a probe load may take before the file is refused (default
+    /// [`crate::DEFAULT_PROBE_TIMEOUT`], 20 s).
+    pub load_probe_timeout: Option<std::time::Duration>,
 }
 
 /// The default of [`RegistryConfig::max_call_depth`].

@@ -1,0 +1,227 @@
+//! Probe loads: a plugin file is loaded first in a short-lived child process, and only a file
+//! the child loaded cleanly is opened in the host.
+//!
+//! `dlopen` runs a library's constructors and trusts its program headers, dynamic section and
+//! symbol tables; a damaged file (or a C library whose constructor aborts) kills the process
+//! that opens it, on every restart. The child runs the whole load as the host would (ELF
+//! check, `dlopen`, the entry checks, the plugin's `init` and its manifest) with processes
+//! off, unloads it (its objects' destructors and the library's finalisers run), reports the
+//! outcome on stdout and leaves with `_exit`, so no destructor of the host
+//! program or the plugin runs there. If it dies of a signal, exits on its own or hangs, the
+//! host refuses the file with a [`LoadError::ProbeFailed`] naming what happened; nothing of
+//! the file ran in the host.
+//!
+//! The child is this very executable (`/proc/self/exe`) started with [`PROBE_ENV`] set: every
+//! program that links epi-core answers a probe before its `main` runs, from a constructor in
+//! `.init_array` ([`RUN_PROBE_IF_ASKED`]). A host therefore needs no helper binary, and its
+//! probe loads plugins with the same epi build it will load them with.
+//!
+//! Invariant: the constructor does nothing but read one environment variable unless that
+//! variable is set.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::error::LoadError;
+
+/// Names the file a child process started by [`probe`] loads.
+pub(crate) const PROBE_ENV: &str = "EPI_LOAD_PROBE_FILE";
+/// Names the runtime directory of the registry the child makes.
+const RUNTIME_ENV: &str = "EPI_LOAD_PROBE_RUNTIME_DIR";
+/// Starts the child's one line of outcome on stdout (a plugin may print too).
+const OUTCOME_MARK: &str = "EPI-LOAD-PROBE-OUTCOME ";
+/// The most of the child's stderr kept for the error message.
+const MAX_STDERR: usize = 4096;
+
+/// How long a probe may take before the file is refused as hanging.
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What a host does before opening a plugin file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LoadProbe {
+    /// Load the file in a short-lived child process first (a few milliseconds per load): a
+    /// file that crashes, exits or hangs there is refused and never opened in the host (the
+    /// default).
+    #[default]
+    Child,
+    /// Open files in the host directly: faster reloads, for hosts that trust every build
+    /// they are given. A damaged file can then crash the host at load.
+    Off,
+}
+
+/// Runs before `main` in every program that links epi-core; see the module docs.
+#[used]
+#[link_section = ".init_array"]
+static RUN_PROBE_IF_ASKED: extern "C" fn() = run_probe_if_asked;
+
+extern "C" fn run_probe_if_asked() {
+    let Some(file) = std::env::var_os(PROBE_ENV) else {
+        return;
+    };
+    let outcome = std::panic::catch_unwind(|| load_here(Path::new(&file)))
+        .unwrap_or_else(|_| Err("the probe itself panicked".into()));
+    let line = serde_json::json!({ "loaded": outcome.is_ok(), "error": outcome.err() });
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{OUTCOME_MARK}{line}");
+    let _ = stdout.flush();
+    // SAFETY: `_exit` ends the process at once; nothing runs after it, so no destructor of the
+    // host program or of the probed library runs in this child.
+    unsafe { libc::_exit(0) }
+}
+
+/// The child's side: loads `file` with the configuration on stdin, processes off.
+fn load_here(file: &Path) -> Result<(), String> {
+    let mut config = String::new();
+    std::io::stdin()
+        .read_to_string(&mut config)
+        .map_err(|err| format!("cannot read the configuration: {err}"))?;
+    let config: serde_json::Value = if config.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&config).map_err(|err| format!("bad configuration: {err}"))?
+    };
+    let registry = crate::Registry::new(crate::RegistryConfig {
+        runtime_dir: std::env::var_os(RUNTIME_ENV).map(PathBuf::from),
+        skip_processes: true,
+        load_probe: LoadProbe::Off,
+        // Unloading closes the library, so its finalisers run here too.
+        retire: crate::RetirePolicy::Unload,
+        ..Default::default()
+    })
+    .map_err(|err| format!("cannot make a registry: {err}"))?;
+    let loaded = registry
+        .load_with_config(file, &config)
+        .map_err(|err| err.to_string());
+    if loaded.is_ok() {
+        registry.unload_file(file);
+    }
+    drop(registry);
+    loaded.map(drop)
+}
+
+/// How a registry probes: where its child makes its copies, how long it may take.
+pub(crate) struct ProbeSettings {
+    pub(crate) runtime_dir: Option<PathBuf>,
+    pub(crate) timeout: Duration,
+}
+
+/// Loads `copy` (the private copy of `original`) in a child process; `Ok` when the child
+/// finished the load, whatever its outcome (the host's own load then reports an ordinary
+/// refusal the same way), an error when the child died, exited or hung.
+pub(crate) fn probe(
+    original: &Path,
+    copy: &Path,
+    config: &str,
+    settings: &ProbeSettings,
+) -> Result<(), LoadError> {
+    let (runtime_dir, timeout) = (settings.runtime_dir.as_deref(), settings.timeout);
+    let failed = |reason: String| LoadError::ProbeFailed {
+        path: original.to_owned(),
+        reason,
+    };
+    let mut command = Command::new("/proc/self/exe");
+    command
+        .env(PROBE_ENV, copy)
+        .env_remove(RUNTIME_ENV)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(dir) = runtime_dir {
+        command.env(RUNTIME_ENV, dir);
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|err| failed(format!("cannot start the probe process: {err}")))?;
+    let stdout = child.stdout.take().map(|out| reader(out, usize::MAX));
+    let stderr = child.stderr.take().map(|err| reader(err, MAX_STDERR));
+    if let Some(mut stdin) = child.stdin.take() {
+        // A child that died early closes its end: the status below says why.
+        let _ = stdin.write_all(config.as_bytes());
+    }
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() < timeout => std::thread::sleep(Duration::from_millis(1)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(failed(format!(
+                    "loading it did not finish within {} s (a constructor that hangs?)",
+                    timeout.as_secs_f64()
+                )));
+            }
+            Err(err) => return Err(failed(format!("cannot wait for the probe process: {err}"))),
+        }
+    };
+    let stdout = stdout.and_then(|r| r.join().ok()).unwrap_or_default();
+    let stderr = stderr.and_then(|r| r.join().ok()).unwrap_or_default();
+    let reported = String::from_utf8_lossy(&stdout)
+        .lines()
+        .any(|line| line.starts_with(OUTCOME_MARK));
+    if reported && status.success() {
+        return Ok(());
+    }
+    use std::os::unix::process::ExitStatusExt;
+    let what = match (status.signal(), status.code()) {
+        (Some(signal), _) => format!(
+            "loading it killed the probe process with {}",
+            signal_name(signal)
+        ),
+        (None, Some(code)) => format!(
+            "loading it ended the probe process with exit status {code} (the library exits?)"
+        ),
+        (None, None) => format!("the probe process ended with {status}"),
+    };
+    let stderr = String::from_utf8_lossy(&stderr);
+    let last = stderr.trim().lines().last().unwrap_or("").trim().to_owned();
+    Err(failed(if last.is_empty() {
+        what
+    } else {
+        format!("{what}; its last words: {last}")
+    }))
+}
+
+/// Reads a pipe to its end on a thread of its own, keeping at most `limit` bytes.
+fn reader(mut pipe: impl Read + Send + 'static, limit: usize) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        let mut chunk = [0u8; 8192];
+        loop {
+            match pipe.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let room = limit.saturating_sub(kept.len());
+                    // Keep the end of stderr (the last words), the start of stdout.
+                    if room >= n {
+                        kept.extend_from_slice(&chunk[..n]);
+                    } else if limit != usize::MAX {
+                        kept.extend_from_slice(&chunk[..n]);
+                        let excess = kept.len() - limit;
+                        kept.drain(..excess);
+                    }
+                }
+            }
+        }
+        kept
+    })
+}
+
+/// The usual name of a fatal signal.
+pub(crate) fn signal_name(signal: i32) -> String {
+    let name = match signal {
+        libc::SIGSEGV => "SIGSEGV (invalid memory access)",
+        libc::SIGBUS => "SIGBUS (bad memory access)",
+        libc::SIGILL => "SIGILL (illegal instruction)",
+        libc::SIGFPE => "SIGFPE (arithmetic fault)",
+        libc::SIGABRT => "SIGABRT (abort)",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGSYS => "SIGSYS (bad system call)",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGTERM => "SIGTERM",
+        _ => return format!("signal {signal}"),
+    };
+    name.to_owned()
+}

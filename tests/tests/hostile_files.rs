@@ -1,0 +1,294 @@
+//! Files whose content would crash a process that opens them: C libraries whose constructors
+//! abort, exit or hang, and 2,000 damaged builds of a real plugin. Each is refused with an
+//! error naming it, and the host that tried keeps serving (the probe process took the hit).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use epi::{LoadError, RegistryConfig, Upgrade};
+use object::read::elf::{ElfFile64, FileHeader, ProgramHeader, SectionHeader};
+use object::{elf, Endianness};
+
+/// Builds a C shared library whose constructor runs `body`; with `entry`, it also exports
+/// an epi entry descriptor that passes every check (magic, ABI, target, epi version), so
+/// only loading it can tell.
+fn c_library(dir: &Path, name: &str, body: &str, entry: bool) -> PathBuf {
+    let c_string = |text: &str| format!("{text:?}");
+    let descriptor = if entry {
+        format!(
+            "struct text {{ const char *ptr; unsigned long len; }};\n\
+             struct entry {{ char magic[8]; unsigned abi_major, abi_minor, panic_unwind, reserved;\n\
+               struct text target, version, build; void (*init)(void); }};\n\
+             static void init(void) {{}}\n\
+             const struct entry EPI_PLUGIN_ENTRY = {{ \"EPIPLUG\", {abi}, 0, 1, 0,\n\
+               {{ {target}, {target_len} }}, {{ {version}, {version_len} }}, {{ {build}, {build_len} }}, init }};\n",
+            abi = epi::abi::ABI_MAJOR,
+            target = c_string(epi::abi::TARGET),
+            target_len = epi::abi::TARGET.len(),
+            version = c_string(epi::abi::EPI_VERSION),
+            version_len = epi::abi::EPI_VERSION.len(),
+            build = c_string(epi::abi::BUILD_INFO),
+            build_len = epi::abi::BUILD_INFO.len(),
+        )
+    } else {
+        String::new()
+    };
+    let source = dir.join(format!("{name}.c"));
+    std::fs::write(
+        &source,
+        format!(
+            "#include <stdio.h>\n#include <stdlib.h>\n#include <unistd.h>\n{descriptor}\
+             __attribute__((constructor)) static void on_load(void) {{ {body} }}\n"
+        ),
+    )
+    .unwrap();
+    let library = dir.join(format!("{name}.so"));
+    let status = Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&library)
+        .arg(&source)
+        .status()
+        .expect("this test compiles C libraries: install a C compiler (apt-get install gcc)");
+    assert!(status.success(), "cc failed on {}", source.display());
+    library
+}
+
+fn refusal(result: Result<epi::PluginInfo, LoadError>) -> String {
+    match result {
+        Ok(info) => panic!("{} loaded", info.app),
+        Err(err @ LoadError::ProbeFailed { .. }) => err.to_string(),
+        Err(other) => panic!("refused without a probe failure: {other}"),
+    }
+}
+
+#[test]
+fn c_libraries_whose_constructors_abort_exit_or_hang_are_refused_and_the_host_serves_on() {
+    let dir = plugin_dir();
+    let registry = registry_with(RegistryConfig {
+        load_probe_timeout: Some(Duration::from_secs(2)),
+        ..Default::default()
+    });
+    registry.load(plugin_library("epi-plugin-hello")).unwrap();
+
+    // A library that is no plugin is refused from its bytes: its constructor never runs.
+    let mark = dir.path().join("constructor-ran");
+    let plain = c_library(
+        dir.path(),
+        "plain",
+        &format!("fclose(fopen({:?}, \"w\"));", mark.display().to_string()),
+        false,
+    );
+    match registry.load(&plain) {
+        Err(LoadError::NoEntry { path, .. }) => assert_eq!(path, plain),
+        other => panic!("{other:?}"),
+    }
+    assert!(!mark.exists(), "the refused library's constructor ran");
+
+    let aborts = c_library(dir.path(), "aborts", "abort();", true);
+    let err = refusal(registry.load(&aborts));
+    assert!(
+        err.contains("aborts.so") && err.contains("SIGABRT"),
+        "{err}"
+    );
+
+    let crashes = c_library(dir.path(), "crashes", "*(volatile int *)0 = 1;", true);
+    let err = refusal(registry.load(&crashes));
+    assert!(
+        err.contains("crashes.so") && err.contains("SIGSEGV"),
+        "{err}"
+    );
+
+    let exits = c_library(dir.path(), "exits", "_exit(3);", true);
+    let err = refusal(registry.load(&exits));
+    assert!(
+        err.contains("exits.so") && err.contains("exit status 3"),
+        "{err}"
+    );
+
+    let hangs = c_library(dir.path(), "hangs", "for (;;) pause();", true);
+    let err = refusal(registry.load(&hangs));
+    assert!(
+        err.contains("hangs.so") && err.contains("did not finish"),
+        "{err}"
+    );
+
+    assert_eq!(
+        registry
+            .function::<String, String>("greeting", "greet")
+            .apply(&"Ada".into())
+            .unwrap(),
+        vec!["Hello, Ada!"]
+    );
+    assert_still_serving(&registry, dir.path());
+}
+
+/// A seeded generator (xorshift64*): the same seed gives the same 2,000 files.
+struct Seeded(u64);
+
+impl Seeded {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// The byte ranges of `bytes` whose damage a loader meets: the ELF and program headers, the
+/// dynamic section, the dynamic symbol and string tables, the symbol hash table, the dynamic
+/// relocations and the read-only data after relocation (the entry descriptor).
+///
+/// Code is left out: damaged code that corrupts memory only sometimes (it depends on where
+/// things were mapped) can pass the probe and still crash the host when it runs there. Only
+/// running the plugin in a process of its own protects a host from that.
+fn regions(bytes: &[u8]) -> Vec<(String, std::ops::Range<usize>)> {
+    let file = ElfFile64::<Endianness>::parse(bytes).expect("a 64-bit ELF build");
+    let endian = file.endian();
+    let header = file.elf_header();
+    let mut regions = vec![("ELF header".to_owned(), 0..64)];
+    let phoff = header.e_phoff(endian) as usize;
+    let phsize = header.e_phnum(endian) as usize * header.e_phentsize(endian) as usize;
+    regions.push(("program headers".to_owned(), phoff..phoff + phsize));
+    for segment in header.program_headers(endian, bytes).unwrap() {
+        if segment.p_type(endian) == elf::PT_DYNAMIC {
+            let start = segment.p_offset(endian) as usize;
+            regions.push((
+                "dynamic section".to_owned(),
+                start..start + segment.p_filesz(endian) as usize,
+            ));
+        }
+    }
+    let sections = header.sections(endian, bytes).unwrap();
+    for section in sections.iter() {
+        let name = sections
+            .section_name(endian, section)
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .unwrap_or_default();
+        if [
+            ".dynsym",
+            ".dynstr",
+            ".gnu.hash",
+            ".rela.dyn",
+            ".data.rel.ro",
+        ]
+        .contains(&name.as_str())
+            && section.sh_type(endian) != elf::SHT_NOBITS
+        {
+            let start = section.sh_offset(endian) as usize;
+            let size = section.sh_size(endian) as usize;
+            regions.push((name, start..start + size));
+        }
+    }
+    regions
+}
+
+/// A copy of `good` with 1 to 8 bytes of one region overwritten (same size).
+fn mutate(
+    good: &[u8],
+    regions: &[(String, std::ops::Range<usize>)],
+    rng: &mut Seeded,
+) -> (Vec<u8>, String) {
+    let mut bytes = good.to_vec();
+    let (name, range) = &regions[rng.below(regions.len())];
+    let count = 1 + rng.below(8);
+    for _ in 0..count {
+        let at = range.start + rng.below(range.len());
+        bytes[at] = rng.next() as u8;
+    }
+    (bytes, format!("{count} bytes of the {name}"))
+}
+
+#[test]
+fn two_thousand_damaged_builds_go_through_load_and_upgrade_and_the_host_survives() {
+    // A plugin build without its debug sections (which no loader reads), so that damage
+    // lands where it matters and each copy is small.
+    let dir = plugin_dir();
+    let stripped = dir.path().join("hello-stripped.so");
+    let status = Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(plugin_library("epi-plugin-hello"))
+        .arg(&stripped)
+        .status()
+        .expect(
+            "this test strips a build with objcopy: install binutils (apt-get install binutils)",
+        );
+    assert!(status.success());
+    let good = std::fs::read(&stripped).unwrap();
+    std::fs::remove_file(&stripped).unwrap();
+    let regions = regions(&good);
+
+    // Retired versions are closed, so that their finalisers run in the round that loaded
+    // them rather than at exit.
+    let registry = registry_with(RegistryConfig {
+        retire: epi::RetirePolicy::Unload,
+        ..Default::default()
+    });
+    let served = dir.path().join("hello.so");
+    publish_by_rename(&served, &good);
+    registry.load(&served).expect("the stripped build loads");
+    let greet = registry.function::<String, String>("greeting", "greet");
+
+    let mut rng = Seeded(0x0005_eed0_fe91);
+    let (mut refused, mut loaded, mut probe_refusals) = (0, 0, 0);
+    let started = Instant::now();
+    for round in 0..2000 {
+        let (bytes, what) = mutate(&good, &regions, &mut rng);
+        if std::env::var_os("EPI_TEST_TRACE").is_some() {
+            eprintln!("round {round}: {what}");
+        }
+        let result = if round % 2 == 0 {
+            // A new file beside the running plugin.
+            let name = format!("damaged-{round}.so");
+            let path = write_file(dir.path(), &name, &bytes);
+            let result = registry.load(&path).map(|info| {
+                // Loaded although damaged (the damage missed what runs): unload it before
+                // the next round.
+                registry.unload_file(&path);
+                Upgrade::Loaded(info)
+            });
+            std::fs::remove_file(&path).unwrap();
+            result.map_err(|err| (err, name))
+        } else {
+            // An upgrade of the running plugin's file.
+            publish_by_rename(&served, &bytes);
+            let result = registry.upgrade(&served);
+            if matches!(result, Ok(Upgrade::Replaced { .. })) {
+                publish_by_rename(&served, &good);
+                registry.upgrade(&served).expect("back to the good build");
+            }
+            result.map_err(|err| (err, "hello.so".to_owned()))
+        };
+        match result {
+            Ok(_) => loaded += 1,
+            Err((err, name)) => {
+                refused += 1;
+                probe_refusals += matches!(err, LoadError::ProbeFailed { .. }) as usize;
+                let text = err.to_string();
+                assert!(text.contains(&name), "round {round} ({what}): {text}");
+            }
+        }
+    }
+    publish_by_rename(&served, &good);
+    let _ = registry.upgrade(&served);
+    assert_eq!(
+        greet.apply(&"Ada".into()).unwrap(),
+        vec!["Hello, Ada!"],
+        "the host serves after 2,000 damaged files"
+    );
+    eprintln!(
+        "2,000 damaged builds in {:.1} s: {refused} refused ({probe_refusals} by the probe), {loaded} loaded or upgraded",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        probe_refusals > 0,
+        "no damage crashed a probe: the mutations miss"
+    );
+}
