@@ -75,7 +75,8 @@ pub use epi_plugin::{
 pub use epi_engine as engine;
 
 pub use data::{
-    DataEntry, DataHandle, DataStatus, Group, Named, SourceKind, DEFAULT_MAX_DATA_FILE_BYTES,
+    DataEntry, DataHandle, DataStatus, Group, Named, SourceKind, DEFAULT_DATA_READ_TIMEOUT,
+    DEFAULT_MAX_DATA_FILE_BYTES,
 };
 pub use dispatch::{Argument, Function, Opts, Output, ServiceHandle};
 pub use dynamic::{Applied, Reply};

@@ -63,6 +63,11 @@ pub struct PluginsConfig {
     pub watch: bool,
     /// Configuration handed to a plugin, by file name.
     pub config: BTreeMap<String, toml::Value>,
+    /// Load each file in a short-lived child process before the daemon opens it (a file that
+    /// crashes, exits or hangs there is refused). On by default.
+    pub probe: bool,
+    /// How long such a probe may take, in milliseconds (default 20,000).
+    pub probe_timeout_ms: Option<u64>,
 }
 
 impl Default for PluginsConfig {
@@ -75,6 +80,8 @@ impl Default for PluginsConfig {
             retire: Retire::Release,
             watch: true,
             config: BTreeMap::new(),
+            probe: true,
+            probe_timeout_ms: None,
         }
     }
 }
@@ -170,6 +177,9 @@ pub struct DataConfig {
     pub dir: Option<PathBuf>,
     /// The largest data file read, in bytes (default 64 MiB).
     pub max_file_bytes: Option<u64>,
+    /// How long a data source's read may take, in milliseconds, before it gets an error and
+    /// its previous value stays (default 10,000).
+    pub read_timeout_ms: Option<u64>,
 }
 
 /// `[log]`

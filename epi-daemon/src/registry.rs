@@ -1,6 +1,8 @@
 //! Builds the registry the daemon and the in-process CLI use, from the configuration.
 
-use epi::{Registry, RegistryConfig, RetirePolicy};
+use std::time::Duration;
+
+use epi::{LoadProbe, Registry, RegistryConfig, RetirePolicy};
 
 use crate::config::{Config, Retire};
 
@@ -24,6 +26,13 @@ pub fn open_registry(
         file_pattern: Some(config.plugins.pattern.clone()),
         count_calls: true,
         max_data_file_bytes: config.data.max_file_bytes,
+        data_read_timeout: config.data.read_timeout_ms.map(Duration::from_millis),
+        load_probe: if config.plugins.probe {
+            LoadProbe::Child
+        } else {
+            LoadProbe::Off
+        },
+        load_probe_timeout: config.plugins.probe_timeout_ms.map(Duration::from_millis),
         skip_processes: !processes,
         ..RegistryConfig::default()
     })?;

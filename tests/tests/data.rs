@@ -590,3 +590,59 @@ fn a_fifo_a_device_or_an_oversized_data_file_is_refused_without_blocking() {
     registry.reload_data();
     assert_eq!(registry.plugins().len(), 1);
 }
+
+#[test]
+fn a_callback_that_hangs_times_out_off_every_lock_and_keeps_the_previous_data() {
+    let registry = registry_with(epi::RegistryConfig {
+        data_read_timeout: Some(Duration::from_millis(300)),
+        ..Default::default()
+    });
+    registry
+        .load_with_config(
+            testplug(),
+            &json!({"app": "stuck", "data": [{"service": "cfg", "key": "k", "callback": true, "interval_ms": 600000}]}),
+        )
+        .unwrap();
+    let probe = registry.service("probe");
+    probe
+        .apply::<Value, ()>("set_callback", &json!("good"))
+        .unwrap();
+    registry.reload_data();
+    let cfg = registry.data("cfg");
+    assert_eq!(cfg.get_value("stuck", "k"), Some(v(json!("good"))));
+
+    probe
+        .apply::<String, ()>("set_callback_behaviour", &"hang".to_string())
+        .unwrap();
+    probe
+        .apply::<Value, ()>("set_callback", &json!("late"))
+        .unwrap();
+    let started = Instant::now();
+    assert_eq!(registry.reload_data(), 0);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the reload waited for the hanging callback: {:?}",
+        started.elapsed()
+    );
+    let error = registry.data_status()[0].error.clone().unwrap();
+    assert!(error.contains("no answer within 0.3 s"), "{error}");
+    assert_eq!(cfg.get_value("stuck", "k"), Some(v(json!("good"))));
+
+    // While the read hangs, the registry loads, queries and reloads as usual; a second reload
+    // does not pile another read on the hanging one.
+    let started = Instant::now();
+    load_testplug(&registry, "other", json!([{"label": "o", "add": 1}]));
+    assert_eq!(registry.reload_data(), 0);
+    assert!(registry.data_status().len() == 1);
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    // Once the hanging read ends, the source is read again and the new value served.
+    probe
+        .apply::<String, ()>("set_callback_behaviour", &"ok".to_string())
+        .unwrap();
+    wait_for("the hanging read to end", || {
+        registry.reload_data();
+        cfg.get_value("stuck", "k") == Some(v(json!("late")))
+    });
+    assert!(registry.data_status()[0].error.is_none());
+}

@@ -24,8 +24,8 @@ use serde_json::Value;
 
 use crate::ids::{Interner, ServiceId};
 use crate::loader::LoadedPlugin;
-pub use source::DEFAULT_MAX_DATA_FILE_BYTES;
-use state::{DataState, Delivery, KeyRef};
+pub use source::{DEFAULT_DATA_READ_TIMEOUT, DEFAULT_MAX_DATA_FILE_BYTES};
+use state::{DataState, Delivery, KeyRef, ReadJob};
 pub use state::{DataStatus, SourceKind};
 use table::DataTable;
 
@@ -46,6 +46,8 @@ pub(crate) struct DataHub {
     interner: Arc<Mutex<Interner>>,
     watcher: Mutex<Option<(notify::RecommendedWatcher, BTreeSet<PathBuf>)>>,
     commands: Mutex<Sender<Command>>,
+    /// How long a read may take before its source gets an error.
+    read_timeout: Duration,
 }
 
 /// The background thread of a hub; stops it when dropped.
@@ -69,6 +71,7 @@ impl DataHub {
     pub(crate) fn start(
         interner: Arc<Mutex<Interner>>,
         max_file_bytes: u64,
+        read_timeout: Duration,
     ) -> (Arc<DataHub>, DataWorker) {
         let (commands, receiver) = mpsc::channel();
         let events = commands.clone();
@@ -92,6 +95,7 @@ impl DataHub {
             interner,
             watcher: Mutex::new(watcher),
             commands: Mutex::new(commands.clone()),
+            read_timeout,
         });
         let worker_hub = hub.clone();
         let thread = std::thread::Builder::new()
@@ -114,10 +118,10 @@ impl DataHub {
                 .map(|due| due.saturating_duration_since(Instant::now()))
                 .unwrap_or(Duration::from_secs(3600));
             let deliveries = match commands.recv_timeout(wait) {
-                Ok(Command::Files(paths)) => self.change(|state| state.files_changed(&paths)),
+                Ok(Command::Files(paths)) => self.read(|state| state.file_jobs(&paths)),
                 Ok(Command::Wake) => continue,
                 Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => return,
-                Err(RecvTimeoutError::Timeout) => self.change(DataState::poll_due),
+                Err(RecvTimeoutError::Timeout) => self.read(DataState::due_jobs),
             };
             deliver(deliveries);
         }
@@ -138,9 +142,22 @@ impl DataHub {
         state.notifications(&changed, &old, &new, &mut interner)
     }
 
-    /// Follows the loaded plugins (in dispatch order).
+    /// Reads the sources `take` picks off every lock (waiting at most the read timeout), then
+    /// publishes what changed; returns the notifications to deliver.
+    fn read(&self, take: impl FnOnce(&mut DataState) -> Vec<ReadJob>) -> Vec<Delivery> {
+        let jobs = take(&mut self.state.lock());
+        if jobs.is_empty() {
+            return Vec::new();
+        }
+        let outcomes = source::read_all(jobs, self.read_timeout);
+        self.change(|state| state.apply_reads(outcomes))
+    }
+
+    /// Follows the loaded plugins (in dispatch order); the sources of new plugins are read
+    /// before it returns.
     pub(crate) fn sync(&self, plugins: &[Arc<LoadedPlugin>]) -> Vec<Delivery> {
-        let deliveries = self.change(|state| state.sync(plugins));
+        let mut deliveries = self.change(|state| state.sync(plugins));
+        deliveries.extend(self.read(DataState::unread_jobs));
         self.update_watches();
         let _ = self.commands.lock().send(Command::Wake);
         deliveries
@@ -148,7 +165,7 @@ impl DataHub {
 
     /// Re-reads every source now; returns the notifications to deliver.
     pub(crate) fn reload_all(&self) -> Vec<Delivery> {
-        self.change(DataState::reload_all)
+        self.read(DataState::all_jobs)
     }
 
     /// Every source's status.

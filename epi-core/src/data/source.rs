@@ -1,9 +1,13 @@
 //! Reads a data source's current content: a JSON or TOML file, static data, or a callback.
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::state::ReadJob;
 use crate::abi::manifest::DataSource;
 use crate::loader::LoadedPlugin;
 
@@ -116,4 +120,76 @@ pub(crate) fn read(
                 .map_err(|err| format!("callback returned unreadable data: {err}"))
         }
     }
+}
+
+/// The default of [`crate::RegistryConfig::data_read_timeout`]: 10 s.
+pub const DEFAULT_DATA_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs `jobs`, each file or callback read on a thread of its own, and waits at most `timeout`
+/// for them all. A read that has not answered by then gets an error (the previous value
+/// stays); it goes on in the background, and its source is skipped until it ends.
+pub(crate) fn read_all(
+    jobs: Vec<ReadJob>,
+    timeout: Duration,
+) -> Vec<(ReadJob, Result<Read, String>)> {
+    let mut outcomes: Vec<Option<Result<Read, String>>> = Vec::with_capacity(jobs.len());
+    let (sender, receiver) = mpsc::channel();
+    let mut pending = 0;
+    for (slot, job) in jobs.iter().enumerate() {
+        if matches!(
+            job.plugin.data_providers[job.index].source,
+            DataSource::Static(_) | DataSource::Invalid(_)
+        ) {
+            // Data compiled into the plugin: parsing it runs no plugin code and cannot block.
+            outcomes.push(Some(read(&job.plugin, job.index, None, job.limit)));
+            job.busy.store(false, Ordering::Release);
+            continue;
+        }
+        outcomes.push(None);
+        let (plugin, index, path, limit) =
+            (job.plugin.clone(), job.index, job.path.clone(), job.limit);
+        let (busy, sender) = (job.busy.clone(), sender.clone());
+        let spawned = std::thread::Builder::new()
+            .name("epi-data-read".into())
+            .spawn(move || {
+                let outcome = read(&plugin, index, path.as_deref(), limit);
+                busy.store(false, Ordering::Release);
+                let _ = sender.send((slot, outcome));
+            });
+        match spawned {
+            Ok(_) => pending += 1,
+            Err(err) => {
+                job.busy.store(false, Ordering::Release);
+                outcomes[slot] = Some(Err(format!("cannot start a reader thread: {err}")));
+            }
+        }
+    }
+    drop(sender);
+    let deadline = Instant::now() + timeout;
+    while pending > 0 {
+        match receiver.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok((slot, outcome)) => {
+                outcomes[slot] = Some(outcome);
+                pending -= 1;
+            }
+            Err(_) => break,
+        }
+    }
+    jobs.into_iter()
+        .zip(outcomes)
+        .map(|(job, outcome)| {
+            let outcome = outcome.unwrap_or_else(|| {
+                let what = match &job.path {
+                    Some(path) => format!("{}", path.display()),
+                    None => "the callback".to_owned(),
+                };
+                Err(format!(
+                    "{what}: no answer within {:.1} s; the previous value stays, and the source \
+                     is read again once that read ends",
+                    timeout.as_secs_f64()
+                ))
+            });
+            (job, outcome)
+        })
+        .collect()
 }

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -73,6 +74,18 @@ struct Entry {
     current: Option<(Arc<Value>, u64)>,
     error: Option<String>,
     checked_at: Option<SystemTime>,
+    /// Set while a read of this source is under way (it may outlive its timeout).
+    busy: Arc<AtomicBool>,
+}
+
+/// One source to read, taken from the state so that the read runs off its lock.
+pub(crate) struct ReadJob {
+    pub(crate) plugin: Arc<LoadedPlugin>,
+    pub(crate) index: usize,
+    pub(crate) path: Option<PathBuf>,
+    pub(crate) limit: u64,
+    /// Cleared by whoever finishes the read.
+    pub(crate) busy: Arc<AtomicBool>,
 }
 
 impl Entry {
@@ -104,6 +117,7 @@ impl Entry {
             current: None,
             error: None,
             checked_at: None,
+            busy: Arc::default(),
         }
     }
 
@@ -120,11 +134,26 @@ impl Entry {
         }
     }
 
-    /// Reads the source; true when the served content changed. A failure keeps the old value.
-    fn read(&mut self, now: Instant, limit: u64) -> bool {
+    /// Takes a read of the source, unless one is under way.
+    fn job(&mut self, now: Instant, limit: u64) -> Option<ReadJob> {
+        if self.busy.swap(true, Ordering::AcqRel) {
+            return None;
+        }
         self.checked_at = Some(SystemTime::now());
         self.next_due = self.interval.map(|interval| now + interval);
-        match source::read(&self.plugin, self.index, self.path.as_deref(), limit) {
+        Some(ReadJob {
+            plugin: self.plugin.clone(),
+            index: self.index,
+            path: self.path.clone(),
+            limit,
+            busy: self.busy.clone(),
+        })
+    }
+
+    /// Takes a read's outcome; true when the served content changed. A failure keeps the old
+    /// value.
+    fn apply(&mut self, outcome: Result<source::Read, String>) -> bool {
+        match outcome {
             Ok(read) => {
                 self.error = None;
                 if self
@@ -200,9 +229,9 @@ impl DataState {
                         entry
                     }
                     None => {
-                        let mut entry = Entry::new(plugin, index, rank as u32);
+                        // Read by the caller, off the lock (`unread_jobs`).
+                        let entry = Entry::new(plugin, index, rank as u32);
                         changed.insert(entry.key_ref());
-                        entry.read(now, self.max_file_bytes);
                         entry
                     }
                 };
@@ -239,31 +268,57 @@ impl DataState {
         }
     }
 
-    /// Re-reads the entries `select` picks; returns the keys whose content changed.
-    fn refresh(&mut self, select: impl Fn(&Entry) -> bool) -> BTreeSet<KeyRef> {
+    /// Reads of the entries `select` picks (those not being read already).
+    fn jobs(&mut self, select: impl Fn(&Entry) -> bool) -> Vec<ReadJob> {
         let now = Instant::now();
         let limit = self.max_file_bytes;
         self.entries
             .iter_mut()
             .filter(|entry| select(entry))
-            .filter_map(|entry| entry.read(now, limit).then(|| entry.key_ref()))
+            .filter_map(|entry| entry.job(now, limit))
             .collect()
     }
 
-    /// Re-reads every source whose time came.
-    pub(crate) fn poll_due(&mut self) -> BTreeSet<KeyRef> {
+    /// Reads of the sources never read yet (new since the last `sync`).
+    pub(crate) fn unread_jobs(&mut self) -> Vec<ReadJob> {
+        self.jobs(|entry| entry.checked_at.is_none())
+    }
+
+    /// Reads of every source whose time came.
+    pub(crate) fn due_jobs(&mut self) -> Vec<ReadJob> {
         let now = Instant::now();
-        self.refresh(|entry| entry.next_due.is_some_and(|due| due <= now))
+        self.jobs(|entry| entry.next_due.is_some_and(|due| due <= now))
     }
 
-    /// Re-reads every file source reading one of `paths`.
-    pub(crate) fn files_changed(&mut self, paths: &[PathBuf]) -> BTreeSet<KeyRef> {
-        self.refresh(|entry| entry.path.as_ref().is_some_and(|path| paths.contains(path)))
+    /// Reads of every file source reading one of `paths`.
+    pub(crate) fn file_jobs(&mut self, paths: &[PathBuf]) -> Vec<ReadJob> {
+        self.jobs(|entry| entry.path.as_ref().is_some_and(|path| paths.contains(path)))
     }
 
-    /// Re-reads every source now.
-    pub(crate) fn reload_all(&mut self) -> BTreeSet<KeyRef> {
-        self.refresh(|_| true)
+    /// Reads of every source.
+    pub(crate) fn all_jobs(&mut self) -> Vec<ReadJob> {
+        self.jobs(|_| true)
+    }
+
+    /// Takes the outcomes of reads (for sources still present); returns the keys whose
+    /// content changed.
+    pub(crate) fn apply_reads(
+        &mut self,
+        outcomes: Vec<(ReadJob, Result<source::Read, String>)>,
+    ) -> BTreeSet<KeyRef> {
+        let mut changed = BTreeSet::new();
+        for (job, outcome) in outcomes {
+            let entry = self
+                .entries
+                .iter_mut()
+                .find(|entry| Arc::ptr_eq(&entry.plugin, &job.plugin) && entry.index == job.index);
+            if let Some(entry) = entry {
+                if entry.apply(outcome) {
+                    changed.insert(entry.key_ref());
+                }
+            }
+        }
+        changed
     }
 
     /// When the next source is due.

@@ -64,6 +64,10 @@ pub struct RegistryConfig {
     /// Load plugins without running their processes: for read-only tools (`epi list`,
     /// `epi inspect`) that must not start a plugin's workers.
     pub skip_processes: bool,
+    /// How long a data source's read (a file, a plugin's callback) may take before its source
+    /// gets an error and keeps its previous value (default
+    /// [`crate::DEFAULT_DATA_READ_TIMEOUT`], 10 s). Reads run off every lock.
+    pub data_read_timeout: Option<std::time::Duration>,
     /// Whether a file is loaded in a short-lived child process before the host opens it
     /// (default: yes, see [`LoadProbe`]).
     pub load_probe: LoadProbe,
@@ -272,6 +276,9 @@ impl Registry {
             config
                 .max_data_file_bytes
                 .unwrap_or(crate::data::DEFAULT_MAX_DATA_FILE_BYTES),
+            config
+                .data_read_timeout
+                .unwrap_or(crate::data::DEFAULT_DATA_READ_TIMEOUT),
         );
         Ok(Registry {
             shared: Arc::new(Shared {

@@ -14,7 +14,7 @@
 //! "callback": true, "interval_ms": 50}]`, `"subscriptions": [["cfg", "k"]]`,
 //! `"notify_panics": true`. Every load also defines and provides the `probe` service:
 //! `notifications()` returns what `notify` received, `set_callback(value)` and
-//! `set_callback_behaviour("ok|fail|panic")` drive the callback sources.
+//! `set_callback_behaviour("ok|fail|panic|hang")` drive the callback sources.
 //!
 //! Builds: the bytes `EPIMARK:00000000` in the library are its build mark. Tests patch them to
 //! make distinct builds of one library (different content, version `0.1.0+<mark>`). `hit()`
@@ -54,6 +54,8 @@ pub enum Behaviour {
     Fail,
     /// Panics.
     Panic,
+    /// Blocks for 3 seconds, then answers normally.
+    Hang,
 }
 
 /// The shape of a provider's `value` function.
@@ -302,6 +304,10 @@ impl Plugin for TestPlug {
                         };
                         match behaviour {
                             Behaviour::Ok => Ok(value),
+                            Behaviour::Hang => {
+                                std::thread::sleep(Duration::from_secs(3));
+                                Ok(value)
+                            }
                             Behaviour::Fail => Err("the callback refused".to_string()),
                             Behaviour::Panic => panic!("the callback panicked on purpose"),
                         }
@@ -674,6 +680,10 @@ impl Scripted {
         self.calls.fetch_add(1, Ordering::Relaxed);
         match self.config.behaviour {
             Behaviour::Ok => Ok(()),
+            Behaviour::Hang => {
+                std::thread::sleep(Duration::from_secs(3));
+                Ok(())
+            }
             Behaviour::Fail => Err(format!("{} refused", self.config.label)),
             Behaviour::Panic => panic!("{} panicked on purpose", self.config.label),
         }
