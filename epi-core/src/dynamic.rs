@@ -79,6 +79,7 @@ fn call_json(provider: &ProviderCall, input: &[u8]) -> Result<Vec<u8>, ProviderE
             timed = Some((counters, std::time::Instant::now()));
         }
     }
+    let previous = epi_plugin::running::enter(provider);
     // SAFETY: the JSON shim takes any bytes and fills the buffers through the shared
     // allocator; the plugin is mapped while the snapshot lives; the shim catches panics.
     let status = unsafe {
@@ -90,6 +91,7 @@ fn call_json(provider: &ProviderCall, input: &[u8]) -> Result<Vec<u8>, ProviderE
             &mut error,
         )
     };
+    epi_plugin::running::leave(previous);
     if let Some((counters, start)) = timed {
         let nanos = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         counters.latency.record(nanos);

@@ -58,6 +58,7 @@ mod data;
 mod dispatch;
 mod dynamic;
 mod error;
+mod fatal;
 mod host_calls;
 mod ids;
 mod loader;

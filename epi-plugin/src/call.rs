@@ -359,15 +359,21 @@ impl<'s, A: Serialize, O: DeserializeOwned> Typed<'s, A, O> {
         output: &mut MaybeUninit<O>,
     ) -> Result<(), ProviderError> {
         let provider = self.provider;
-        if provider.count_calls != 0 {
+        let previous = crate::running::enter(provider);
+        let result = if provider.count_calls != 0 {
             // SAFETY: the counters live as long as the entry (`Providers::new`).
             let counters = unsafe { &*provider.counters };
             let before = counters.calls.fetch_add(1, Ordering::Relaxed);
             if provider.count_calls & COUNT_LATENCY != 0 && before % LATENCY_SAMPLE_EVERY == 0 {
-                return self.call_timed(args, output, counters);
+                self.call_timed(args, output, counters)
+            } else {
+                self.call_uncounted(args, output)
             }
-        }
-        self.call_uncounted(args, output)
+        } else {
+            self.call_uncounted(args, output)
+        };
+        crate::running::leave(previous);
+        result
     }
 
     /// A sampled call: timed into the provider's latency histogram (which the entry's

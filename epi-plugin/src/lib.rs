@@ -52,6 +52,7 @@ pub mod http;
 mod json_provider;
 mod plugin;
 mod process;
+pub mod running;
 mod runtime;
 mod shim;
 

@@ -24,6 +24,8 @@ const DT_RELR: u32 = 36;
 
 /// Tables larger than this many entries are refused (a build has a few thousand).
 const MAX_ENTRIES: u64 = 1 << 22;
+/// The largest thread-local image accepted (a build has a few hundred bytes).
+const MAX_TLS_BYTES: u64 = 1 << 20;
 /// The longest string of the entry descriptor read.
 const MAX_ENTRY_STRING: u64 = 4096;
 
@@ -92,6 +94,8 @@ impl<'a> Image<'a> {
         }
         let mut segments = Vec::new();
         let mut dynamic = None;
+        let mut tls = None;
+        let mut relro = None;
         for segment in header
             .program_headers(endian, bytes)
             .map_err(|e| e.to_string())?
@@ -113,6 +117,8 @@ impl<'a> Image<'a> {
                     segments.push(seg);
                 }
                 elf::PT_DYNAMIC => dynamic = Some(seg),
+                elf::PT_TLS => tls = Some((seg, segment.p_align(endian))),
+                elf::PT_GNU_RELRO => relro = Some(seg),
                 _ => {}
             }
         }
@@ -129,8 +135,76 @@ impl<'a> Image<'a> {
             symbols: 0,
             relocations: Vec::new(),
         };
+        if let Some((tls, align)) = tls {
+            // The TLS image is copied for every thread from `p_vaddr`, `p_filesz` bytes.
+            if tls.memsz < tls.filesz || tls.memsz > MAX_TLS_BYTES || !align.is_power_of_two() {
+                return Err("the thread-local segment has an implausible size or alignment".into());
+            }
+            image.offset(tls.vaddr, tls.filesz, "thread-local image")?;
+        }
+        if let Some(relro) = relro {
+            // Made read-only after relocation: it must lie inside one writable segment.
+            if !image.mapped(relro.vaddr, relro.memsz, elf::PF_W) {
+                return Err(
+                    "the read-only-after-relocation range is not inside a writable segment".into(),
+                );
+            }
+        }
+        image.check_sections(relro)?;
         image.check_dynamic(dynamic)?;
         Ok(image)
+    }
+
+    /// Every allocated section lies inside a segment with the access its flags need, and no
+    /// section written at run time is made read-only after relocation: damage to the program
+    /// headers that would fault only once the code runs (data in a read-only segment, code in
+    /// a non-executable one) is refused here.
+    fn check_sections(&self, relro: Option<Segment>) -> Result<()> {
+        let header =
+            elf::FileHeader64::<Endianness>::parse(self.bytes).map_err(|e| e.to_string())?;
+        let endian = header.endian().map_err(|e| e.to_string())?;
+        let sections = header
+            .sections(endian, self.bytes)
+            .map_err(|e| format!("unreadable section headers: {e}"))?;
+        for section in sections.iter() {
+            let flags = section.sh_flags.get(endian);
+            if flags & u64::from(elf::SHF_ALLOC) == 0 || flags & u64::from(elf::SHF_TLS) != 0 {
+                continue;
+            }
+            let (address, size) = (section.sh_addr.get(endian), section.sh_size.get(endian));
+            let name = sections
+                .section_name(endian, section)
+                .map(|n| String::from_utf8_lossy(n).into_owned())
+                .unwrap_or_default();
+            let mut needs = 0;
+            if flags & u64::from(elf::SHF_WRITE) != 0 {
+                needs |= elf::PF_W;
+            }
+            if flags & u64::from(elf::SHF_EXECINSTR) != 0 {
+                needs |= elf::PF_X;
+            }
+            if !self.mapped(address, size, needs) {
+                return Err(format!(
+                    "section `{name}` is not inside a segment that allows what it needs"
+                ));
+            }
+            // Program data: written by code at run time (unlike the tables the loader fills
+            // before making them read-only: `.data.rel.ro`, `.got`, `.dynamic`, ...).
+            let written_at_run_time = flags & u64::from(elf::SHF_WRITE) != 0
+                && (name == ".data"
+                    || name == ".bss"
+                    || name.starts_with(".bss.")
+                    || (name.starts_with(".data.") && !name.starts_with(".data.rel.ro")));
+            if let Some(relro) = relro {
+                let overlaps = address < relro.vaddr + relro.memsz && relro.vaddr < address + size;
+                if written_at_run_time && size > 0 && overlaps {
+                    return Err(format!(
+                        "section `{name}` is written at run time but made read-only after relocation"
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The file offset of `len` bytes at address `vaddr`, which must lie in the file-backed

@@ -592,7 +592,7 @@ pub(crate) fn load(
     drop(checked.bytes);
     if let Some(settings) = probe {
         tracing::debug!(file = %path.display(), "probing the plugin file in a child process");
-        if let Err(err) = probe::probe(path, &copy, config, settings) {
+        if let Err(err) = probe::probe(path, &copy, settings) {
             let _ = std::fs::remove_file(&copy);
             return Err(err);
         }
@@ -786,7 +786,7 @@ fn write_private_copy(copy: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// libloading's `Display` is only "dlopen failed"; the loader's text is in the source chain.
-fn dl_reason(err: &libloading::Error) -> String {
+pub(crate) fn dl_reason(err: &libloading::Error) -> String {
     let mut reason = err.to_string();
     let mut source = std::error::Error::source(err);
     while let Some(inner) = source {
@@ -797,7 +797,7 @@ fn dl_reason(err: &libloading::Error) -> String {
 }
 
 /// What the loader copied out of a plugin's entry after checking it.
-struct EntryInfo {
+pub(crate) struct EntryInfo {
     init: crate::abi::InitFn,
     call_path: CallPath,
     build: String,
@@ -818,7 +818,7 @@ fn compatibility(version: &str) -> &str {
 
 /// Reads the entry descriptor from the file's bytes and checks it: runs nothing, opens
 /// nothing, dereferences no pointer of the plugin's.
-fn read_file_entry(path: &Path, bytes: &[u8]) -> Result<image::FileEntry, LoadError> {
+pub(crate) fn read_file_entry(path: &Path, bytes: &[u8]) -> Result<image::FileEntry, LoadError> {
     let not_a_library = |reason: String| LoadError::NotALibrary {
         path: path.to_owned(),
         reason,
@@ -872,7 +872,7 @@ fn read_file_entry(path: &Path, bytes: &[u8]) -> Result<image::FileEntry, LoadEr
 /// Finds the checked entry in the mapped library (its load address plus the entry's
 /// address in the file, no symbol lookup) and copies out what loading needs. Runs no
 /// plugin code.
-fn read_entry(
+pub(crate) fn read_entry(
     path: &Path,
     library: Library,
     file: &image::FileEntry,

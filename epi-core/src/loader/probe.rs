@@ -1,15 +1,16 @@
-//! Probe loads: a plugin file is loaded first in a short-lived child process, and only a file
-//! the child loaded cleanly is opened in the host.
+//! Probe loads: a plugin file is opened first in a short-lived child process, and only a file
+//! the child opened and closed cleanly is opened in the host.
 //!
 //! `dlopen` runs a library's constructors and trusts its program headers, dynamic section and
 //! symbol tables; a damaged file (or a C library whose constructor aborts) kills the process
-//! that opens it, on every restart. The child runs the whole load as the host would (ELF
-//! check, `dlopen`, the entry checks, the plugin's `init` and its manifest) with processes
-//! off, unloads it (its objects' destructors and the library's finalisers run), reports the
-//! outcome on stdout and leaves with `_exit`, so no destructor of the host
-//! program or the plugin runs there. If it dies of a signal, exits on its own or hangs, the
-//! host refuses the file with a [`LoadError::ProbeFailed`] naming what happened; nothing of
-//! the file ran in the host.
+//! that opens it, on every restart. The child checks the bytes as the host does, opens the
+//! library (its constructors run), finds and checks its entry, closes it (its finalisers run),
+//! reports on stdout and leaves with `_exit`, so no destructor of the host program runs there.
+//! It does not call the plugin's `init`: that may touch the plugin's real state (a database,
+//! a socket), which a probe must leave alone; a crash in `init` or later is plugin code
+//! crashing, which `epi::fatal` names and only an isolated plugin survives. If the child dies
+//! of a signal, exits on its own or hangs, the host refuses the file with a
+//! [`LoadError::ProbeFailed`] naming what happened; the file was never opened in the host.
 //!
 //! The child is this very executable (`/proc/self/exe`) started with [`PROBE_ENV`] set: every
 //! program that links epi-core answers a probe before its `main` runs, from a constructor in
@@ -20,7 +21,7 @@
 //! variable is set.
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -28,8 +29,6 @@ use crate::error::LoadError;
 
 /// Names the file a child process started by [`probe`] loads.
 pub(crate) const PROBE_ENV: &str = "EPI_LOAD_PROBE_FILE";
-/// Names the runtime directory of the registry the child makes.
-const RUNTIME_ENV: &str = "EPI_LOAD_PROBE_RUNTIME_DIR";
 /// Starts the child's one line of outcome on stdout (a plugin may print too).
 const OUTCOME_MARK: &str = "EPI-LOAD-PROBE-OUTCOME ";
 /// The most of the child's stderr kept for the error message.
@@ -71,52 +70,38 @@ extern "C" fn run_probe_if_asked() {
     unsafe { libc::_exit(0) }
 }
 
-/// The child's side: loads `file` with the configuration on stdin, processes off.
+/// The child's side: the file's bytes checked, the library opened (its constructors run),
+/// its entry found and checked, then closed (its finalisers run). No plugin code beyond
+/// constructors and finalisers runs: `init` may touch the plugin's real state (its database,
+/// its sockets), which a probe must leave alone.
 fn load_here(file: &Path) -> Result<(), String> {
-    let mut config = String::new();
-    std::io::stdin()
-        .read_to_string(&mut config)
-        .map_err(|err| format!("cannot read the configuration: {err}"))?;
-    let config: serde_json::Value = if config.is_empty() {
-        serde_json::Value::Null
-    } else {
-        serde_json::from_str(&config).map_err(|err| format!("bad configuration: {err}"))?
-    };
-    let registry = crate::Registry::new(crate::RegistryConfig {
-        runtime_dir: std::env::var_os(RUNTIME_ENV).map(PathBuf::from),
-        skip_processes: true,
-        load_probe: LoadProbe::Off,
-        // Unloading closes the library, so its finalisers run here too.
-        retire: crate::RetirePolicy::Unload,
-        ..Default::default()
-    })
-    .map_err(|err| format!("cannot make a registry: {err}"))?;
-    let loaded = registry
-        .load_with_config(file, &config)
-        .map_err(|err| err.to_string());
-    if loaded.is_ok() {
-        registry.unload_file(file);
+    let bytes = std::fs::read(file).map_err(|err| format!("{}: {err}", file.display()))?;
+    super::elf::validate(&bytes)?;
+    let entry = super::read_file_entry(file, &bytes).map_err(|err| err.to_string())?;
+    // SAFETY: running the library's constructors in this throwaway process is the point of
+    // the probe; the bytes passed the checks above.
+    let library = unsafe {
+        libloading::os::unix::Library::open(Some(file), libc::RTLD_NOW | libc::RTLD_LOCAL)
     }
-    drop(registry);
-    loaded.map(drop)
+    .map_err(|err| super::dl_reason(&err))?;
+    let (_, library) = super::read_entry(file, library, &entry).map_err(|err| err.to_string())?;
+    library.close().map_err(|err| super::dl_reason(&err))
 }
 
-/// How a registry probes: where its child makes its copies, how long it may take.
+/// How a registry probes: how long a probe may take.
 pub(crate) struct ProbeSettings {
-    pub(crate) runtime_dir: Option<PathBuf>,
     pub(crate) timeout: Duration,
 }
 
-/// Loads `copy` (the private copy of `original`) in a child process; `Ok` when the child
-/// finished the load, whatever its outcome (the host's own load then reports an ordinary
-/// refusal the same way), an error when the child died, exited or hung.
+/// Opens `copy` (the private copy of `original`) in a child process; `Ok` when the child
+/// finished, whatever its outcome (the host's own load then reports an ordinary refusal the
+/// same way), an error when the child died, exited or hung.
 pub(crate) fn probe(
     original: &Path,
     copy: &Path,
-    config: &str,
     settings: &ProbeSettings,
 ) -> Result<(), LoadError> {
-    let (runtime_dir, timeout) = (settings.runtime_dir.as_deref(), settings.timeout);
+    let timeout = settings.timeout;
     let failed = |reason: String| LoadError::ProbeFailed {
         path: original.to_owned(),
         reason,
@@ -124,22 +109,14 @@ pub(crate) fn probe(
     let mut command = Command::new("/proc/self/exe");
     command
         .env(PROBE_ENV, copy)
-        .env_remove(RUNTIME_ENV)
-        .stdin(Stdio::piped())
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if let Some(dir) = runtime_dir {
-        command.env(RUNTIME_ENV, dir);
-    }
     let mut child = command
         .spawn()
         .map_err(|err| failed(format!("cannot start the probe process: {err}")))?;
     let stdout = child.stdout.take().map(|out| reader(out, usize::MAX));
     let stderr = child.stderr.take().map(|err| reader(err, MAX_STDERR));
-    if let Some(mut stdin) = child.stdin.take() {
-        // A child that died early closes its end: the status below says why.
-        let _ = stdin.write_all(config.as_bytes());
-    }
     let started = Instant::now();
     let status = loop {
         match child.try_wait() {

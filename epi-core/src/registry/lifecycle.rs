@@ -304,7 +304,6 @@ impl Registry {
         let config = &self.shared.config;
         (config.load_probe == loader::probe::LoadProbe::Child).then(|| {
             loader::probe::ProbeSettings {
-                runtime_dir: config.runtime_dir.clone(),
                 timeout: config
                     .load_probe_timeout
                     .unwrap_or(loader::probe::DEFAULT_PROBE_TIMEOUT),

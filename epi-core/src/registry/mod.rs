@@ -270,6 +270,7 @@ impl Registry {
             .thread_name(|index| format!("epi-concurrent-{index}"))
             .build()
             .map_err(std::io::Error::other)?;
+        crate::fatal::install();
         let interner = Arc::new(Mutex::new(Interner::default()));
         let (data, data_worker) = DataHub::start(
             interner.clone(),

@@ -4,7 +4,7 @@
 //! ```json
 //! {"app": "alpha", "version": "2", "priority": 0, "services": ["math"],
 //!  "providers": [{"label": "a", "service": "math", "priority": 5, "add": 1,
-//!                 "behaviour": "ok|fail|panic", "decides": true, "truth": true,
+//!                 "behaviour": "ok|fail|panic|hang|abort|overflow", "decides": true, "truth": true,
 //!                 "kind": "number|text"}]}
 //! ```
 //! A `number` provider's `value` returns `x + add`; a `text` provider's returns a string (to
@@ -56,6 +56,17 @@ pub enum Behaviour {
     Panic,
     /// Blocks for 3 seconds, then answers normally.
     Hang,
+    /// Aborts the process (as a plugin's failed assertion in C code would).
+    Abort,
+    /// Recurses until its thread's stack overflows.
+    Overflow,
+}
+
+/// Recurses without end, each frame holding a page (the `Overflow` behaviour).
+#[allow(unconditional_recursion)]
+fn recurse_without_end(depth: u64) -> u64 {
+    let frame = std::hint::black_box([depth as u8; 4096]);
+    recurse_without_end(depth + 1).wrapping_add(frame[0] as u64)
 }
 
 /// The shape of a provider's `value` function.
@@ -308,6 +319,8 @@ impl Plugin for TestPlug {
                                 std::thread::sleep(Duration::from_secs(3));
                                 Ok(value)
                             }
+                            Behaviour::Abort => std::process::abort(),
+                            Behaviour::Overflow => Ok(recurse_without_end(0).into()),
                             Behaviour::Fail => Err("the callback refused".to_string()),
                             Behaviour::Panic => panic!("the callback panicked on purpose"),
                         }
@@ -682,6 +695,11 @@ impl Scripted {
             Behaviour::Ok => Ok(()),
             Behaviour::Hang => {
                 std::thread::sleep(Duration::from_secs(3));
+                Ok(())
+            }
+            Behaviour::Abort => std::process::abort(),
+            Behaviour::Overflow => {
+                recurse_without_end(0);
                 Ok(())
             }
             Behaviour::Fail => Err(format!("{} refused", self.config.label)),
