@@ -6,12 +6,20 @@
 //! told to stop. The engine:
 //! - starts a worker only when every input runs, and restarts it when an input restarts;
 //! - restarts a failed worker after a delay that grows by a factor up to a cap, reset once it
-//!   ran long enough; [`WorkerError::Missing`] waits for an input change,
-//!   [`WorkerError::Bounce`] restarts at once, [`WorkerError::Uninstall`] removes the
-//!   manifold, [`WorkerError::Fatal`] stops the engine with the worst fatal error;
-//! - refuses duplicate names and dependency cycles;
-//! - stops workers dependents first;
-//! - reports each worker's state, inputs, start count, last error and own report.
+//!   ran long enough (a `start` that fails never ran: its delays keep growing), each delay
+//!   spread at random by ±[`EngineConfig::spread`] so that workers failing together do not
+//!   restart in lock-step;
+//! - leaves a worker that finished (`Ok(())`) or answered [`WorkerError::Missing`] stopped
+//!   until one of its inputs changes (an input restarted, or was replaced under its name);
+//!   [`WorkerError::Bounce`] restarts after [`EngineConfig::bounce_delay`], growing for
+//!   repeated bounces; [`WorkerError::Uninstall`] removes the manifold; [`WorkerError::Fatal`]
+//!   stops the engine with the first (worst) fatal error;
+//! - passes a worker's errors through its manifold's [`Manifold::filter`] first;
+//! - refuses duplicate names, an input named twice, and dependency cycles;
+//! - cancels a `start` in progress (through [`StartContext`]) and stops a body when an input
+//!   goes or the engine stops, dependents first;
+//! - reports each worker's state, inputs, starts (successful ones), attempts, when it
+//!   started, its last error and its own report.
 //!
 //! One thread runs the decisions; each worker runs on its own thread. Time comes from a
 //! [`Clock`], so tests advance a [`ManualClock`] instead of sleeping.
@@ -59,6 +67,14 @@ pub enum EngineError {
     /// A manifold of this name is installed.
     #[error("a worker named `{0}` is already installed")]
     Duplicate(String),
+    /// The manifold names the same input twice.
+    #[error("`{name}` names its input `{input}` twice")]
+    DuplicateInput {
+        /// The manifold refused.
+        name: String,
+        /// The input named twice.
+        input: String,
+    },
     /// Installing it would close a dependency cycle.
     #[error("installing `{name}` would create a dependency cycle: {cycle}")]
     Cycle {
@@ -111,17 +127,46 @@ pub struct Started {
     pub body: WorkerBody,
 }
 
-/// Starts a worker from its inputs' outputs (keyed by input name).
-pub type StartFn =
-    Arc<dyn Fn(&BTreeMap<String, Value>) -> Result<Started, WorkerError> + Send + Sync>;
+/// What a worker's `start` receives: its inputs' outputs and a stop signal, so that a slow
+/// start can give up when an input goes or the engine stops.
+pub struct StartContext<'a> {
+    inputs: &'a BTreeMap<String, Value>,
+    stop: &'a StopSignal,
+}
+
+impl StartContext<'_> {
+    /// The inputs' outputs, keyed by input name.
+    pub fn inputs(&self) -> &BTreeMap<String, Value> {
+        self.inputs
+    }
+
+    /// True once the engine no longer wants this start (an input went, or it stops); the
+    /// start should then return an error soon.
+    pub fn is_cancelled(&self) -> bool {
+        self.stop.is_set()
+    }
+
+    /// Waits until cancelled or `timeout` passed; true when cancelled.
+    pub fn wait_cancelled(&self, timeout: Duration) -> bool {
+        self.stop.wait(Some(timeout))
+    }
+}
+
+/// Starts a worker.
+pub type StartFn = Arc<dyn Fn(&StartContext<'_>) -> Result<Started, WorkerError> + Send + Sync>;
+
+/// Turns a worker's error into another before the engine acts on it (juju's `Filter`).
+pub type FilterFn = Arc<dyn Fn(WorkerError) -> WorkerError + Send + Sync>;
 
 /// A node of the dependency graph.
 #[derive(Clone)]
 pub struct Manifold {
-    /// Names of the workers this one needs running.
+    /// Names of the workers this one needs running, each once.
     pub inputs: Vec<String>,
     /// Starts the worker.
     pub start: StartFn,
+    /// Applied to every error its `start` or body returns (none: taken as is).
+    pub filter: Option<FilterFn>,
 }
 
 /// Restart timing.
@@ -129,21 +174,30 @@ pub struct Manifold {
 pub struct EngineConfig {
     /// Delay before restarting a worker after its first failure.
     pub initial_delay: Duration,
-    /// Each further failure multiplies the delay by this.
-    pub factor: u32,
+    /// Each further failure multiplies the delay by this (fractions allowed); `0` or `1`
+    /// keeps it constant.
+    pub factor: f64,
     /// The delay never exceeds this.
     pub max_delay: Duration,
     /// A worker that ran at least this long before failing starts again from `initial_delay`.
     pub reset_after: Duration,
+    /// Delay before restarting a worker that answered [`WorkerError::Bounce`]; repeated
+    /// bounces grow it by `factor`, as failures do.
+    pub bounce_delay: Duration,
+    /// Every delay is multiplied by a random factor in `[1 - spread, 1 + spread)` (juju: 0.1),
+    /// so that workers failing together restart apart. `0` for exact delays.
+    pub spread: f64,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             initial_delay: Duration::from_millis(100),
-            factor: 2,
+            factor: 2.0,
             max_delay: Duration::from_secs(30),
             reset_after: Duration::from_secs(60),
+            bounce_delay: Duration::from_millis(10),
+            spread: 0.1,
         }
     }
 }
@@ -169,11 +223,17 @@ pub struct WorkerReport {
     pub state: WorkerState,
     /// Its inputs.
     pub inputs: Vec<String>,
-    /// How many times it was started.
+    /// How many times `start` succeeded.
     pub start_count: u64,
+    /// How many times `start` was called (successful or not).
+    pub attempts: u64,
+    /// When the current run started, on the engine's clock (since the clock's origin); `None`
+    /// while it is not started.
+    pub started_at: Option<Duration>,
     /// The error it (or its start) last returned.
     pub last_error: Option<WorkerError>,
-    /// Its own report (`null` unless it set one).
+    /// Its own report from its current run, or from its last one while it is stopped (`null`
+    /// unless it set one; cleared when a new run starts).
     pub report: Value,
 }
 
@@ -226,20 +286,24 @@ impl StopSignal {
 struct Node {
     manifold: Manifold,
     state: WorkerState,
-    /// Incremented at every start; events of older runs are ignored.
+    /// Unique across the engine (a reinstalled worker never reuses one): events of older
+    /// runs are ignored, and dependents tell a replaced input from the one they started with.
     run: u64,
     stop: Option<Arc<StopSignal>>,
     output: Option<Value>,
     start_count: u64,
+    attempts: u64,
     last_error: Option<WorkerError>,
     report: Arc<Mutex<Value>>,
     /// Runs of the inputs this worker was started with.
     started_with: BTreeMap<String, u64>,
-    /// After `Missing`: the input runs seen then; restart only once they differ.
-    missing_with: Option<BTreeMap<String, u64>>,
+    /// After `Missing` or finishing: the input runs seen then; restart only once they differ.
+    waiting_with: Option<BTreeMap<String, u64>>,
+    /// The current back-off delay (failures and bounces).
     delay: Duration,
     not_before: Duration,
-    started_at: Duration,
+    /// When the current run's `start` succeeded; `None` until it does.
+    started_at: Option<Duration>,
     /// The engine stopped it on purpose (inputs changed, uninstall, shutdown).
     stop_requested: bool,
     uninstalling: bool,
@@ -262,6 +326,8 @@ enum Event {
 
 struct Inner {
     nodes: BTreeMap<String, Node>,
+    /// The last run number handed out.
+    runs: u64,
     stopping: bool,
     stopped: bool,
     fatal: Option<WorkerError>,
@@ -288,6 +354,7 @@ impl Engine {
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
                 nodes: BTreeMap::new(),
+                runs: 0,
                 stopping: false,
                 stopped: false,
                 fatal: None,
@@ -322,6 +389,13 @@ impl Engine {
             if inner.nodes.contains_key(name) {
                 return Err(EngineError::Duplicate(name.to_owned()));
             }
+            let mut seen = BTreeSet::new();
+            if let Some(twice) = manifold.inputs.iter().find(|input| !seen.insert(*input)) {
+                return Err(EngineError::DuplicateInput {
+                    name: name.to_owned(),
+                    input: twice.clone(),
+                });
+            }
             if let Some(cycle) = find_cycle(&inner.nodes, name, &manifold.inputs) {
                 return Err(EngineError::Cycle {
                     name: name.to_owned(),
@@ -337,13 +411,14 @@ impl Engine {
                     stop: None,
                     output: None,
                     start_count: 0,
+                    attempts: 0,
                     last_error: None,
                     report: Arc::new(Mutex::new(Value::Null)),
                     started_with: BTreeMap::new(),
-                    missing_with: None,
+                    waiting_with: None,
                     delay: Duration::ZERO,
                     not_before: Duration::ZERO,
-                    started_at: Duration::ZERO,
+                    started_at: None,
                     stop_requested: false,
                     uninstalling: false,
                 },
@@ -393,6 +468,8 @@ impl Engine {
                             state: node.state,
                             inputs: node.manifold.inputs.clone(),
                             start_count: node.start_count,
+                            attempts: node.attempts,
+                            started_at: node.started_at,
                             last_error: node.last_error.clone(),
                             report: node.report.lock().clone(),
                         },
@@ -522,41 +599,51 @@ fn handle(shared: &Shared, event: Event) {
                 if node.state == WorkerState::Starting {
                     node.state = WorkerState::Started;
                     node.output = Some(output);
-                    node.started_at = now;
+                    node.started_at = Some(now);
+                    node.start_count += 1;
                 }
             }
         }
         Event::Stopped { name, run, result } => {
             let mut fatal = None;
             let mut remove = false;
+            let config = shared.config;
             if let Some(node) = inner.nodes.get_mut(&name).filter(|node| node.run == run) {
                 node.state = WorkerState::Stopped;
                 node.output = None;
                 node.stop = None;
                 let requested = std::mem::take(&mut node.stop_requested);
+                // How long this run ran: a `start` that failed never ran.
+                let ran = node
+                    .started_at
+                    .take()
+                    .map_or(Duration::ZERO, |at| now.saturating_sub(at));
+                let result = match (result, &node.manifold.filter) {
+                    (Err(err), Some(filter)) => Err(filter(err)),
+                    (result, _) => result,
+                };
                 match result {
                     Ok(()) => {
+                        // Finished: stays stopped until an input changes (as juju's nil).
                         node.delay = Duration::ZERO;
-                        node.not_before = now;
+                        node.waiting_with = Some(node.started_with.clone());
                     }
                     Err(err) => {
                         match &err {
                             WorkerError::Missing => {
-                                node.missing_with = Some(node.started_with.clone());
+                                node.waiting_with = Some(node.started_with.clone());
                             }
-                            WorkerError::Bounce => node.not_before = now,
+                            WorkerError::Bounce => {
+                                node.delay =
+                                    next_delay(&config, node.delay, ran, config.bounce_delay);
+                                node.not_before = now + spread(&config, node.delay);
+                            }
                             WorkerError::Uninstall => remove = true,
                             WorkerError::Fatal(_) => fatal = Some(err.clone()),
                             WorkerError::Failed(_) if !requested => {
-                                let ran = now.saturating_sub(node.started_at);
-                                node.delay = if node.delay.is_zero()
-                                    || ran >= shared.config.reset_after
-                                {
-                                    shared.config.initial_delay
-                                } else {
-                                    (node.delay * shared.config.factor).min(shared.config.max_delay)
-                                };
-                                node.not_before = now + node.delay;
+                                node.delay =
+                                    next_delay(&config, node.delay, ran, config.initial_delay);
+                                node.not_before = now + spread(&config, node.delay);
                             }
                             WorkerError::Failed(_) => {}
                         }
@@ -605,6 +692,7 @@ fn decide(shared: &Arc<Shared>) -> Option<Duration> {
         .collect();
     let mut next_due: Option<Duration> = None;
     let mut gone = Vec::new();
+    let mut runs = inner.runs;
 
     for (name, node) in inner.nodes.iter_mut() {
         let inputs_now: BTreeMap<String, u64> = node
@@ -634,7 +722,7 @@ fn decide(shared: &Arc<Shared>) -> Option<Duration> {
             WorkerState::Stopping => {}
             WorkerState::Stopped if node.uninstalling => gone.push(name.clone()),
             WorkerState::Stopped => {
-                if stopping || !all_inputs || node.missing_with.as_ref() == Some(&inputs_now) {
+                if stopping || !all_inputs || node.waiting_with.as_ref() == Some(&inputs_now) {
                     continue;
                 }
                 if node.not_before > now {
@@ -642,11 +730,16 @@ fn decide(shared: &Arc<Shared>) -> Option<Duration> {
                     next_due = Some(next_due.map_or(wait, |due| due.min(wait)));
                     continue;
                 }
-                node.missing_with = None;
-                start(shared, name, node, inputs_now);
+                node.waiting_with = None;
+                let run = {
+                    runs += 1;
+                    runs
+                };
+                start(shared, name, node, inputs_now, run);
             }
         }
     }
+    inner.runs = runs;
     for name in gone {
         inner.nodes.remove(&name);
     }
@@ -664,10 +757,18 @@ fn decide(shared: &Arc<Shared>) -> Option<Duration> {
 }
 
 /// Starts one worker on its own thread.
-fn start(shared: &Arc<Shared>, name: &str, node: &mut Node, started_with: BTreeMap<String, u64>) {
+fn start(
+    shared: &Arc<Shared>,
+    name: &str,
+    node: &mut Node,
+    started_with: BTreeMap<String, u64>,
+    run: u64,
+) {
     let inputs: Vec<String> = started_with.keys().cloned().collect();
-    node.run += 1;
-    node.start_count += 1;
+    node.run = run;
+    node.attempts += 1;
+    node.started_at = None;
+    *node.report.lock() = Value::Null;
     node.state = WorkerState::Starting;
     node.started_with = started_with;
     let stop = Arc::new(StopSignal::default());
@@ -702,7 +803,11 @@ fn start(shared: &Arc<Shared>, name: &str, node: &mut Node, started_with: BTreeM
                 });
                 return;
             }
-            let started = catch_unwind(AssertUnwindSafe(|| (start)(&outputs)))
+            let context = StartContext {
+                inputs: &outputs,
+                stop: &stop,
+            };
+            let started = catch_unwind(AssertUnwindSafe(|| (start)(&context)))
                 .unwrap_or_else(|_| Err(WorkerError::Failed("start panicked".into())));
             let result = match started {
                 Ok(Started { output, body }) => {
@@ -723,4 +828,35 @@ fn start(shared: &Arc<Shared>, name: &str, node: &mut Node, started_with: BTreeM
         node.state = WorkerState::Stopped;
         node.last_error = Some(WorkerError::Failed(format!("cannot spawn a thread: {err}")));
     }
+}
+
+/// The back-off delay after a run that ran `ran`: `first` after a long run or the first
+/// failure, else the previous delay times the factor, capped.
+fn next_delay(
+    config: &EngineConfig,
+    previous: Duration,
+    ran: Duration,
+    first: Duration,
+) -> Duration {
+    if previous.is_zero() || ran >= config.reset_after {
+        return first;
+    }
+    let factor = if config.factor > 0.0 {
+        config.factor
+    } else {
+        1.0
+    };
+    previous
+        .mul_f64(factor)
+        .min(config.max_delay)
+        .max(first.min(config.max_delay))
+}
+
+/// `delay` spread at random by ±`config.spread`.
+fn spread(config: &EngineConfig, delay: Duration) -> Duration {
+    if config.spread <= 0.0 || delay.is_zero() {
+        return delay;
+    }
+    let spread = config.spread.min(1.0);
+    delay.mul_f64(1.0 - spread + 2.0 * spread * fastrand::f64())
 }

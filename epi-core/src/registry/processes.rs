@@ -39,7 +39,8 @@ pub(crate) fn install(engine: &Engine, plugin: &Arc<LoadedPlugin>) {
         let declared = inputs.clone();
         let manifold = Manifold {
             inputs: inputs.iter().map(|(engine, _)| engine.clone()).collect(),
-            start: Arc::new(move |outputs| {
+            start: Arc::new(move |context| {
+                let outputs = context.inputs();
                 let as_declared: BTreeMap<String, serde_json::Value> = declared
                     .iter()
                     .filter_map(|(engine, local)| {
@@ -53,6 +54,7 @@ pub(crate) fn install(engine: &Engine, plugin: &Arc<LoadedPlugin>) {
                     body: Box::new(move |context| runner.process_run(index, context)),
                 })
             }),
+            filter: None,
         };
         let name = engine_name(app, &process.name);
         if let Err(err) = engine.install(&name, manifold) {
