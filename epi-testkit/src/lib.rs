@@ -32,21 +32,29 @@ pub fn profile_dir() -> PathBuf {
 }
 
 /// Builds every plugin in [`PLUGINS`] with the running executable's profile (once per
-/// process) and stages the libraries in a private directory (mode 0755, files 0644, so the
-/// loader's trust check passes whatever the build's umask). Returns that directory.
+/// process) and stages the libraries in `epi-staged-plugins` beside them (mode 0755, files
+/// 0644, so the loader's trust check passes whatever the build's umask). Returns that
+/// directory.
 pub fn build_plugins() -> &'static Path {
-    static STAGED: OnceLock<tempfile::TempDir> = OnceLock::new();
-    STAGED
-        .get_or_init(|| {
-            let built = cargo_build(PLUGINS);
-            let staged = plugin_dir();
-            for plugin in PLUGINS {
-                let name = library_name(plugin);
-                install_from(&built.join(&name), staged.path(), &name);
-            }
-            staged
-        })
-        .path()
+    // One staging directory in the target directory, shared by every test process (a
+    // temporary directory held by a static is never removed: it leaked 92 MB per test binary).
+    // Files are replaced by rename, so a process still using an older copy keeps it.
+    static STAGED: OnceLock<PathBuf> = OnceLock::new();
+    STAGED.get_or_init(|| {
+        let built = cargo_build(PLUGINS);
+        let staged = built.join("epi-staged-plugins");
+        std::fs::create_dir_all(&staged).expect("create the staging directory");
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod the staging directory");
+        for plugin in PLUGINS {
+            let name = library_name(plugin);
+            let temporary = format!(".{name}.{}.tmp", std::process::id());
+            install_from(&built.join(&name), &staged, &temporary);
+            std::fs::rename(staged.join(&temporary), staged.join(&name))
+                .expect("put the staged plugin in place");
+        }
+        staged
+    })
 }
 
 /// File name of a plugin crate's library.
