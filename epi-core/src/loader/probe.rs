@@ -112,9 +112,24 @@ pub(crate) fn probe(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = command
-        .spawn()
-        .map_err(|err| failed(format!("cannot start the probe process: {err}")))?;
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        // No `/proc` (or no right to run this executable): probing is impossible here, not
+        // the file's fault. Say so once per file and load without it.
+        Err(err)
+            if matches!(
+                err.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            tracing::warn!(
+                file = %original.display(),
+                "cannot start a probe process ({err}): loading without a probe"
+            );
+            return Ok(());
+        }
+        Err(err) => return Err(failed(format!("cannot start the probe process: {err}"))),
+    };
     let stdout = child.stdout.take().map(|out| reader(out, usize::MAX));
     let stderr = child.stderr.take().map(|err| reader(err, MAX_STDERR));
     let started = Instant::now();
