@@ -40,6 +40,14 @@ pub enum LoadError {
         /// What happened to the probe process.
         reason: String,
     },
+    /// An isolated plugin's child process could not load it or did not start.
+    #[error("{path}: the isolated plugin did not start: {reason}")]
+    Isolation {
+        /// The plugin file.
+        path: PathBuf,
+        /// What the child process did or said.
+        reason: String,
+    },
     /// The dynamic loader refused the library.
     #[error("{path}: the dynamic loader refused it: {reason}")]
     Dlopen {

@@ -61,6 +61,7 @@ mod error;
 mod fatal;
 mod host_calls;
 mod ids;
+pub mod isolation;
 mod loader;
 mod registry;
 mod snapshot;

@@ -80,6 +80,16 @@ pub enum Command {
         /// Only this plugin (app name).
         plugin: Option<String>,
     },
+    /// Run one isolated plugin for a daemon (started by `epi serve` for the plugins of
+    /// `[plugins] isolate`): loads FILE and answers calls on the unix socket SOCKET until its
+    /// stdin closes.
+    #[command(hide = true)]
+    PluginHost {
+        /// The plugin library (the daemon's private copy).
+        file: PathBuf,
+        /// Where to listen.
+        socket: PathBuf,
+    },
     /// Create a plugin crate: a cdylib with one provider and a test that loads it.
     New {
         /// Crate and app name (lowercase letters, digits, `-`, `_`).

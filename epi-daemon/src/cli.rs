@@ -178,7 +178,10 @@ fn parse_args(args: &str) -> Result<Value, Failure> {
 /// Runs a command on a backend: its JSON and its table.
 fn execute(backend: &Backend, command: Command) -> Result<(Value, String), Failure> {
     match command {
-        Command::Serve | Command::Inspect { .. } | Command::New { .. } => {
+        Command::Serve
+        | Command::Inspect { .. }
+        | Command::New { .. }
+        | Command::PluginHost { .. } => {
             unreachable!("handled by the caller")
         }
         Command::List => {

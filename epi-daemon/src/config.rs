@@ -66,8 +66,13 @@ pub struct PluginsConfig {
     /// Load each file in a short-lived child process before the daemon opens it (a file that
     /// crashes, exits or hangs there is refused). On by default.
     pub probe: bool,
-    /// How long such a probe may take, in milliseconds (default 20,000).
+    /// How long such a probe may take, in milliseconds (default 20,000); also how long an
+    /// isolated plugin's process may take to start.
     pub probe_timeout_ms: Option<u64>,
+    /// Plugins run in a supervised process of their own (`epi plugin-host`), by app name or
+    /// file name: a crash there fails the calls in flight and restarts that process; the
+    /// daemon keeps serving.
+    pub isolate: Vec<String>,
 }
 
 impl Default for PluginsConfig {
@@ -82,6 +87,7 @@ impl Default for PluginsConfig {
             config: BTreeMap::new(),
             probe: true,
             probe_timeout_ms: None,
+            isolate: Vec::new(),
         }
     }
 }

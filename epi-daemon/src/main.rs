@@ -24,8 +24,18 @@ fn main() -> ExitCode {
         std::env::set_var("EPI_DATA_DIR", dir);
     }
     // Flushes the exported spans when `main` returns (feature `otlp`).
-    let _telemetry = init_logging(&config, matches!(cli.command, Command::Serve));
+    let serving = matches!(cli.command, Command::Serve | Command::PluginHost { .. });
+    let _telemetry = init_logging(&config, serving);
     match cli.command {
+        Command::PluginHost { file, socket } => {
+            match epi::isolation::run_plugin_host(&file, &socket) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("epi plugin-host: {}: {err}", file.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Serve => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

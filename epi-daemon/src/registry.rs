@@ -34,6 +34,10 @@ pub fn open_registry(
         },
         load_probe_timeout: config.plugins.probe_timeout_ms.map(Duration::from_millis),
         skip_processes: !processes,
+        isolate: config.plugins.isolate.clone(),
+        plugin_host: std::env::current_exe()
+            .ok()
+            .map(epi::isolation::PluginHostCommand::epi),
         ..RegistryConfig::default()
     })?;
     for dir in config.plugin_dirs() {

@@ -39,6 +39,9 @@ pub enum CallPath {
     Native,
     /// Another compatible build: values cross as JSON, checked by serde shape.
     Stable,
+    /// In a child process of its own (see [`crate::isolation`]): values cross as on the
+    /// stable path, over a unix socket.
+    Isolated,
 }
 
 /// What a host knows about a loaded plugin.
@@ -258,6 +261,9 @@ pub struct LoadedPlugin {
     pub(crate) dynamic: Arc<DynamicProviders>,
     /// The context its calls through the host carry; released after the library.
     host: Option<HostContext>,
+    /// The child process an isolated plugin runs in (then `library` is `None` and the plugin's
+    /// tables are the host's stand-ins).
+    isolated: Option<Arc<crate::isolation::supervisor::Isolated>>,
 }
 
 // SAFETY: provider and plugin objects are `Send + Sync` (required by `Provides` and `Plugin`);
@@ -282,6 +288,9 @@ pub(crate) fn bytes(buffer: RVec<u8>) -> Vec<u8> {
 impl LoadedPlugin {
     /// Reads the callback data source `index` of `data_providers`: its JSON text or an error.
     pub(crate) fn read_callback(&self, index: usize) -> Result<Vec<u8>, String> {
+        if let Some(isolated) = &self.isolated {
+            return isolated.request_json(crate::isolation::wire::CALLBACK, &[index as u32], &[]);
+        }
         let Some(DataSource::Callback(callback)) =
             self.data_providers.get(index).map(|d| &d.source)
         else {
@@ -304,7 +313,8 @@ impl LoadedPlugin {
 
     /// Hands the plugin object a value as JSON through `shim` (notify, import_state); a
     /// failure or panic in the plugin is logged, never propagated.
-    fn send_json<T: serde::Serialize>(&self, shim: JsonInFn, value: &T, what: &str) {
+    /// `kind` is the request an isolated plugin's child gets instead.
+    fn send_json<T: serde::Serialize>(&self, shim: JsonInFn, kind: u8, value: &T, what: &str) {
         let json = match serde_json::to_vec(value) {
             Ok(json) => json,
             Err(err) => {
@@ -312,6 +322,12 @@ impl LoadedPlugin {
                 return;
             }
         };
+        if let Some(isolated) = &self.isolated {
+            if let Err(message) = isolated.request_json(kind, &[], &json) {
+                tracing::warn!(app = %self.info.app, "{what} failed: {message}");
+            }
+            return;
+        }
         let mut error = RVec::new();
         // SAFETY: the plugin object lives as long as `self`; the shim catches panics.
         let status = unsafe { shim(self.object.instance, StrRef::bytes(&json), &mut error) };
@@ -322,21 +338,38 @@ impl LoadedPlugin {
 
     /// Delivers a notification.
     pub(crate) fn notify(&self, notification: &Notification) {
-        self.send_json(self.notify, notification, "notification");
+        self.send_json(
+            self.notify,
+            crate::isolation::wire::NOTIFY,
+            notification,
+            "notification",
+        );
     }
 
     /// The state the plugin hands to its successor; errors and panics are logged and give
     /// `None`.
     pub(crate) fn export_state(&self) -> Option<PluginState> {
-        let mut output = RVec::new();
-        let mut error = RVec::new();
-        // SAFETY: the plugin object lives as long as `self`; the shim catches panics.
-        let status = unsafe { (self.export_state)(self.object.instance, &mut output, &mut error) };
-        if status != STATUS_OK {
-            tracing::warn!(app = %self.info.app, "export_state failed: {}", text(error));
-            return None;
-        }
-        serde_json::from_slice(&bytes(output)).unwrap_or_else(|err| {
+        let json = if let Some(isolated) = &self.isolated {
+            match isolated.request_json(crate::isolation::wire::EXPORT, &[], &[]) {
+                Ok(json) => json,
+                Err(message) => {
+                    tracing::warn!(app = %self.info.app, "export_state failed: {message}");
+                    return None;
+                }
+            }
+        } else {
+            let mut output = RVec::new();
+            let mut error = RVec::new();
+            // SAFETY: the plugin object lives as long as `self`; the shim catches panics.
+            let status =
+                unsafe { (self.export_state)(self.object.instance, &mut output, &mut error) };
+            if status != STATUS_OK {
+                tracing::warn!(app = %self.info.app, "export_state failed: {}", text(error));
+                return None;
+            }
+            bytes(output)
+        };
+        serde_json::from_slice(&json).unwrap_or_else(|err| {
             tracing::warn!(app = %self.info.app, "export_state returned unreadable state: {err}");
             None
         })
@@ -344,7 +377,12 @@ impl LoadedPlugin {
 
     /// Hands the plugin its predecessor's state.
     pub(crate) fn import_state(&self, state: &PluginState) {
-        self.send_json(self.import_state, state, "state import");
+        self.send_json(
+            self.import_state,
+            crate::isolation::wire::IMPORT,
+            state,
+            "state import",
+        );
     }
 
     /// Computes process `index`'s output from its inputs' outputs.
@@ -353,6 +391,9 @@ impl LoadedPlugin {
         index: usize,
         inputs: &std::collections::BTreeMap<String, serde_json::Value>,
     ) -> Result<serde_json::Value, WorkerError> {
+        if let Some(isolated) = &self.isolated {
+            return isolated.ensure_running().map(|()| serde_json::Value::Null);
+        }
         let process = &self.process_tables[index];
         let json =
             serde_json::to_vec(inputs).map_err(|err| WorkerError::Failed(err.to_string()))?;
@@ -379,6 +420,9 @@ impl LoadedPlugin {
         index: usize,
         context: &WorkerContext,
     ) -> Result<(), WorkerError> {
+        if let Some(isolated) = &self.isolated {
+            return isolated.watch(context);
+        }
         let process = &self.process_tables[index];
         let host = ProcessHost {
             context: context as *const WorkerContext as *const c_void,
@@ -688,6 +732,7 @@ fn assemble(
         close_library,
         dynamic,
         host: None,
+        isolated: None,
     };
     // From here on `plugin` owns every object: dropping it on an error releases them.
     let invalid = |app: &str, reason: String| LoadError::Invalid {
@@ -982,3 +1027,142 @@ fn validate(path: &Path, plugin: &LoadedPlugin) -> Result<(), LoadError> {
     }
     Ok(())
 }
+
+/// How a registry runs isolated plugins.
+pub(crate) struct IsolationSettings<'a> {
+    pub(crate) command: &'a crate::isolation::PluginHostCommand,
+    pub(crate) start_timeout: std::time::Duration,
+}
+
+/// Loads a checked file in a plugin-host child process (see [`crate::isolation`]): the file's
+/// entry is checked here as for any load, the child loads a private copy, and its providers
+/// become entries that call over the child's socket. No plugin code runs in this process.
+pub(crate) fn load_isolated(
+    checked: CheckedFile,
+    copies: &CopyDir,
+    sequence: u64,
+    config: &str,
+    settings: &IsolationSettings<'_>,
+) -> Result<LoadedPlugin, LoadError> {
+    use crate::isolation::supervisor::{bridge_call, drop_bridge, BridgeProvider, Isolated};
+    let path = &checked.path;
+    tracing::debug!(file = %path.display(), "loading a plugin file in its own process");
+    let file_entry = read_file_entry(path, &checked.bytes)?;
+    let copy = copies.copy_path(path, sequence);
+    write_private_copy(&copy, &checked.bytes).map_err(|source| LoadError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let socket = copy.with_extension("sock");
+    let started = Isolated::start(
+        path,
+        copy.clone(),
+        socket,
+        config.to_owned(),
+        settings.command.clone(),
+        settings.start_timeout,
+    )
+    .map_err(|reason| {
+        let _ = std::fs::remove_file(&copy);
+        LoadError::Isolation {
+            path: path.to_owned(),
+            reason,
+        }
+    })?;
+    let isolated = started.isolated;
+    let manifest = started.hello.manifest;
+    let mut plugin = LoadedPlugin {
+        info: PluginInfo {
+            app: manifest.app.clone(),
+            version: manifest.version,
+            file: path.to_owned(),
+            content_hash: checked.hash,
+            priority: manifest.priority,
+            services: manifest.services,
+            call_path: CallPath::Isolated,
+            build: file_entry.build_info.clone(),
+            processes: manifest.processes.iter().map(|p| p.name.clone()).collect(),
+        },
+        app: Arc::from(manifest.app.as_str()),
+        providers: Vec::new(),
+        data_providers: manifest.data_providers,
+        callbacks: Vec::new(),
+        data_subscriptions: manifest.data_subscriptions,
+        processes: vec![ProcessManifest {
+            name: crate::isolation::SUPERVISOR_PROCESS.to_owned(),
+            inputs: Vec::new(),
+        }],
+        process_tables: Vec::new(),
+        notify: stand_in_json_in,
+        export_state: stand_in_json_out,
+        import_state: stand_in_json_in,
+        copy,
+        object: ObjectTable {
+            instance: std::ptr::null_mut(),
+            drop: stand_in_drop,
+        },
+        library: None,
+        close_library: true,
+        dynamic: DynamicProviders::new(),
+        host: None,
+        isolated: Some(isolated.clone()),
+    };
+    for (index, described) in manifest.providers.into_iter().enumerate() {
+        let bridge = BridgeProvider::new(&isolated, index, described.functions.len());
+        let functions = described
+            .functions
+            .into_iter()
+            .enumerate()
+            .map(|(function, manifest)| LoadedFunction {
+                name: manifest.name,
+                instance: bridge.function_instance(function),
+                args: manifest.args,
+                output: manifest.output,
+                typed: None,
+                stable: bridge_call,
+                counters: Arc::default(),
+            })
+            .collect();
+        plugin.providers.push(LoadedProvider {
+            label: Arc::from(described.label.as_str()),
+            service: Arc::from(described.service.as_str()),
+            priority: described.priority,
+            object: ObjectTable {
+                instance: Box::into_raw(bridge) as *mut c_void,
+                drop: drop_bridge,
+            },
+            functions,
+        });
+    }
+    validate(path, &plugin)?;
+    *plugin.dynamic.declared.lock() = plugin.providers.iter().map(|p| p.label.clone()).collect();
+    tracing::info!(
+        app = %plugin.info.app,
+        version = %plugin.info.version,
+        file = %path.display(),
+        "plugin loaded in its own process"
+    );
+    Ok(plugin)
+}
+
+/// The plugin-object entry points of an isolated plugin, which has no object in this process:
+/// never called (the loaded plugin forwards to its child instead).
+unsafe extern "C" fn stand_in_json_in(
+    _instance: *const c_void,
+    _input: StrRef,
+    _error: *mut RVec<u8>,
+) -> u32 {
+    crate::abi::STATUS_FAILED
+}
+
+/// As [`stand_in_json_in`].
+unsafe extern "C" fn stand_in_json_out(
+    _instance: *const c_void,
+    _output: *mut RVec<u8>,
+    _error: *mut RVec<u8>,
+) -> u32 {
+    crate::abi::STATUS_FAILED
+}
+
+/// As [`stand_in_json_in`]: there is nothing to release.
+unsafe extern "C" fn stand_in_drop(_instance: *mut c_void) {}

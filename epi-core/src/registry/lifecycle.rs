@@ -299,6 +299,24 @@ impl Registry {
         false
     }
 
+    /// Whether the plugin of `path` runs in a child process (see `RegistryConfig::isolate`).
+    fn isolates(&self, path: &Path) -> bool {
+        let isolate = &self.shared.config.isolate;
+        if isolate.is_empty() {
+            return false;
+        }
+        let app = self
+            .shared
+            .state
+            .lock()
+            .files
+            .get(path)
+            .and_then(|record| record.app.clone());
+        isolate
+            .iter()
+            .any(|entry| crate::isolation::names(entry, path, app.as_deref()))
+    }
+
     /// How this registry probes files before opening them (`None`: it does not).
     fn probe_settings(&self) -> Option<loader::probe::ProbeSettings> {
         let config = &self.shared.config;
@@ -342,16 +360,43 @@ impl Registry {
             &dynamic,
             republish,
         );
-        let plugin = loader::load(
-            checked,
-            &self.shared.copies,
-            sequence,
-            &config_text,
-            close_native,
-            host,
-            dynamic,
-            self.probe_settings().as_ref(),
-        )?;
+        let plugin = if self.isolates(&path) {
+            drop(host);
+            let config = &self.shared.config;
+            let command = config
+                .plugin_host
+                .as_ref()
+                .ok_or_else(|| LoadError::Isolation {
+                    path: path.clone(),
+                    reason: "the registry has no plugin host program \
+                             (RegistryConfig::plugin_host)"
+                        .into(),
+                })?;
+            let settings = loader::IsolationSettings {
+                command,
+                start_timeout: config
+                    .load_probe_timeout
+                    .unwrap_or(loader::probe::DEFAULT_PROBE_TIMEOUT),
+            };
+            loader::load_isolated(
+                checked,
+                &self.shared.copies,
+                sequence,
+                &config_text,
+                &settings,
+            )?
+        } else {
+            loader::load(
+                checked,
+                &self.shared.copies,
+                sequence,
+                &config_text,
+                close_native,
+                host,
+                dynamic,
+                self.probe_settings().as_ref(),
+            )?
+        };
 
         let _changing = self.changing();
         let mut state = self.shared.state.lock();

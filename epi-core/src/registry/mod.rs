@@ -74,6 +74,13 @@ pub struct RegistryConfig {
     /// How long a probe load may take before the file is refused (default
     /// [`crate::DEFAULT_PROBE_TIMEOUT`], 20 s).
     pub load_probe_timeout: Option<std::time::Duration>,
+    /// Plugins run in a supervised child process of their own (see [`crate::isolation`]),
+    /// named by app or file: an entry matches the app name of a plugin loaded from the file
+    /// before, the file name, or the file name without `.so` and a `lib` or `libepi_plugin_`
+    /// prefix. Needs [`RegistryConfig::plugin_host`].
+    pub isolate: Vec<String>,
+    /// The program that runs isolated plugins (the daemon uses its own `epi plugin-host`).
+    pub plugin_host: Option<crate::isolation::PluginHostCommand>,
 }
 
 /// The default of [`RegistryConfig::max_call_depth`].
@@ -165,7 +172,7 @@ pub(crate) struct Shared {
     /// Stops the data thread when the registry goes away.
     _data_worker: DataWorker,
     /// Loaded plugins and files; holding this lock serialises every change.
-    state: Mutex<lifecycle::State>,
+    pub(crate) state: Mutex<lifecycle::State>,
     /// The plugin directory watcher, once `watch` was called.
     watcher: Mutex<Option<watch::DirWatcher>>,
     config: RegistryConfig,
