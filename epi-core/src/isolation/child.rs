@@ -24,6 +24,9 @@ pub(crate) const CONFIG_ENV: &str = "EPI_PLUGIN_HOST_CONFIG";
 /// The line the child prints on stdout once it listens.
 pub(crate) const READY_LINE: &str = "EPI-PLUGIN-HOST-READY";
 
+/// How long a connection's thread spins for the next request before it sleeps.
+const SERVER_SPIN: std::time::Duration = std::time::Duration::from_micros(100);
+
 /// What the child says about its plugin (the `HELLO` reply).
 #[derive(Serialize, Deserialize)]
 pub(crate) struct Hello {
@@ -183,6 +186,8 @@ fn served(registry: &Registry) -> Result<Served, String> {
 /// Answers one connection's requests in turn until the host closes it.
 fn serve_connection(served: &Served, mut stream: UnixStream) {
     loop {
+        // A caller calling in a loop finds this thread awake.
+        wire::spin_until_readable(&stream, SERVER_SPIN);
         let frame = match wire::read_frame(&mut stream) {
             Ok(Some(frame)) => frame,
             Ok(None) => return,

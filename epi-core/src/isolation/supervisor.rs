@@ -22,6 +22,9 @@ use super::PluginHostCommand;
 use crate::abi::{RVec, StrRef, STATUS_FAILED, STATUS_OK};
 use crate::engine::{WorkerContext, WorkerError};
 
+/// How long a caller spins for a reply before it sleeps (see [`wire::spin_until_readable`]).
+const CALLER_SPIN: Duration = Duration::from_micros(50);
+
 /// The most of a child's stderr kept for an error message.
 const STDERR_TAIL: usize = 4096;
 
@@ -67,6 +70,7 @@ impl Link {
             None => UnixStream::connect(&self.socket)?,
         };
         wire::write_request(&mut stream, kind, header, body)?;
+        wire::spin_until_readable(&stream, CALLER_SPIN);
         let reply = wire::read_reply(&mut stream)?;
         self.idle.lock().push(stream);
         Ok(reply)

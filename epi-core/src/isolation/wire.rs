@@ -24,6 +24,38 @@ pub(crate) const IMPORT: u8 = 4;
 /// `CALLBACK index:u32`: reads data provider `index`'s callback.
 pub(crate) const CALLBACK: u8 = 5;
 
+/// Spins up to `limit` until `stream` has bytes to read (or an error or its end), then
+/// returns; a blocking read follows. A wake-up across cores costs tens of microseconds on a
+/// virtual machine (a round trip on a socket pair measured 100 µs across cores, 9 µs on one),
+/// so a peer that answers within `limit` is read without sleeping.
+pub(crate) fn spin_until_readable(
+    stream: &std::os::unix::net::UnixStream,
+    limit: std::time::Duration,
+) {
+    use std::os::fd::AsRawFd;
+    let started = std::time::Instant::now();
+    let mut byte = 0u8;
+    loop {
+        // SAFETY: a one-byte peek into a live local on an open socket; nothing is consumed.
+        let peeked = unsafe {
+            libc::recv(
+                stream.as_raw_fd(),
+                &mut byte as *mut u8 as *mut libc::c_void,
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        if peeked >= 0 {
+            return;
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::WouldBlock || started.elapsed() >= limit {
+            return;
+        }
+        std::hint::spin_loop();
+    }
+}
+
 /// Writes one request.
 pub(crate) fn write_request(
     stream: &mut impl Write,
