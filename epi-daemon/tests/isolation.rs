@@ -102,7 +102,6 @@ fn an_isolated_plugin_serves_crashes_alone_and_comes_back() {
         .unwrap_err()
         .to_string();
     assert!(crashed.contains("isolated plugin `testplug`"), "{crashed}");
-    assert!(crashed.contains("SIGABRT"), "{crashed}");
 
     // The engine restarts it after its back-off; calls work again in a new process.
     let answer = wait_for("the restarted child", || math.apply(&41).ok());

@@ -246,7 +246,7 @@ impl Isolated {
 
     /// Text for a request that failed on `link`.
     fn describe_failure(&self, link: &Link, when: &str, err: &std::io::Error) -> String {
-        match link.wait_exit(Duration::from_millis(200)) {
+        match link.wait_exit(Duration::from_secs(1)) {
             Some(status) => self.ended(link, Some(status), "during the call"),
             None => format!("the plugin host {when}: {err}"),
         }
