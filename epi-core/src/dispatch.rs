@@ -227,16 +227,28 @@ impl ServiceHandle {
 
     /// True when some provider returned `true` (couch_epi's `any`).
     pub fn any<A: Argument>(&self, function: &str, args: &A, opts: Opts) -> Result<bool, Error> {
-        Ok(core::any_true(
-            &self.apply_with::<A, bool>(function, args, opts)?,
-        ))
+        self.truth(function, args, opts, core::Truth::Any)
     }
 
     /// True unless some provider returned `false` (couch_epi's `all`: `true` with no providers).
     pub fn all<A: Argument>(&self, function: &str, args: &A, opts: Opts) -> Result<bool, Error> {
-        Ok(core::all_true(
-            &self.apply_with::<A, bool>(function, args, opts)?,
-        ))
+        self.truth(function, args, opts, core::Truth::All)
+    }
+
+    fn truth<A: Argument>(
+        &self,
+        function: &str,
+        args: &A,
+        opts: Opts,
+        fold: core::Truth,
+    ) -> Result<bool, Error> {
+        let _span = tracing::trace_span!("epi.apply", service = %self.name, function).entered();
+        let snapshot = self.shared.current.load();
+        // Calls plugins make from inside this one read the same table.
+        let _pinned = Pinned::new(&self.shared, &snapshot);
+        let list = self.list(&snapshot, function)?;
+        let checked = core::precheck::<A, bool>(list, opts.ignore_errors)?;
+        core::truth(&*self.shared, list, checked, args, opts, fold)
     }
 }
 
@@ -319,12 +331,23 @@ impl<A: Argument, O: Output> Function<A, O> {
 impl<A: Argument> Function<A, bool> {
     /// True when some provider returned `true`.
     pub fn any(&self, args: &A, opts: Opts) -> Result<bool, Error> {
-        Ok(core::any_true(&self.apply_with(args, opts)?))
+        self.truth(args, opts, core::Truth::Any)
     }
 
     /// True unless some provider returned `false` (`true` with no providers, as couch_epi).
     pub fn all(&self, args: &A, opts: Opts) -> Result<bool, Error> {
-        Ok(core::all_true(&self.apply_with(args, opts)?))
+        self.truth(args, opts, core::Truth::All)
+    }
+
+    fn truth(&self, args: &A, opts: Opts, fold: core::Truth) -> Result<bool, Error> {
+        let _span =
+            tracing::trace_span!("epi.apply", service = %self.service_name, function = %self.name)
+                .entered();
+        let snapshot = self.shared.current.load();
+        // Calls plugins make from inside this one read the same table.
+        let _pinned = Pinned::new(&self.shared, &snapshot);
+        let (list, checked) = self.resolve(&snapshot, opts.ignore_errors)?;
+        core::truth(&*self.shared, list, checked, args, opts, fold)
     }
 }
 

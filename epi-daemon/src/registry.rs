@@ -40,6 +40,9 @@ pub fn open_registry(
             .map(epi::isolation::PluginHostCommand::epi),
         ..RegistryConfig::default()
     })?;
+    // Files the watcher finds later get their `[plugins.config]` entry too.
+    let plugins = config.clone();
+    registry.set_config_source(move |file| plugins.plugin_config(file));
     for dir in config.plugin_dirs() {
         match registry.load_dir_with_config(&dir, |file| config.plugin_config(file)) {
             Ok(results) => {

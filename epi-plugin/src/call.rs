@@ -623,6 +623,54 @@ pub fn run_concurrent<R: Send>(
         .collect()
 }
 
+/// Which boolean fold [`truth`] computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Truth {
+    /// couch_epi's `any`: some provider returned `true`.
+    Any,
+    /// couch_epi's `all`: no provider returned `false` (`true` with no providers).
+    All,
+}
+
+/// `any` or `all` over every provider's `bool`, as couch_epi computes them from `apply`: every
+/// provider is called, in order, and the first error stops the call (with `ignore_errors` a
+/// failure counts as neither `true` nor `false`). Allocates nothing unless `concurrent`.
+pub fn truth<A: Argument>(
+    pool: &dyn Pool,
+    list: Providers<'_>,
+    checked: Option<Checked<'_, A, bool>>,
+    args: &A,
+    opts: Opts,
+    fold: Truth,
+) -> Result<bool, Error> {
+    if opts.concurrent && list.len() > 1 {
+        let results = apply_with(pool, list, checked, args, opts)?;
+        return Ok(match fold {
+            Truth::Any => any_true(&results),
+            Truth::All => all_true(&results),
+        });
+    }
+    let opts = opts.check()?;
+    if opts.pipe {
+        return Err(Error::IncompatibleOptions(
+            "`pipe` changes the result type: call `pipe` instead of `any` or `all`",
+        ));
+    }
+    // `any` looks for a `true`, `all` for a `false`.
+    let wanted = fold == Truth::Any;
+    let mut found = false;
+    let args = Args::new(args);
+    for index in 0..list.len() {
+        match checked_call::<A, bool>(list, checked, index, &args) {
+            Ok(value) => found |= value == wanted,
+            Err(err) if err.failure.is_absent() => {}
+            Err(_) if opts.ignore_errors => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(if wanted { found } else { !found })
+}
+
 /// couch_epi's `any`: some provider returned `true`.
 pub fn any_true(results: &[Result<bool, ProviderError>]) -> bool {
     results.iter().any(|result| matches!(result, Ok(true)))

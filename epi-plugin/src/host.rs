@@ -236,12 +236,22 @@ impl<A: Argument, O: Output> Function<A, O> {
 impl<A: Argument> Function<A, bool> {
     /// True when some provider returned `true` (couch_epi's `any`).
     pub fn any(&self, args: &A, opts: Opts) -> Result<bool, Error> {
-        Ok(core::any_true(&self.apply_with(args, opts)?))
+        self.truth(args, opts, core::Truth::Any)
     }
 
     /// True unless some provider returned `false` (couch_epi's `all`: `true` with no providers).
     pub fn all(&self, args: &A, opts: Opts) -> Result<bool, Error> {
-        Ok(core::all_true(&self.apply_with(args, opts)?))
+        self.truth(args, opts, core::Truth::All)
+    }
+
+    fn truth(&self, args: &A, opts: Opts, fold: core::Truth) -> Result<bool, Error> {
+        let call = self.enter()?;
+        let checked = self.checked(&call, opts.ignore_errors)?;
+        let pool = HostPool {
+            table: call.table,
+            context: call.context,
+        };
+        core::truth(&pool, call.providers(), checked, args, opts, fold)
     }
 }
 

@@ -264,6 +264,43 @@ fn the_watcher_follows_renames_copies_new_files_and_removals() {
     assert_eq!(mark.apply(&()).unwrap(), vec!["00000003"]);
 }
 
+#[test]
+fn a_plugin_file_keeps_its_configuration_across_removal_and_files_found_later_get_theirs() {
+    let dir = plugin_dir();
+    let registry = registry(&[]);
+    registry.set_config_source(|file| {
+        let stem = file.file_stem().unwrap().to_string_lossy().into_owned();
+        json!({"app": format!("found-{stem}"), "providers": [{"label": "x"}]})
+    });
+    let path = write_file(dir.path(), "counter.so", &build(1));
+    registry
+        .load_with_config(
+            &path,
+            &json!({"app": "given", "providers": [{"label": "one"}]}),
+        )
+        .unwrap();
+    registry.watch(dir.path()).unwrap();
+    let labels = registry.function::<(), String>("math", "label");
+    assert_eq!(labels.apply(&()).unwrap(), vec!["one"]);
+
+    // Removed, then put back: the plugin comes back with the configuration it was given.
+    std::fs::remove_file(&path).unwrap();
+    wait_for("the removal", || version_of(&registry, "given").is_none());
+    publish_by_rename(&path, &build(2));
+    wait_for("the file put back", || {
+        version_of(&registry, "given").is_some()
+    });
+    assert_eq!(labels.apply(&()).unwrap(), vec!["one"]);
+
+    // A file the watcher finds for the first time is configured by the config source.
+    publish_by_rename(&dir.path().join("other.so"), &build(3));
+    wait_for("the new file", || {
+        version_of(&registry, "found-other").is_some()
+    });
+    // Ordered by app name: `found-other` before `given`.
+    assert_eq!(labels.apply(&()).unwrap(), vec!["x", "one"]);
+}
+
 /// The notifications the (first) test plugin received, through its `probe` provider.
 fn notifications(registry: &Registry) -> Vec<Notification> {
     let Value::Array(replies) = registry

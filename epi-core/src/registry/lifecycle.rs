@@ -59,6 +59,9 @@ pub(crate) struct State {
     kept: Vec<Arc<LoadedPlugin>>,
     /// Retired versions so far.
     retired_total: u64,
+    /// The configuration each file was given, kept when its plugin is unloaded: a file
+    /// removed and put back gets it again.
+    configs: BTreeMap<PathBuf, Value>,
 }
 
 /// A load, upgrade or unload under way (see `Registry::changing`).
@@ -251,7 +254,7 @@ impl Registry {
                 }
             });
         };
-        let config = {
+        let known = {
             let state = self.shared.state.lock();
             match state.files.get(path) {
                 // Same file as last time: loaded, or failed and not changed since.
@@ -262,10 +265,11 @@ impl Registry {
                 {
                     return Ok(Upgrade::Unchanged)
                 }
-                Some(record) => record.config.clone(),
-                None => Value::Null,
+                Some(record) => Some(record.config.clone()),
+                None => state.configs.get(path).cloned(),
             }
         };
+        let config = known.unwrap_or_else(|| self.configured(path));
         let result = loader::check(path).and_then(|checked| {
             if self.already_serving(&checked) {
                 return Ok(Upgrade::Unchanged);
@@ -297,6 +301,20 @@ impl Registry {
             return true;
         }
         false
+    }
+
+    /// Sets where the configuration of plugin files the registry finds itself comes from:
+    /// files the watcher or [`Registry::reload`] sees for the first time. A file loaded with
+    /// [`Registry::load_with_config`] keeps the configuration it was given, also after its
+    /// plugin is unloaded and the file comes back.
+    pub fn set_config_source(&self, source: impl Fn(&Path) -> Value + Send + Sync + 'static) {
+        *self.shared.config_source.lock() = Some(Arc::new(source));
+    }
+
+    /// The configuration the config source gives `path` (`null` without one).
+    fn configured(&self, path: &Path) -> Value {
+        let source = self.shared.config_source.lock().clone();
+        source.map_or(Value::Null, |source| source(path))
     }
 
     /// Whether the plugin of `path` runs in a child process (see `RegistryConfig::isolate`).
@@ -453,6 +471,7 @@ impl Registry {
                 None
             }
         };
+        state.configs.insert(path.clone(), config.clone());
         state.files.insert(
             path,
             FileRecord {
@@ -497,6 +516,9 @@ impl Registry {
 
     fn record_error(&self, path: &Path, config: &Value, err: &LoadError) {
         let mut state = self.shared.state.lock();
+        if !state.configs.contains_key(path) {
+            state.configs.insert(path.to_owned(), config.clone());
+        }
         let record = state.files.entry(path.to_owned()).or_default();
         if record.app.is_none() {
             record.config = config.clone();

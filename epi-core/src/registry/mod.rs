@@ -189,7 +189,13 @@ pub(crate) struct Shared {
     rules: snapshot::Rules,
     /// Loads, upgrades, unloads and refusals, for operators.
     history: Mutex<history::Recorder>,
+    /// Configuration for plugin files the registry finds itself (see
+    /// [`Registry::set_config_source`]).
+    config_source: Mutex<Option<ConfigSource>>,
 }
+
+/// Gives the configuration of a plugin file by its path.
+pub(crate) type ConfigSource = Arc<dyn Fn(&Path) -> serde_json::Value + Send + Sync>;
 
 impl Drop for Shared {
     fn drop(&mut self) {
@@ -315,6 +321,7 @@ impl Registry {
                 changing: Default::default(),
                 pending: Default::default(),
                 history: Default::default(),
+                config_source: Mutex::new(None),
             }),
         })
     }
