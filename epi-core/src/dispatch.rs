@@ -19,7 +19,7 @@ use crate::error::{Error, ProviderError};
 use crate::ids::{FunctionId, Interner, ServiceId};
 use crate::snapshot::Snapshot;
 use epi_plugin::call::{self as core, Checked, Providers};
-pub use epi_plugin::call::{Argument, Opts, Output};
+pub use epi_plugin::call::{Answer, Argument, Opts, Output};
 use epi_plugin::Decision;
 
 /// What handles call through: the current dispatch table, the ids of names, and the pool for
@@ -326,6 +326,19 @@ impl<A: Argument, O: Output> Function<A, O> {
         let (list, checked) = self.resolve(&snapshot, opts.ignore_errors)?;
         core::apply_with(&*self.shared, list, checked, args, opts)
     }
+
+    /// `apply` with options, saying which provider gave each result: `(plugin, provider,
+    /// result)` in provider order. Plain `apply` does not pay for the names.
+    pub fn apply_answers(&self, args: &A, opts: Opts) -> Result<Vec<Answer<O>>, Error> {
+        let _span =
+            tracing::trace_span!("epi.apply", service = %self.service_name, function = %self.name)
+                .entered();
+        let snapshot = self.shared.current.load();
+        // Calls plugins make from inside this one read the same table.
+        let _pinned = Pinned::new(&self.shared, &snapshot);
+        let (list, checked) = self.resolve(&snapshot, opts.ignore_errors)?;
+        core::apply_answers(&*self.shared, list, checked, args, opts)
+    }
 }
 
 impl<A: Argument> Function<A, bool> {
@@ -362,6 +375,19 @@ impl<A: Argument, T: DeserializeOwned + Send + 'static> Function<A, Decision<T>>
         let _pinned = Pinned::new(&self.shared, &snapshot);
         let (list, checked) = self.resolve(&snapshot, opts.ignore_errors)?;
         core::decide(list, checked, args, opts)
+    }
+
+    /// `decide`, saying who decided: the deciding provider's plugin and label with the value
+    /// (`result` is always `Ok`), or `None` when no provider decided.
+    pub fn decide_answer(&self, args: &A, opts: Opts) -> Result<Option<Answer<T>>, Error> {
+        let _span =
+            tracing::trace_span!("epi.decide", service = %self.service_name, function = %self.name)
+                .entered();
+        let snapshot = self.shared.current.load();
+        // Calls plugins make from inside this one read the same table.
+        let _pinned = Pinned::new(&self.shared, &snapshot);
+        let (list, checked) = self.resolve(&snapshot, opts.ignore_errors)?;
+        core::decide_answer(list, checked, args, opts)
     }
 }
 

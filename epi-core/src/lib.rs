@@ -77,10 +77,10 @@ pub use epi_plugin::{
 pub use epi_engine as engine;
 
 pub use data::{
-    DataEntry, DataHandle, DataStatus, Group, Named, SourceKind, DEFAULT_DATA_READ_TIMEOUT,
-    DEFAULT_MAX_DATA_FILE_BYTES,
+    DataEntry, DataHandle, DataReload, DataStatus, Group, Named, SourceKind, Subscription,
+    DEFAULT_DATA_READ_TIMEOUT, DEFAULT_MAX_DATA_FILE_BYTES,
 };
-pub use dispatch::{Argument, Function, Opts, Output, ServiceHandle};
+pub use dispatch::{Answer, Argument, Function, Opts, Output, ServiceHandle};
 pub use dynamic::{Applied, Reply};
 pub use engine::{EngineReport, WorkerReport, WorkerState};
 pub use epi_plugin::Provider;

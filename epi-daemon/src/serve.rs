@@ -208,10 +208,20 @@ async fn reload_on_hangup(registry: Registry) {
         let registry = registry.clone();
         let _ = tokio::task::spawn_blocking(move || {
             let results = registry.reload();
-            let notified = registry.reload_data();
+            let data = registry.reload_data();
+            for failed in &data.failed {
+                tracing::warn!(
+                    service = %failed.service,
+                    key = %failed.key,
+                    source = %failed.source,
+                    "data source failed: {}",
+                    failed.error.as_deref().unwrap_or_default()
+                );
+            }
             tracing::info!(
                 files = results.len(),
-                notified,
+                notified = data.notified,
+                failed_sources = data.failed.len(),
                 "SIGHUP: plugins and data reloaded"
             );
         })
@@ -485,7 +495,14 @@ pub fn reload_all(registry: &Registry) -> Value {
             Err(err) => json!({"file": path, "error": err.to_string()}),
         })
         .collect();
-    json!({"files": files, "data_notifications": registry.reload_data()})
+    {
+        let data = registry.reload_data();
+        json!({
+            "files": files,
+            "data_notifications": data.notified,
+            "data_failures": data.failed,
+        })
+    }
 }
 
 /// Re-checks the file of one plugin (upgrading it if it changed), then re-reads all data; same
@@ -503,7 +520,14 @@ pub fn reload_plugin(registry: &Registry, app: &str) -> Value {
         },
         None => json!([{"file": null, "error": format!("no plugin named `{app}` is loaded")}]),
     };
-    json!({"files": files, "data_notifications": registry.reload_data()})
+    {
+        let data = registry.reload_data();
+        json!({
+            "files": files,
+            "data_notifications": data.notified,
+            "data_failures": data.failed,
+        })
+    }
 }
 
 /// Body of `/_epi/apply` and `/_epi/decide`.

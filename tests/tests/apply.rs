@@ -387,3 +387,47 @@ fn an_app_listed_twice_in_the_order_takes_its_first_place() {
         .unwrap();
     assert_eq!(order, ["b", "a", "c"]);
 }
+
+#[test]
+fn answers_say_which_provider_gave_each_result_and_who_decided() {
+    let registry = three(["ok", "fail", "ok"]);
+    let value = registry.function::<i64, i64>("math", "value");
+    let answers = value
+        .apply_answers(&1, Opts::new().ignore_errors())
+        .unwrap();
+    let who: Vec<(&str, &str, Option<i64>)> = answers
+        .iter()
+        .map(|a| (&*a.plugin, &*a.provider, a.result.as_ref().ok().copied()))
+        .collect();
+    assert_eq!(
+        who,
+        vec![
+            ("alpha", "alpha-p", Some(2)),
+            ("beta", "beta-p", None),
+            ("gamma", "gamma-p", Some(101)),
+        ]
+    );
+    // Without ignore_errors the first failure is the call's error, as for apply.
+    let err = value.apply_answers(&1, Opts::new()).unwrap_err();
+    assert!(err.to_string().contains("beta-p"), "{err}");
+    // Concurrently, the same answers in provider order.
+    let concurrent = value
+        .apply_answers(&1, Opts::new().ignore_errors().concurrent())
+        .unwrap();
+    assert_eq!(concurrent, answers);
+
+    let decide = registry.function::<i64, Decision<String>>("math", "decide");
+    let decided = decide
+        .decide_answer(&1, Opts::new().ignore_errors())
+        .unwrap()
+        .unwrap();
+    assert_eq!((&*decided.plugin, &*decided.provider), ("gamma", "gamma-p"));
+    assert_eq!(decided.result.unwrap(), "gamma-p");
+    registry.unload("gamma");
+    assert_eq!(
+        decide
+            .decide_answer(&1, Opts::new().ignore_errors())
+            .unwrap(),
+        None
+    );
+}

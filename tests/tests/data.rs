@@ -317,7 +317,7 @@ fn an_identical_rewrite_is_not_a_change() {
     assert_eq!(cfg.version(), version);
     assert_eq!(data_notes(&received(&registry, "same"), "same").len(), 1);
     assert_eq!(
-        registry.reload_data(),
+        registry.reload_data().notified,
         0,
         "a manual reload finds nothing new"
     );
@@ -368,7 +368,7 @@ fn manual_reload_reads_every_source_at_once() {
         Some(v(Value::Null))
     );
     assert_eq!(
-        registry.reload_data(),
+        registry.reload_data().notified,
         1,
         "one notification: the provider's"
     );
@@ -466,15 +466,23 @@ fn a_failing_or_panicking_callback_keeps_the_previous_data() {
         probe
             .apply::<Value, ()>("set_callback", &json!("never served"))
             .unwrap();
-        assert_eq!(registry.reload_data(), 0);
+        let reload = registry.reload_data();
+        assert_eq!(reload.notified, 0);
         assert_eq!(cfg.get_value("flaky", "k"), Some(v(json!("good"))));
         let error = registry.data_status()[0].error.clone().unwrap();
         assert!(error.contains(expected), "{error}");
+        // The reload says which source failed, and why.
+        assert_eq!(reload.failed.len(), 1);
+        assert_eq!(
+            (&*reload.failed[0].source, &*reload.failed[0].key),
+            ("flaky", "k")
+        );
+        assert!(reload.failed[0].error.as_ref().unwrap().contains(expected));
     }
     probe
         .apply::<String, ()>("set_callback_behaviour", &"ok".to_string())
         .unwrap();
-    registry.reload_data();
+    assert!(registry.reload_data().failed.is_empty());
     assert_eq!(cfg.get_value("flaky", "k"), Some(v(json!("never served"))));
     assert!(registry.data_status()[0].error.is_none());
 }
@@ -618,7 +626,7 @@ fn a_callback_that_hangs_times_out_off_every_lock_and_keeps_the_previous_data() 
         .apply::<Value, ()>("set_callback", &json!("late"))
         .unwrap();
     let started = Instant::now();
-    assert_eq!(registry.reload_data(), 0);
+    assert_eq!(registry.reload_data().notified, 0);
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "the reload waited for the hanging callback: {:?}",
@@ -632,7 +640,7 @@ fn a_callback_that_hangs_times_out_off_every_lock_and_keeps_the_previous_data() 
     // does not pile another read on the hanging one.
     let started = Instant::now();
     load_testplug(&registry, "other", json!([{"label": "o", "add": 1}]));
-    assert_eq!(registry.reload_data(), 0);
+    assert_eq!(registry.reload_data().notified, 0);
     assert!(registry.data_status().len() == 1);
     assert!(started.elapsed() < Duration::from_secs(2));
 
@@ -645,4 +653,56 @@ fn a_callback_that_hangs_times_out_off_every_lock_and_keeps_the_previous_data() 
         cfg.get_value("stuck", "k") == Some(v(json!("late")))
     });
     assert!(registry.data_status()[0].error.is_none());
+}
+
+#[test]
+fn hosts_observe_notifications_directly() {
+    let registry = registry(&[]);
+    let (sender, received) = std::sync::mpsc::channel();
+    let subscription = registry.on_notification(move |notification| {
+        let _ = sender.send(notification.clone());
+    });
+    // A plugin defining `math` with one provider: the providers of `math` changed.
+    load_testplug(&registry, "alpha", json!([{"label": "a"}]));
+    let mut seen = Vec::new();
+    while let Ok(notification) = received.recv_timeout(std::time::Duration::from_secs(5)) {
+        let done = matches!(&notification, epi::Notification::Providers { service, .. } if service == "math");
+        seen.push(notification);
+        if done {
+            break;
+        }
+    }
+    assert!(
+        seen.iter().any(
+            |n| matches!(n, epi::Notification::Providers { service, new, .. }
+            if service == "math" && new.len() == 1)
+        ),
+        "{seen:?}"
+    );
+    // Data a plugin provides, which no plugin subscribes to, is still seen by the host.
+    registry
+        .load_with_config(
+            testplug(),
+            &json!({"app": "beta", "data": [{"service": "cfg", "key": "k", "static": 7}]}),
+        )
+        .unwrap();
+    let data = loop {
+        let notification = received
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("the data notification");
+        if let epi::Notification::Data {
+            service, key, new, ..
+        } = notification
+        {
+            break (service, key, new);
+        }
+    };
+    assert_eq!((&*data.0, &*data.1), ("cfg", "k"));
+    assert_eq!(data.2[0].value, json!(7));
+    // Dropping the subscription ends it.
+    drop(subscription);
+    registry.unload("beta");
+    assert!(received
+        .recv_timeout(std::time::Duration::from_millis(200))
+        .is_err());
 }

@@ -25,7 +25,8 @@ use serde_json::Value;
 use crate::ids::{Interner, ServiceId};
 use crate::loader::LoadedPlugin;
 pub use source::{DEFAULT_DATA_READ_TIMEOUT, DEFAULT_MAX_DATA_FILE_BYTES};
-use state::{DataState, Delivery, KeyRef, ReadJob};
+pub(crate) use state::Delivery;
+use state::{DataState, KeyRef, ReadJob};
 pub use state::{DataStatus, SourceKind};
 use table::DataTable;
 
@@ -48,6 +49,36 @@ pub(crate) struct DataHub {
     commands: Mutex<Sender<Command>>,
     /// How long a read may take before its source gets an error.
     read_timeout: Duration,
+    /// The host's notification observers, by subscription id.
+    observers: parking_lot::RwLock<Vec<(u64, Observer)>>,
+    next_observer: std::sync::atomic::AtomicU64,
+}
+
+/// A host's notification observer ([`crate::Registry::on_notification`]).
+pub(crate) type Observer = Arc<dyn Fn(&epi_plugin::Notification) + Send + Sync>;
+
+/// A host's subscription to the registry's notifications; dropping it ends the subscription.
+#[must_use = "dropping the subscription ends it"]
+pub struct Subscription {
+    hub: std::sync::Weak<DataHub>,
+    id: u64,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(hub) = self.hub.upgrade() {
+            hub.observers.write().retain(|(id, _)| *id != self.id);
+        }
+    }
+}
+
+/// What [`crate::Registry::reload_data`] did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DataReload {
+    /// Notifications delivered to plugins.
+    pub notified: usize,
+    /// The sources whose last read failed (each keeps its previous value).
+    pub failed: Vec<DataStatus>,
 }
 
 /// The background thread of a hub; stops it when dropped.
@@ -96,6 +127,8 @@ impl DataHub {
             watcher: Mutex::new(watcher),
             commands: Mutex::new(commands.clone()),
             read_timeout,
+            observers: Default::default(),
+            next_observer: std::sync::atomic::AtomicU64::new(1),
         });
         let worker_hub = hub.clone();
         let thread = std::thread::Builder::new()
@@ -123,7 +156,46 @@ impl DataHub {
                 Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                 Err(RecvTimeoutError::Timeout) => self.read(DataState::due_jobs),
             };
-            deliver(deliveries);
+            self.deliver(deliveries);
+        }
+    }
+
+    /// Adds a host observer.
+    pub(crate) fn observe(self: &Arc<Self>, observer: Observer) -> Subscription {
+        let id = self
+            .next_observer
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.observers.write().push((id, observer));
+        Subscription {
+            hub: Arc::downgrade(self),
+            id,
+        }
+    }
+
+    /// Delivers notifications, one plugin call each (failures are logged by the plugin
+    /// wrapper), and those for the host to its observers.
+    pub(crate) fn deliver(&self, deliveries: Vec<Delivery>) {
+        for (recipient, notification) in deliveries {
+            match recipient {
+                Some(plugin) => plugin.notify(&notification),
+                None => {
+                    let observers: Vec<Observer> = self
+                        .observers
+                        .read()
+                        .iter()
+                        .map(|(_, o)| o.clone())
+                        .collect();
+                    for observer in observers {
+                        let delivered =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                observer(&notification)
+                            }));
+                        if delivered.is_err() {
+                            tracing::error!("a host's notification observer panicked");
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -203,13 +275,6 @@ fn is_finished_write(kind: &EventKind) -> bool {
             | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
             | EventKind::Remove(_)
     )
-}
-
-/// Delivers notifications, one plugin call each; failures are logged by the plugin wrapper.
-pub(crate) fn deliver(deliveries: Vec<Delivery>) {
-    for (plugin, notification) in deliveries {
-        plugin.notify(&notification);
-    }
 }
 
 /// A service's data: lock-free queries over the current table. Cheap to clone; valid across

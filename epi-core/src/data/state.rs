@@ -58,7 +58,9 @@ pub struct DataStatus {
 pub(crate) type KeyRef = (Arc<str>, Arc<str>);
 
 /// A notification and the plugin it goes to.
-pub(crate) type Delivery = (Arc<LoadedPlugin>, Notification);
+/// A notification and whom it goes to: a plugin, or (`None`) the host's observers
+/// ([`crate::Registry::on_notification`]).
+pub(crate) type Delivery = (Option<Arc<LoadedPlugin>>, Notification);
 
 struct Entry {
     plugin: Arc<LoadedPlugin>,
@@ -397,9 +399,10 @@ impl DataState {
             };
             for plugin in &self.plugins {
                 if interested(plugin, service, key) {
-                    deliveries.push((plugin.clone(), notification.clone()));
+                    deliveries.push((Some(plugin.clone()), notification.clone()));
                 }
             }
+            deliveries.push((None, notification));
         }
         deliveries
     }

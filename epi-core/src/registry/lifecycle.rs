@@ -14,7 +14,7 @@ use std::time::Instant;
 use serde_json::Value;
 
 use super::{processes, Registry, RetirePolicy};
-use crate::data;
+
 use crate::error::LoadError;
 use crate::loader::{self, CheckedFile, FileIdentity, LoadedPlugin, PluginInfo};
 use crate::snapshot;
@@ -510,7 +510,7 @@ impl Registry {
             None => Upgrade::Loaded(info),
         };
         drop(state);
-        data::deliver(deliveries);
+        self.shared.data.deliver(deliveries);
         Ok(outcome)
     }
 
@@ -567,7 +567,7 @@ impl Registry {
             deliveries.extend(self.publish_with(&state.plugins, Some(service)));
         }
         drop(state);
-        data::deliver(deliveries);
+        self.shared.data.deliver(deliveries);
     }
 
     /// Marks a load, upgrade or unload under way until the mark is dropped, then publishes
@@ -625,7 +625,7 @@ impl Registry {
             .map(|(path, _)| path.clone())
             .collect();
         drop(state);
-        data::deliver(deliveries);
+        self.shared.data.deliver(deliveries);
         for path in failed {
             let _ = self.upgrade(&path);
         }

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
-use crate::data::{self, DataHandle, DataHub, DataStatus, DataWorker};
+use crate::data::{DataHandle, DataHub, DataStatus, DataWorker};
 use crate::dispatch::{Dispatcher, Function, Opts, ServiceHandle};
 use crate::dynamic::Applied;
 use crate::engine::{Engine, EngineConfig, EngineReport, RealClock};
@@ -485,13 +485,44 @@ impl Registry {
         DataHandle::new(self.shared.data.clone(), id, name)
     }
 
-    /// Re-reads every data source now, publishes what changed and notifies; returns how many
-    /// notifications were delivered.
-    pub fn reload_data(&self) -> usize {
+    /// Re-reads every data source now, publishes what changed and notifies: how many
+    /// notifications plugins received, and the sources whose read failed (each keeps its
+    /// previous value).
+    pub fn reload_data(&self) -> crate::DataReload {
         let deliveries = self.shared.data.reload_all();
-        let count = deliveries.len();
-        data::deliver(deliveries);
-        count
+        let notified = deliveries.iter().filter(|(to, _)| to.is_some()).count();
+        self.shared.data.deliver(deliveries);
+        let failed = self
+            .shared
+            .data
+            .status()
+            .into_iter()
+            .filter(|status| status.error.is_some())
+            .collect();
+        crate::DataReload { notified, failed }
+    }
+
+    /// Calls `observer` with every notification the registry makes: data under any key
+    /// changed, the providers of any service changed (what plugins receive through
+    /// `Plugin::notify` for what they subscribe to or define). Runs on the thread that made
+    /// the change, after every lock is released; a panic in it is caught and logged. Dropping
+    /// the returned subscription ends it.
+    ///
+    /// ```no_run
+    /// # let registry = epi::Registry::new(epi::RegistryConfig::default()).unwrap();
+    /// let (sender, changes) = std::sync::mpsc::channel();
+    /// let _subscription = registry.on_notification(move |notification| {
+    ///     let _ = sender.send(notification.clone());
+    /// });
+    /// for notification in changes.iter() {
+    ///     println!("{notification:?}");
+    /// }
+    /// ```
+    pub fn on_notification(
+        &self,
+        observer: impl Fn(&Notification) + Send + Sync + 'static,
+    ) -> crate::data::Subscription {
+        self.shared.data.observe(Arc::new(observer))
     }
 
     /// Every data source with its last error, hash and schedule, in plugin order.
@@ -501,7 +532,7 @@ impl Registry {
 
     /// Publishes the dispatch table for `loaded`, then syncs data. Returns the notifications to
     /// deliver once the caller released its locks.
-    fn publish(&self, loaded: &[Arc<LoadedPlugin>]) -> Vec<(Arc<LoadedPlugin>, Notification)> {
+    fn publish(&self, loaded: &[Arc<LoadedPlugin>]) -> Vec<crate::data::Delivery> {
         self.publish_with(loaded, None)
     }
 
@@ -512,7 +543,7 @@ impl Registry {
         &self,
         loaded: &[Arc<LoadedPlugin>],
         changed: Option<&str>,
-    ) -> Vec<(Arc<LoadedPlugin>, Notification)> {
+    ) -> Vec<crate::data::Delivery> {
         let old = self.shared.dispatcher.current.load_full();
         let generation = old.generation + 1;
         let names = &self.shared.dispatcher.interner;
@@ -575,7 +606,7 @@ fn provider_changes(
     old: &Snapshot,
     new: &Snapshot,
     only: Option<&str>,
-) -> Vec<(Arc<LoadedPlugin>, Notification)> {
+) -> Vec<crate::data::Delivery> {
     let before = provider_rows(old, only);
     let after = provider_rows(new, only);
     let group = |rows: &[Row<'_>], service: &str| -> Vec<ProviderVersion> {
@@ -602,9 +633,10 @@ fn provider_changes(
         };
         for plugin in &new.plugins {
             if plugin.info.services.iter().any(|s| s == service) {
-                deliveries.push((plugin.clone(), notification.clone()));
+                deliveries.push((Some(plugin.clone()), notification.clone()));
             }
         }
+        deliveries.push((None, notification));
     }
     deliveries
 }
