@@ -405,6 +405,101 @@ impl<T: Argument + Send> Function<T, T> {
     }
 }
 
+/// Calls by service and function name on the current table, for the free functions of
+/// [`crate::global`]: the names are looked up in the table (no lock), the types checked per
+/// call.
+impl Dispatcher {
+    fn named<'s>(
+        snapshot: &'s Snapshot,
+        service: &str,
+        function: &str,
+    ) -> Result<Providers<'s>, Error> {
+        let list = snapshot
+            .service_ids
+            .get(service)
+            .and_then(|&id| snapshot.providers_by_name(id, function))
+            .ok_or_else(|| Error::UnknownService(service.into()))?;
+        // SAFETY: the snapshot's entries describe its loaded plugins' providers and live as
+        // long as the snapshot.
+        Ok(unsafe { Providers::new(list) })
+    }
+
+    pub(crate) fn apply_named<A: Argument, O: Output>(
+        &self,
+        service: &str,
+        function: &str,
+        args: &A,
+    ) -> Result<Vec<O>, Error> {
+        let _span = tracing::trace_span!("epi.apply", service, function).entered();
+        let snapshot = self.current.load();
+        let _pinned = Pinned::new(self, &snapshot);
+        let list = Self::named(&snapshot, service, function)?;
+        let checked = core::precheck::<A, O>(list, false)?.expect("checked without ignore_errors");
+        core::apply(checked, args)
+    }
+
+    pub(crate) fn apply_with_named<A: Argument, O: Output>(
+        &self,
+        service: &str,
+        function: &str,
+        args: &A,
+        opts: Opts,
+    ) -> Result<Vec<Result<O, ProviderError>>, Error> {
+        let _span = tracing::trace_span!("epi.apply", service, function).entered();
+        let snapshot = self.current.load();
+        let _pinned = Pinned::new(self, &snapshot);
+        let list = Self::named(&snapshot, service, function)?;
+        let checked = core::precheck::<A, O>(list, opts.ignore_errors)?;
+        core::apply_with(self, list, checked, args, opts)
+    }
+
+    pub(crate) fn decide_named<A: Argument, T: DeserializeOwned + 'static>(
+        &self,
+        service: &str,
+        function: &str,
+        args: &A,
+        opts: Opts,
+    ) -> Result<Decision<T>, Error> {
+        let _span = tracing::trace_span!("epi.decide", service, function).entered();
+        let snapshot = self.current.load();
+        let _pinned = Pinned::new(self, &snapshot);
+        let list = Self::named(&snapshot, service, function)?;
+        let checked = core::precheck::<A, Decision<T>>(list, opts.ignore_errors)?;
+        core::decide(list, checked, args, opts)
+    }
+
+    pub(crate) fn pipe_named<T: Argument + Send>(
+        &self,
+        service: &str,
+        function: &str,
+        input: T,
+        opts: Opts,
+    ) -> Result<T, Error> {
+        let _span = tracing::trace_span!("epi.pipe", service, function).entered();
+        let snapshot = self.current.load();
+        let _pinned = Pinned::new(self, &snapshot);
+        let list = Self::named(&snapshot, service, function)?;
+        let checked = core::precheck::<T, T>(list, opts.ignore_errors)?;
+        core::pipe(list, checked, input, opts)
+    }
+
+    pub(crate) fn truth_named<A: Argument>(
+        &self,
+        service: &str,
+        function: &str,
+        args: &A,
+        opts: Opts,
+        fold: core::Truth,
+    ) -> Result<bool, Error> {
+        let _span = tracing::trace_span!("epi.apply", service, function).entered();
+        let snapshot = self.current.load();
+        let _pinned = Pinned::new(self, &snapshot);
+        let list = Self::named(&snapshot, service, function)?;
+        let checked = core::precheck::<A, bool>(list, opts.ignore_errors)?;
+        core::truth(self, list, checked, args, opts, fold)
+    }
+}
+
 impl core::Pool for Dispatcher {
     fn run(&self, count: usize, task: &(dyn Fn(usize) + Sync)) {
         self.pool.scope(|scope| {

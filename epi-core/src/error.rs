@@ -6,6 +6,7 @@ use std::path::PathBuf;
 /// Why a plugin file was not loaded. Every variant names the file; the host keeps running with
 /// what it had.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LoadError {
     /// The file or its directory could not be read.
     #[error("{path}: cannot read the plugin file: {source}")]

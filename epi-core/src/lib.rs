@@ -59,6 +59,7 @@ mod dispatch;
 mod dynamic;
 mod error;
 mod fatal;
+mod global;
 mod host_calls;
 mod ids;
 pub mod isolation;
@@ -85,6 +86,7 @@ pub use dynamic::{Applied, Reply};
 pub use engine::{EngineReport, WorkerReport, WorkerState};
 pub use epi_plugin::Provider;
 pub use error::{Error, Failure, LoadError, ProviderError};
+pub use global::{all, any, apply, apply_with, data, decide, function, install, installed, pipe};
 pub use loader::probe::{LoadProbe, DEFAULT_PROBE_TIMEOUT};
 pub use loader::{CallPath, PluginInfo};
 pub use registry::{

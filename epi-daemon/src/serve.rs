@@ -570,7 +570,7 @@ fn call_error(err: Error) -> Response {
             StatusCode::BAD_REQUEST
         }
         Error::Provider(_) | Error::TooDeep { .. } | Error::Remote(_) => StatusCode::BAD_GATEWAY,
-        Error::NoHost(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error(status, err)
 }

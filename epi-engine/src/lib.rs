@@ -63,6 +63,7 @@ pub enum WorkerError {
 
 /// Why the engine refused an installation.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum EngineError {
     /// A manifold of this name is installed.
     #[error("a worker named `{0}` is already installed")]

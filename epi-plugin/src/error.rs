@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 /// How one provider failed during a call.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Failure {
     /// The provider returned an error.
     Failed(String),
@@ -65,6 +66,7 @@ pub struct ProviderError {
 
 /// Why a call (`apply`, `decide`, ...) failed as a whole.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// No loaded plugin defines the service.
     #[error("unknown service `{0}`: no loaded plugin defines it")]
@@ -88,6 +90,10 @@ pub enum Error {
     /// tests, or after its host was dropped).
     #[error("no host: {0}")]
     NoHost(&'static str),
+    /// A free function (`epi::apply`, ...) was called before a host installed the default
+    /// registry.
+    #[error("no default registry: the host installs one with `epi::install` first")]
+    NoDefaultRegistry,
     /// The host answered a plugin's call by name or data query with an error.
     #[error("{0}")]
     Remote(String),
