@@ -229,7 +229,7 @@ fn pipe_json(list: &[ProviderCall], input: Vec<u8>, opts: Opts) -> Result<Value,
             }
         }
     }
-    serde_json::from_slice(&value).map_err(|err| Error::BadArguments {
+    serde_json::from_slice(&value).map_err(|err| Error::BadOutput {
         service: list
             .first()
             .map(|p| text(&p.service).into())

@@ -356,7 +356,7 @@ unsafe extern "C" fn call_json(
             _ => dispatcher
                 .decide_json(&service, &function, &args, opts)
                 .and_then(|decision| {
-                    serde_json::to_value(decision).map_err(|err| Error::BadArguments {
+                    serde_json::to_value(decision).map_err(|err| Error::BadOutput {
                         service: service.as_str().into(),
                         function: function.as_str().into(),
                         reason: err.to_string(),

@@ -569,7 +569,9 @@ fn call_error(err: Error) -> Response {
         {
             StatusCode::BAD_REQUEST
         }
-        Error::Provider(_) | Error::TooDeep { .. } | Error::Remote(_) => StatusCode::BAD_GATEWAY,
+        Error::Provider(_) | Error::TooDeep { .. } | Error::Remote(_) | Error::BadOutput { .. } => {
+            StatusCode::BAD_GATEWAY
+        }
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error(status, err)

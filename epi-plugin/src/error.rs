@@ -97,6 +97,17 @@ pub enum Error {
     /// The host answered a plugin's call by name or data query with an error.
     #[error("{0}")]
     Remote(String),
+    /// A call's result could not be decoded as the caller's type (a pipe's last output, a
+    /// decision or a result of a call by name): the provider answered something else.
+    #[error("unreadable result of {service}.{function}: {reason}")]
+    BadOutput {
+        /// The service called.
+        service: Arc<str>,
+        /// The function called.
+        function: Arc<str>,
+        /// Why.
+        reason: String,
+    },
     /// The arguments of a dynamic call could not be encoded.
     #[error("bad arguments for {service}.{function}: {reason}")]
     BadArguments {

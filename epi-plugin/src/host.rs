@@ -309,7 +309,7 @@ fn call_json(
     };
     match status {
         STATUS_OK => {
-            serde_json::from_slice(&core::take_bytes(output)).map_err(|err| Error::BadArguments {
+            serde_json::from_slice(&core::take_bytes(output)).map_err(|err| Error::BadOutput {
                 service: service.into(),
                 function: function.into(),
                 reason: format!("unreadable result: {err}"),
@@ -337,7 +337,7 @@ pub fn decide_json(
     opts: Opts,
 ) -> Result<Decision<Value>, Error> {
     let answer = call_json(1, service, function, args, opts)?;
-    serde_json::from_value(answer).map_err(|err| Error::BadArguments {
+    serde_json::from_value(answer).map_err(|err| Error::BadOutput {
         service: service.into(),
         function: function.into(),
         reason: format!("unreadable decision: {err}"),

@@ -431,3 +431,14 @@ fn answers_say_which_provider_gave_each_result_and_who_decided() {
         None
     );
 }
+
+#[test]
+fn try_function_refuses_a_service_no_plugin_defines() {
+    let registry = three(["ok", "ok", "ok"]);
+    assert!(matches!(
+        registry.try_function::<i64, i64>("nothing", "value"),
+        Err(Error::UnknownService(name)) if &*name == "nothing"
+    ));
+    let value = registry.try_function::<i64, i64>("math", "value").unwrap();
+    assert_eq!(value.apply(&1).unwrap(), vec![2, 11, 101]);
+}

@@ -96,7 +96,7 @@ fn every_query_shape_over_static_data() {
     assert_eq!(cfg.service(), "cfg");
     let keys: Vec<String> = cfg.keys().iter().map(|k| k.to_string()).collect();
     assert_eq!(keys, vec!["colour", "size"]);
-    let sources: Vec<String> = cfg.subscribers().iter().map(|k| k.to_string()).collect();
+    let sources: Vec<String> = cfg.providers().iter().map(|k| k.to_string()).collect();
     assert_eq!(sources, vec!["a", "b"]);
     assert_eq!(cfg.get("colour"), vec![v(json!("red")), v(json!("blue"))]);
     assert_eq!(cfg.get_value("b", "colour"), Some(v(json!("blue"))));
@@ -158,7 +158,7 @@ fn a_subscription_without_provider_gives_empty_answers() {
         .unwrap();
     let data = registry.data("nothing");
     assert!(data.keys().is_empty());
-    assert!(data.subscribers().is_empty());
+    assert!(data.providers().is_empty());
     assert!(data.get("here").is_empty());
     assert_eq!(data.get_value("lonely", "here"), None);
     assert!(data.by_key("here").is_empty() && data.by_key_all().is_empty());

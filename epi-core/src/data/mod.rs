@@ -103,7 +103,7 @@ impl DataHub {
         interner: Arc<Mutex<Interner>>,
         max_file_bytes: u64,
         read_timeout: Duration,
-    ) -> (Arc<DataHub>, DataWorker) {
+    ) -> std::io::Result<(Arc<DataHub>, DataWorker)> {
         let (commands, receiver) = mpsc::channel();
         let events = commands.clone();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -133,15 +133,14 @@ impl DataHub {
         let worker_hub = hub.clone();
         let thread = std::thread::Builder::new()
             .name("epi-data".into())
-            .spawn(move || worker_hub.run(receiver))
-            .expect("spawn the epi-data thread");
-        (
+            .spawn(move || worker_hub.run(receiver))?;
+        Ok((
             hub,
             DataWorker {
                 commands,
                 thread: Some(thread),
             },
-        )
+        ))
     }
 
     fn run(&self, commands: mpsc::Receiver<Command>) {
@@ -331,7 +330,7 @@ impl DataHandle {
     }
 
     /// App names of the plugins providing data for this service, in plugin order.
-    pub fn subscribers(&self) -> Arc<[Arc<str>]> {
+    pub fn providers(&self) -> Arc<[Arc<str>]> {
         self.with(Arc::from(Vec::new()), |data| data.sources.clone())
     }
 

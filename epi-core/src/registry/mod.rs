@@ -257,7 +257,7 @@ fn remove_stale_copies(parent: &Path) {
 }
 
 impl Registry {
-    /// A registry with no plugins.
+    /// A registry with no plugins; an error when its directory or threads cannot be made.
     pub fn new(config: RegistryConfig) -> std::io::Result<Self> {
         // The copies directory is named after this process, so that the next registry to
         // start in the same place removes what a killed one left behind.
@@ -293,7 +293,7 @@ impl Registry {
             config
                 .data_read_timeout
                 .unwrap_or(crate::data::DEFAULT_DATA_READ_TIMEOUT),
-        );
+        )?;
         Ok(Registry {
             shared: Arc::new(Shared {
                 engine: Engine::new(config.engine, Arc::new(RealClock::default())),
@@ -387,6 +387,20 @@ impl Registry {
     /// A handle to one function with its argument and output types: the fastest way to call.
     pub fn function<A, O>(&self, service: &str, function: &str) -> Function<A, O> {
         self.service(service).function(function)
+    }
+
+    /// [`Registry::function`], refused with [`Error::UnknownService`] when no loaded plugin
+    /// defines `service` now (a handle for it would fail every call until one does).
+    pub fn try_function<A, O>(
+        &self,
+        service: &str,
+        function: &str,
+    ) -> Result<Function<A, O>, Error> {
+        let handle = self.service(service);
+        if !handle.is_declared() {
+            return Err(Error::UnknownService(service.into()));
+        }
+        Ok(handle.function(function))
     }
 
     /// `apply` by name with JSON arguments. Options as for typed calls; with `pipe`, a provider
