@@ -1,11 +1,9 @@
 //! Plugin processes under the registry's engine: started with their inputs, restarted on the
 //! new version by an upgrade, stopped on unload.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use epi::{EngineReport, Registry, WorkerState};
 use serde_json::{json, Value};
 

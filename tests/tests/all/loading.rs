@@ -1,10 +1,8 @@
 //! Loading real plugin libraries, and refusing every kind of bad file without harm.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 
-use common::*;
+use crate::common::*;
 use epi::abi::{ABI_MAJOR, ABI_MINOR, BUILD_INFO, MAGIC, TARGET};
 use epi::{CallPath, Decision, LoadError, Opts};
 use serde_json::json;

@@ -1,13 +1,11 @@
 //! Data providers, subscriptions, the data queries and notify, over real plugin libraries,
 //! real files and the real file watcher.
 
-mod common;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use epi::{Applied, Notification, Opts, Registry, SourceKind, SourcedValue};
 use serde_json::{json, Value};
 

@@ -2,12 +2,10 @@
 //! a closure over JSON, under the ordering rules of declared providers, with notifications,
 //! withdrawn with their version, under concurrent calls.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use epi::{Failure, Notification, Opts, Registry, Upgrade};
 use serde_json::{json, Value};
 

@@ -1,9 +1,7 @@
 //! The free functions over the process-wide default registry (couch_epi's shape). A binary of
 //! its own: the default registry is installed once per process.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use epi::{Decision, Error, Opts};
 
 #[test]

@@ -2,12 +2,10 @@
 //! against a patch release of epi load on the stable call path and answer exactly as the
 //! same-toolchain build does; one built against an incompatible epi is refused.
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use epi::{CallPath, Decision, LoadError, Opts, Registry, Upgrade};
 use epi_testkit::{build_against_epi_version, build_with_second_toolchain};
 use serde_json::{json, Value};

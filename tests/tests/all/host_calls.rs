@@ -1,11 +1,9 @@
 //! Plugins calling services through the host: same semantics as the host's own calls,
 //! re-entrancy, the nesting limit, and an upgrade of the caller in the middle of a nested call.
 
-mod common;
-
 use std::thread;
 
-use common::*;
+use crate::common::*;
 use epi::{Decision, Opts, Registry, RegistryConfig, Upgrade};
 use serde_json::{json, Value};
 

@@ -1,8 +1,6 @@
 //! Calls by name with JSON values (the path the CLI and HTTP use).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use epi::{Applied, Decision, Error, Failure, Opts};
 use serde_json::json;
 

@@ -1,8 +1,6 @@
 //! The provider component: real provider processes (the Rust example and the Python one) on
 //! unix sockets, reached through the `provider` plugin with apply, decide and pipe.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -10,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use epi::{Applied, Decision, Opts, Registry};
 use epi_provider::wire::{read_frame, write_frame, Request, Response};
 use serde_json::{json, Value};

@@ -2,12 +2,10 @@
 //! plugins allocate through too: they install the host's allocator at `init`). `decide`, `any`
 //! and `all` allocate nothing of their own; `apply` only its result vector.
 
-mod common;
-
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use common::*;
+use crate::common::*;
 use epi::{Decision, Opts};
 use serde_json::json;
 

@@ -1,14 +1,12 @@
 //! Hot reload: upgrading plugins in a running registry, by hand and through the directory
 //! watcher, under load, with state hand-over, bad builds and retirement.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use epi::{LoadError, Notification, Opts, Registry, RegistryConfig, RetirePolicy, Upgrade};
 use serde_json::{json, Value};
 

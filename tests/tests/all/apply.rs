@@ -1,10 +1,8 @@
 //! The semantics of apply, decide, pipe, any and all over real plugin libraries.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use epi::{Decision, Error, Failure, Opts, RegistryConfig};
 use serde_json::json;
 
