@@ -272,6 +272,58 @@ impl<A, O> Function<A, O> {
     }
 }
 
+/// A dispatch table held as it was when taken: calls made through it (`apply_at`,
+/// `decide_at`) reach the providers it lists, whatever loads, upgrades and unloads happen
+/// meanwhile, and the plugin versions it lists stay loaded while it lives. For work that must
+/// finish on the version that started it (a streamed body pulled chunk by chunk); hold it no
+/// longer than that work, since it keeps retired versions mapped.
+#[derive(Clone)]
+pub struct Table {
+    dispatcher: Arc<Dispatcher>,
+    snapshot: Arc<Snapshot>,
+}
+
+impl<A, O> Function<A, O> {
+    /// The current dispatch table of this function's registry, held (see [`Table`]).
+    pub fn table(&self) -> Table {
+        Table {
+            dispatcher: self.shared.clone(),
+            snapshot: self.shared.current.load_full(),
+        }
+    }
+
+    /// The snapshot of `table`, if it belongs to this function's registry.
+    fn held<'t>(&self, table: &'t Table) -> Result<&'t Arc<Snapshot>, Error> {
+        if Arc::ptr_eq(&table.dispatcher, &self.shared) {
+            Ok(&table.snapshot)
+        } else {
+            Err(Error::IncompatibleOptions(
+                "the table belongs to another registry",
+            ))
+        }
+    }
+}
+
+impl<A: Argument, O: Output> Function<A, O> {
+    /// [`Function::apply`] through a held table.
+    pub fn apply_at(&self, table: &Table, args: &A) -> Result<Vec<O>, Error> {
+        let snapshot = self.held(table)?;
+        let _pinned = Pinned::new(&self.shared, snapshot);
+        let (_, checked) = self.resolve(snapshot, false)?;
+        core::apply(checked.expect("checked without ignore_errors"), args)
+    }
+}
+
+impl<A: Argument, T: DeserializeOwned + Send + 'static> Function<A, Decision<T>> {
+    /// [`Function::decide`] through a held table.
+    pub fn decide_at(&self, table: &Table, args: &A, opts: Opts) -> Result<Decision<T>, Error> {
+        let snapshot = self.held(table)?;
+        let _pinned = Pinned::new(&self.shared, snapshot);
+        let (list, checked) = self.resolve(snapshot, opts.ignore_errors)?;
+        core::decide(list, checked, args, opts)
+    }
+}
+
 /// A function's providers, with the proof that all match the handle's types when they do.
 type Resolved<'s, A, O> = (Providers<'s>, Option<Checked<'s, A, O>>);
 

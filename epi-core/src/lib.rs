@@ -81,7 +81,7 @@ pub use data::{
     DataEntry, DataHandle, DataReload, DataStatus, Group, Named, SourceKind, Subscription,
     DEFAULT_DATA_READ_TIMEOUT, DEFAULT_MAX_DATA_FILE_BYTES,
 };
-pub use dispatch::{Answer, Argument, Function, Opts, Output, ServiceHandle};
+pub use dispatch::{Answer, Argument, Function, Opts, Output, ServiceHandle, Table};
 pub use dynamic::{Applied, Reply};
 pub use engine::{EngineReport, WorkerReport, WorkerState};
 pub use epi_plugin::Provider;

@@ -263,8 +263,11 @@ async fn route_to_plugins(State(state): State<AppState>, request: Request) -> Re
             .collect(),
         body: body.to_vec(),
     };
-    match state.handle.decide(&request, Opts::new()) {
-        Ok(Decision::Decided(response)) => into_response(&state, response),
+    // A streamed body is pulled from the version that answered, through this table, even
+    // when an upgrade replaces that version meanwhile.
+    let table = state.handle.table();
+    match state.handle.decide_at(&table, &request, Opts::new()) {
+        Ok(Decision::Decided(response)) => into_response(&state, response, table),
         Ok(Decision::NoDecision) | Err(Error::UnknownService(_)) => error(
             StatusCode::NOT_FOUND,
             format!("no plugin handles {} {}", request.method, request.path),
@@ -289,7 +292,7 @@ fn is_length_limit(err: &axum::Error) -> bool {
 }
 
 /// Turns a plugin's response into an HTTP response; a streamed body is pulled chunk by chunk.
-fn into_response(state: &AppState, response: HttpResponse) -> Response {
+fn into_response(state: &AppState, response: HttpResponse, table: epi::Table) -> Response {
     let Ok(status) = StatusCode::from_u16(response.status) else {
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -302,16 +305,17 @@ fn into_response(state: &AppState, response: HttpResponse) -> Response {
             let next_chunk = state.next_chunk.clone();
             let chunks = futures_util::stream::unfold((), move |()| {
                 let next_chunk = next_chunk.clone();
+                let table = table.clone();
                 async move {
-                    match next_chunk.decide(&id, Opts::new()) {
+                    match next_chunk.decide_at(&table, &id, Opts::new()) {
                         Ok(Decision::Decided(Some(chunk))) => {
                             Some((Ok::<Bytes, std::io::Error>(Bytes::from(chunk)), ()))
                         }
                         // The end the plugin announced.
                         Ok(Decision::Decided(None)) => None,
-                        // Nobody knows the stream any more (its plugin was replaced or
-                        // unloaded): the body cannot be finished. An error aborts the
-                        // connection, so the client sees a cut body, not a complete one.
+                        // Nobody knows the stream any more (the version that opened it forgot
+                        // it): the body cannot be finished. An error aborts the connection, so
+                        // the client sees a cut body, not a complete one.
                         Ok(Decision::NoDecision) => {
                             tracing::warn!(
                                 stream = id,

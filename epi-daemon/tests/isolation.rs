@@ -186,3 +186,45 @@ fn a_daemon_keeps_serving_when_an_isolated_plugin_crashes() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_stream_whose_isolated_plugin_dies_is_cut_not_completed() {
+    use std::io::{Read, Write};
+    let dir = epi_testkit::plugin_dir();
+    epi_testkit::install(dir.path(), "epi-plugin-hello", "libepi_plugin_hello.so");
+    let config = dir.path().join("epi.toml");
+    std::fs::write(
+        &config,
+        "[plugins]\ndirs = [\".\"]\nisolate = [\"hello\"]\n[http]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let daemon = start(&config);
+    let address = daemon.base.strip_prefix("http://").unwrap().to_owned();
+    let mut connection = std::net::TcpStream::connect(&address).unwrap();
+    connection
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        connection,
+        "GET /hello-stream/1000000 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = vec![0; 4096];
+    let read = connection.read(&mut head).unwrap();
+    assert!(head[..read].starts_with(b"HTTP/1.1 200"));
+    // The child serving the stream dies.
+    let (_, _, report) = call_with("GET", &daemon.url("/_epi/processes"), None, "x");
+    let pid = report["workers"]["hello/plugin-host"]["report"]["pid"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no plugin host pid: {report}"));
+    // SAFETY: kill(2) on the plugin host child of the daemon this test started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    let mut rest = Vec::new();
+    let _ = connection.read_to_end(&mut rest);
+    assert!(
+        !rest.ends_with(b"0\r\n\r\n"),
+        "the body ended as if complete after {} bytes",
+        read + rest.len()
+    );
+    assert!(read + rest.len() < 20_000_000, "the stream was not cut");
+}
