@@ -103,21 +103,55 @@ fn report(headline: &[u8], entry: *const ProviderEntry) {
     line.write();
 }
 
+/// Writes which plugin activity (not a provider call) this thread runs, if any, after
+/// `headline`.
+fn report_activity(headline: &[u8]) {
+    let (plugin, plugin_len, what, what_len) = epi_plugin::running::current_activity();
+    if plugin.is_null() {
+        return;
+    }
+    // SAFETY: the activity slot holds the parts of two strings that outlive the plugin code
+    // running on this thread (`running::enter_activity`'s contract).
+    let (plugin, what) = unsafe {
+        (
+            std::slice::from_raw_parts(plugin, plugin_len),
+            std::slice::from_raw_parts(what, what_len),
+        )
+    };
+    let mut line = Line {
+        bytes: [0; 768],
+        len: 0,
+    };
+    line.push(headline);
+    line.push(b" while running plugin `");
+    line.push(plugin);
+    line.push(b"`: ");
+    line.push(what);
+    line.push(b"\n");
+    line.write();
+}
+
+/// The headline of a fatal signal's report.
+fn signal_name(signal: c_int) -> &'static [u8] {
+    match signal {
+        libc::SIGSEGV => b"epi: fatal signal SIGSEGV (invalid memory access)",
+        libc::SIGBUS => b"epi: fatal signal SIGBUS (bad memory access)",
+        libc::SIGILL => b"epi: fatal signal SIGILL (illegal instruction)",
+        libc::SIGFPE => b"epi: fatal signal SIGFPE (arithmetic fault)",
+        _ => b"epi: fatal signal SIGABRT (abort)",
+    }
+}
+
 extern "C" fn on_fatal_signal(
     signal: c_int,
     info: *mut libc::siginfo_t,
     context: *mut libc::c_void,
 ) {
     let entry = epi_plugin::running::current();
-    if !entry.is_null() {
-        let name: &[u8] = match signal {
-            libc::SIGSEGV => b"epi: fatal signal SIGSEGV (invalid memory access)",
-            libc::SIGBUS => b"epi: fatal signal SIGBUS (bad memory access)",
-            libc::SIGILL => b"epi: fatal signal SIGILL (illegal instruction)",
-            libc::SIGFPE => b"epi: fatal signal SIGFPE (arithmetic fault)",
-            _ => b"epi: fatal signal SIGABRT (abort)",
-        };
-        report(name, entry);
+    if entry.is_null() {
+        report_activity(signal_name(signal));
+    } else {
+        report(signal_name(signal), entry);
     }
     let Some(previous) = PREVIOUS.get() else {
         return;
@@ -151,7 +185,10 @@ extern "C" fn on_fatal_signal(
 
 extern "C" fn on_exit() {
     let entry = epi_plugin::running::current();
-    if !entry.is_null() {
-        report(b"epi: the process is exiting (exit called)", entry);
+    let headline = b"epi: the process is exiting (exit called)";
+    if entry.is_null() {
+        report_activity(headline);
+    } else {
+        report(headline, entry);
     }
 }

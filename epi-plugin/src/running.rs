@@ -10,7 +10,13 @@ use crate::abi::ProviderEntry;
 
 thread_local! {
     static CURRENT: Cell<*const ProviderEntry> = const { Cell::new(std::ptr::null()) };
+    /// What plugin code outside a provider call this thread runs: (plugin, len, activity,
+    /// len) of two strings that outlive the call.
+    static ACTIVITY: Cell<Activity> = const { Cell::new((std::ptr::null(), 0, std::ptr::null(), 0)) };
 }
+
+/// A plugin's name and what of it runs, as raw parts of two strings.
+pub type Activity = (*const u8, usize, *const u8, usize);
 
 /// Marks `entry` as running on this thread; returns what was running before (a call nested
 /// in another).
@@ -28,4 +34,25 @@ pub fn leave(previous: *const ProviderEntry) {
 /// The provider this thread is running, or null. Async-signal-safe.
 pub fn current() -> *const ProviderEntry {
     CURRENT.with(Cell::get)
+}
+
+/// Marks plugin code other than a provider call as running on this thread (`init`,
+/// `notify`, a data callback, a process): `plugin` names the plugin (or its file, before
+/// `init` says its name), `what` the activity. Both must outlive the matching [`leave_activity`].
+/// Returns what was marked before.
+#[inline]
+pub fn enter_activity(plugin: &str, what: &str) -> Activity {
+    ACTIVITY
+        .with(|current| current.replace((plugin.as_ptr(), plugin.len(), what.as_ptr(), what.len())))
+}
+
+/// Restores what [`enter_activity`] returned.
+#[inline]
+pub fn leave_activity(previous: Activity) {
+    ACTIVITY.with(|current| current.set(previous));
+}
+
+/// The plugin activity this thread runs (null pointers when none). Async-signal-safe.
+pub fn current_activity() -> Activity {
+    ACTIVITY.with(Cell::get)
 }

@@ -325,6 +325,39 @@ fn run_dying_host(test: &str, behaviour: &str) -> (Option<i32>, String) {
     )
 }
 
+/// In the child: a host reading a data callback that aborts.
+fn die_in_callback() -> ! {
+    let registry = registry(&[]);
+    registry
+        .load_with_config(
+            testplug(),
+            &serde_json::json!({"app": "crashy", "data": [{"service": "cfg", "key": "k", "callback": true, "interval_ms": 600000}]}),
+        )
+        .unwrap();
+    registry
+        .service("probe")
+        .apply::<String, ()>("set_callback_behaviour", &"abort".to_string())
+        .unwrap();
+    registry.reload_data();
+    unreachable!("the callback kills the process");
+}
+
+#[test]
+fn a_data_callback_that_aborts_is_named_on_stderr_as_the_host_dies() {
+    if std::env::var_os(DYING_HOST).is_some() {
+        die_in_callback();
+    }
+    let test = "a_data_callback_that_aborts_is_named_on_stderr_as_the_host_dies";
+    let (signal, stderr) = run_dying_host(test, "abort");
+    assert_eq!(signal, Some(libc::SIGABRT), "{stderr}");
+    assert!(
+        stderr.contains(
+            "epi: fatal signal SIGABRT (abort) while running plugin `crashy`: the data callback of cfg/k"
+        ),
+        "{stderr}"
+    );
+}
+
 /// In the child: a host calling a provider that kills the process.
 fn die_in_provider(behaviour: &str) -> ! {
     let registry = registry(&[]);

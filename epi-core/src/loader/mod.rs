@@ -272,6 +272,23 @@ unsafe impl Send for LoadedPlugin {}
 // SAFETY: as `Send`: every shared access goes through the plugin's shims.
 unsafe impl Sync for LoadedPlugin {}
 
+/// Marks plugin code other than a provider call as running on this thread while it lives, so
+/// that `epi::fatal` can name it if it crashes the process.
+struct Activity(epi_plugin::running::Activity);
+
+impl Activity {
+    /// `what` of `plugin` runs; both strings outlive the guard.
+    fn enter(plugin: &str, what: &str) -> Self {
+        Activity(epi_plugin::running::enter_activity(plugin, what))
+    }
+}
+
+impl Drop for Activity {
+    fn drop(&mut self) {
+        epi_plugin::running::leave_activity(self.0);
+    }
+}
+
 /// A buffer's text, taken from the host's heap.
 fn text(buffer: RVec<u8>) -> String {
     // SAFETY: the buffer was filled by a shim through the shared allocator.
@@ -299,6 +316,9 @@ impl LoadedPlugin {
         let Some(table) = self.callbacks.get(*callback) else {
             return Err(format!("data provider {index} names no callback"));
         };
+        let data = &self.data_providers[index];
+        let what = format!("the data callback of {}/{}", data.service, data.key);
+        let _running = Activity::enter(&self.info.app, &what);
         let mut output = RVec::new();
         let mut error = RVec::new();
         // SAFETY: the callback object belongs to this plugin, which is mapped while `self`
@@ -329,6 +349,7 @@ impl LoadedPlugin {
             return;
         }
         let mut error = RVec::new();
+        let _running = Activity::enter(&self.info.app, what);
         // SAFETY: the plugin object lives as long as `self`; the shim catches panics.
         let status = unsafe { shim(self.object.instance, StrRef::bytes(&json), &mut error) };
         if status != STATUS_OK {
@@ -342,7 +363,7 @@ impl LoadedPlugin {
             self.notify,
             crate::isolation::wire::NOTIFY,
             notification,
-            "notification",
+            "notify",
         );
     }
 
@@ -360,6 +381,7 @@ impl LoadedPlugin {
         } else {
             let mut output = RVec::new();
             let mut error = RVec::new();
+            let _running = Activity::enter(&self.info.app, "export_state");
             // SAFETY: the plugin object lives as long as `self`; the shim catches panics.
             let status =
                 unsafe { (self.export_state)(self.object.instance, &mut output, &mut error) };
@@ -381,7 +403,7 @@ impl LoadedPlugin {
             self.import_state,
             crate::isolation::wire::IMPORT,
             state,
-            "state import",
+            "import_state",
         );
     }
 
@@ -395,6 +417,8 @@ impl LoadedPlugin {
             return isolated.ensure_running().map(|()| serde_json::Value::Null);
         }
         let process = &self.process_tables[index];
+        let what = format!("the start of process `{}`", self.processes[index].name);
+        let _running = Activity::enter(&self.info.app, &what);
         let json =
             serde_json::to_vec(inputs).map_err(|err| WorkerError::Failed(err.to_string()))?;
         let mut output = RVec::new();
@@ -424,6 +448,8 @@ impl LoadedPlugin {
             return isolated.watch(context);
         }
         let process = &self.process_tables[index];
+        let what = format!("process `{}`", self.processes[index].name);
+        let _running = Activity::enter(&self.info.app, &what);
         let host = ProcessHost {
             context: context as *const WorkerContext as *const c_void,
             is_stopping: process_is_stopping,
@@ -985,6 +1011,8 @@ fn initialise(
 ) -> Result<PluginTables, LoadError> {
     let mut tables = MaybeUninit::<PluginTables>::uninit();
     let mut error = RVec::new();
+    let file = path.display().to_string();
+    let _running = Activity::enter(&file, "init");
     // SAFETY: every check passed: same ABI major, target and panic strategy, compatible epi.
     // `init` catches its own panics and writes the tables only on success.
     let status = unsafe {
