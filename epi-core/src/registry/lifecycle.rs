@@ -649,6 +649,16 @@ impl Registry {
             .collect()
     }
 
+    /// The status of one plugin file: the plugin loaded from it and its last error, if the
+    /// registry knows the file.
+    pub fn file_status(&self, path: impl AsRef<Path>) -> Option<FileStatus> {
+        let path = path.as_ref();
+        self.status()
+            .files
+            .into_iter()
+            .find(|file| file.path == path)
+    }
+
     /// The registry's state for operators: plugins, files with their errors, retired
     /// versions still mapped.
     pub fn status(&self) -> RegistryStatus {

@@ -544,6 +544,13 @@ impl Registry {
         self.shared.data.status()
     }
 
+    /// The status of the data sources plugin `source` (an app name) contributes.
+    pub fn data_status_of(&self, source: &str) -> Vec<DataStatus> {
+        let mut statuses = self.shared.data.status();
+        statuses.retain(|status| status.source == source);
+        statuses
+    }
+
     /// Publishes the dispatch table for `loaded`, then syncs data. Returns the notifications to
     /// deliver once the caller released its locks.
     fn publish(&self, loaded: &[Arc<LoadedPlugin>]) -> Vec<crate::data::Delivery> {

@@ -469,6 +469,8 @@ fn a_failing_or_panicking_callback_keeps_the_previous_data() {
         assert_eq!(cfg.get_value("flaky", "k"), Some(v(json!("good"))));
         let error = registry.data_status()[0].error.clone().unwrap();
         assert!(error.contains(expected), "{error}");
+        assert_eq!(registry.data_status_of("flaky").len(), 1);
+        assert!(registry.data_status_of("nobody").is_empty());
         // The reload says which source failed, and why.
         assert_eq!(reload.failed.len(), 1);
         assert_eq!(

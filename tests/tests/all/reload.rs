@@ -248,8 +248,14 @@ fn the_watcher_follows_renames_copies_new_files_and_removals() {
     // A bad build is reported, and the good one keeps serving.
     publish_by_rename(&path, b"garbage");
     wait_for("the error in the status", || {
-        registry.status().files.iter().any(|f| f.error.is_some())
+        registry
+            .file_status(&path)
+            .is_some_and(|file| file.error.is_some())
     });
+    assert_eq!(
+        registry.file_status(&path).unwrap().app.as_deref(),
+        Some("testplug")
+    );
     assert_eq!(mark.apply(&()).unwrap(), vec!["00000003"]);
     // A reload on demand re-checks the refused file (still garbage) and changes nothing else.
     for (path, result) in registry.reload() {
