@@ -112,6 +112,35 @@ fn native_decide(providers: &[Box<dyn Provide>], x: &u64) -> Decision<u64> {
     Decision::NoDecision
 }
 
+/// Concurrent apply against default apply over the same providers: 10 providers that each
+/// work 20 µs on a core (concurrency should pay), and 5 trivial ones (it should cost little).
+fn concurrent_work(c: &mut Criterion) {
+    let mut group = c.benchmark_group("concurrent_work");
+    let working = registry(10, None);
+    let spin: Function<u64, u64> = working.function("math", "spin");
+    group.bench_function("spin20us_x10/default", |b| {
+        b.iter(|| spin.apply(black_box(&20)).unwrap())
+    });
+    group.bench_function("spin20us_x10/concurrent", |b| {
+        b.iter(|| {
+            spin.apply_with(black_box(&20), Opts::new().concurrent())
+                .unwrap()
+        })
+    });
+    let trivial = registry(5, None);
+    let inc: Function<u64, u64> = trivial.function("math", "inc");
+    group.bench_function("trivial_x5/default", |b| {
+        b.iter(|| inc.apply(black_box(&41)).unwrap())
+    });
+    group.bench_function("trivial_x5/concurrent", |b| {
+        b.iter(|| {
+            inc.apply_with(black_box(&41), Opts::new().concurrent())
+                .unwrap()
+        })
+    });
+    group.finish();
+}
+
 fn configure(c: &mut Criterion) -> Criterion {
     std::mem::take(c)
         .warm_up_time(Duration::from_millis(500))
@@ -267,6 +296,6 @@ fn added_providers(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = configure(&mut Criterion::default());
-    targets = resolve, apply, decide, dynamic, from_plugin, added_providers
+    targets = resolve, apply, decide, dynamic, from_plugin, added_providers, concurrent_work
 }
 criterion_main!(benches);

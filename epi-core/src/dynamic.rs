@@ -154,7 +154,9 @@ impl Dispatcher {
                 result: call_json(provider, &input).and_then(|bytes| decode(provider, &bytes)),
             };
             let replies = if opts.concurrent && list.len() > 1 {
-                run_concurrent(self, list.len(), |index| one(&list[index]))
+                run_concurrent(self, list.as_ptr().cast(), list.len(), |index| {
+                    one(&list[index])
+                })
             } else {
                 let mut replies = Vec::with_capacity(list.len());
                 for provider in list {

@@ -294,13 +294,10 @@ unsafe extern "C" fn run_concurrent(
         let context = unsafe { &*(context as *const CallContext) };
         let task = Task(task);
         let task = &task;
-        context.dispatcher.pool.scope(|scope| {
-            for index in 0..count {
-                // SAFETY: the caller's contract: `run` takes the task from any thread until the
-                // scope ends, which is before this function returns.
-                scope.spawn(move |_| unsafe { run(task.0, index) });
-            }
-        });
+        // SAFETY: the caller's contract: `run` takes the task from any thread until
+        // `run_shared` returns, which is before this function returns.
+        let each = move |index| unsafe { run(task.0, index) };
+        crate::dispatch::run_shared(&context.dispatcher.pool, count, &each);
     })
 }
 

@@ -559,7 +559,7 @@ pub fn apply_with<A: Argument, O: Output>(
     }
     let args = Args::new(args);
     let results = if opts.concurrent && list.len() > 1 {
-        run_concurrent(pool, list.len(), |index| {
+        run_concurrent(pool, list.list.as_ptr().cast(), list.len(), |index| {
             checked_call(list, checked, index, &args)
         })
     } else {
@@ -625,7 +625,7 @@ pub fn apply_answers<A: Argument, O: Output>(
         }
     };
     let answers = if opts.concurrent && list.len() > 1 {
-        run_concurrent(pool, list.len(), answer)
+        run_concurrent(pool, list.list.as_ptr().cast(), list.len(), answer)
     } else {
         let mut answers = Vec::with_capacity(list.len());
         for index in 0..list.len() {
@@ -663,17 +663,53 @@ pub fn without_absent<O>(
     results
 }
 
-/// Runs `call(index)` for `0..count` on `pool`; results in index order.
+/// Below this much work for all providers together (as measured the last time this thread
+/// made a concurrent call over the same list), a concurrent call runs them on the calling
+/// thread: handing work to the pool and waiting for it costs about 10 µs, more than trivial
+/// providers take together.
+const WORTH_A_POOL: std::time::Duration = std::time::Duration::from_micros(20);
+
+thread_local! {
+    /// The list this thread last called concurrently and how long its providers took
+    /// together (running them, not waiting for them), in nanoseconds.
+    static LAST_CONCURRENT: std::cell::Cell<(usize, u64)> = const { std::cell::Cell::new((0, u64::MAX)) };
+}
+
+/// Runs `call(index)` for `0..count` over the provider list `list` (its address identifies
+/// it), concurrently where that pays; results in index order.
+///
+/// The providers run on `pool` (and the calling thread), unless they took less than
+/// [`WORTH_A_POOL`] together the last time this thread called this list concurrently: then
+/// they run on the calling thread, one after another, and are timed again.
 pub fn run_concurrent<R: Send>(
     pool: &dyn Pool,
+    list: *const (),
     count: usize,
     call: impl Fn(usize) -> R + Sync,
 ) -> Vec<R> {
+    let key = list as usize;
+    let (last_key, last_ns) = LAST_CONCURRENT.with(std::cell::Cell::get);
+    if last_key == key && last_ns <= WORTH_A_POOL.as_nanos() as u64 {
+        let started = std::time::Instant::now();
+        let results: Vec<R> = (0..count).map(&call).collect();
+        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        LAST_CONCURRENT.with(|last| last.set((key, took)));
+        return results;
+    }
+    let busy = std::sync::atomic::AtomicU64::new(0);
+    let call = |index: usize| {
+        let started = std::time::Instant::now();
+        let result = call(index);
+        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        busy.fetch_add(took, Ordering::Relaxed);
+        result
+    };
     let slots: Vec<Mutex<Option<R>>> = (0..count).map(|_| Mutex::new(None)).collect();
     pool.run(count, &|index| {
         let value = call(index);
         *slots[index].lock().unwrap_or_else(|e| e.into_inner()) = Some(value);
     });
+    LAST_CONCURRENT.with(|last| last.set((key, busy.load(Ordering::Relaxed))));
     slots
         .into_iter()
         .map(|slot| {

@@ -752,6 +752,18 @@ impl Scripted {
         build_mark()
     }
 
+    /// Busy for `us` microseconds (work on a core, not a sleep); returns how many rounds it
+    /// spun. For the benchmarks of concurrent calls.
+    pub fn spin(&self, us: &u64) -> u64 {
+        let until = Instant::now() + Duration::from_micros(*us);
+        let mut rounds = 0u64;
+        while Instant::now() < until {
+            rounds = rounds.wrapping_add(1);
+            std::hint::spin_loop();
+        }
+        rounds
+    }
+
     /// Sleeps `ms` milliseconds and returns its label.
     pub fn sleep(&self, ms: &u64) -> String {
         std::thread::sleep(Duration::from_millis(*ms));
