@@ -81,7 +81,16 @@ fn main() {
     let dir = epi_testkit::plugin_dir();
     let path = dir.path().join("counter.so");
     std::fs::rename(stage(dir.path(), &build(&base, offset, 0)), &path).unwrap();
-    let registry = Registry::new(RegistryConfig::default()).unwrap();
+    let probe = if std::env::var_os("EPI_BENCH_PROBE_OFF").is_some() {
+        epi::LoadProbe::Off
+    } else {
+        epi::LoadProbe::Child
+    };
+    let registry = Registry::new(RegistryConfig {
+        load_probe: probe,
+        ..RegistryConfig::default()
+    })
+    .unwrap();
     registry
         .load_with_config(
             &path,

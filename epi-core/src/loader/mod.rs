@@ -9,6 +9,7 @@ mod elf;
 pub(crate) mod host;
 mod image;
 pub(crate) mod probe;
+mod probe_server;
 mod trust;
 
 use std::ffi::c_void;
@@ -662,7 +663,7 @@ pub(crate) fn load(
     drop(checked.bytes);
     if let Some(settings) = probe {
         tracing::debug!(file = %path.display(), "probing the plugin file in a child process");
-        if let Err(err) = probe::probe(path, &copy, settings) {
+        if let Err(err) = probe::probe(path, &copy, &file_entry, settings) {
             let _ = std::fs::remove_file(&copy);
             return Err(err);
         }

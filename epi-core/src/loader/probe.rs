@@ -30,7 +30,7 @@ use crate::error::LoadError;
 /// Names the file a child process started by [`probe`] loads.
 pub(crate) const PROBE_ENV: &str = "EPI_LOAD_PROBE_FILE";
 /// Starts the child's one line of outcome on stdout (a plugin may print too).
-const OUTCOME_MARK: &str = "EPI-LOAD-PROBE-OUTCOME ";
+pub(super) const OUTCOME_MARK: &str = "EPI-LOAD-PROBE-OUTCOME ";
 /// The most of the child's stderr kept for the error message.
 const MAX_STDERR: usize = 4096;
 
@@ -56,6 +56,9 @@ pub enum LoadProbe {
 static RUN_PROBE_IF_ASKED: extern "C" fn() = run_probe_if_asked;
 
 extern "C" fn run_probe_if_asked() {
+    if std::env::var_os(super::probe_server::SERVER_ENV).is_some() {
+        super::probe_server::serve();
+    }
     let Some(file) = std::env::var_os(PROBE_ENV) else {
         return;
     };
@@ -74,7 +77,7 @@ extern "C" fn run_probe_if_asked() {
 /// its entry found and checked, then closed (its finalisers run). No plugin code beyond
 /// constructors and finalisers runs: `init` may touch the plugin's real state (its database,
 /// its sockets), which a probe must leave alone.
-fn load_here(file: &Path) -> Result<(), String> {
+pub(super) fn load_here(file: &Path) -> Result<(), String> {
     let bytes = std::fs::read(file).map_err(|err| format!("{}: {err}", file.display()))?;
     super::elf::validate(&bytes)?;
     let entry = super::read_file_entry(file, &bytes).map_err(|err| err.to_string())?;
@@ -99,6 +102,7 @@ pub(crate) struct ProbeSettings {
 pub(crate) fn probe(
     original: &Path,
     copy: &Path,
+    entry: &super::image::FileEntry,
     settings: &ProbeSettings,
 ) -> Result<(), LoadError> {
     let timeout = settings.timeout;
@@ -106,6 +110,9 @@ pub(crate) fn probe(
         path: original.to_owned(),
         reason,
     };
+    if let Some(answer) = super::probe_server::probe(copy, entry, timeout) {
+        return judge_answer(answer, timeout, failed);
+    }
     let mut command = Command::new("/proc/self/exe");
     command
         .env(PROBE_ENV, copy)
@@ -169,6 +176,46 @@ pub(crate) fn probe(
     };
     let stderr = String::from_utf8_lossy(&stderr);
     let last = stderr.trim().lines().last().unwrap_or("").trim().to_owned();
+    Err(failed(if last.is_empty() {
+        what
+    } else {
+        format!("{what}; its last words: {last}")
+    }))
+}
+
+/// The verdict on a probe server's answer, worded as for a probe process of its own.
+fn judge_answer(
+    answer: super::probe_server::Answer,
+    timeout: Duration,
+    failed: impl Fn(String) -> LoadError,
+) -> Result<(), LoadError> {
+    if answer.hung {
+        return Err(failed(format!(
+            "loading it did not finish within {} s (a constructor that hangs?)",
+            timeout.as_secs_f64()
+        )));
+    }
+    if answer.outcome.is_some() && answer.code == Some(0) {
+        return Ok(());
+    }
+    let what = match (answer.signal, answer.code) {
+        (Some(signal), _) => format!(
+            "loading it killed the probe process with {}",
+            signal_name(signal)
+        ),
+        (None, Some(code)) => format!(
+            "loading it ended the probe process with exit status {code} (the library exits?)"
+        ),
+        (None, None) => "the probe process ended in an unknown way".to_owned(),
+    };
+    let last = answer
+        .stderr
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or("")
+        .trim()
+        .to_owned();
     Err(failed(if last.is_empty() {
         what
     } else {
