@@ -73,6 +73,9 @@ pub struct PluginsConfig {
     /// file name: a crash there fails the calls in flight and restarts that process; the
     /// daemon keeps serving.
     pub isolate: Vec<String>,
+    /// How long a call to an isolated plugin may wait for its answer, in milliseconds
+    /// (default 30,000).
+    pub isolate_call_timeout_ms: Option<u64>,
 }
 
 impl Default for PluginsConfig {
@@ -88,6 +91,7 @@ impl Default for PluginsConfig {
             probe: true,
             probe_timeout_ms: None,
             isolate: Vec::new(),
+            isolate_call_timeout_ms: None,
         }
     }
 }

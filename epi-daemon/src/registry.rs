@@ -35,6 +35,10 @@ pub fn open_registry(
         load_probe_timeout: config.plugins.probe_timeout_ms.map(Duration::from_millis),
         skip_processes: !processes,
         isolate: config.plugins.isolate.clone(),
+        isolated_call_timeout: config
+            .plugins
+            .isolate_call_timeout_ms
+            .map(Duration::from_millis),
         plugin_host: std::env::current_exe()
             .ok()
             .map(epi::isolation::PluginHostCommand::epi),

@@ -228,3 +228,45 @@ fn a_stream_whose_isolated_plugin_dies_is_cut_not_completed() {
     );
     assert!(read + rest.len() < 20_000_000, "the stream was not cut");
 }
+
+#[test]
+fn a_hung_isolated_provider_fails_its_call_after_the_timeout_and_the_rest_serve() {
+    let dir = epi_testkit::plugin_dir();
+    let file = epi_testkit::install(
+        dir.path(),
+        "epi-plugin-testplug",
+        "libepi_plugin_testplug.so",
+    );
+    let registry = Registry::new(RegistryConfig {
+        isolate: vec!["testplug".into()],
+        plugin_host: Some(PluginHostCommand::epi(EPI)),
+        isolated_call_timeout: Some(Duration::from_millis(300)),
+        ..RegistryConfig::default()
+    })
+    .unwrap();
+    registry
+        .load_with_config(
+            &file,
+            &json!({"app": "testplug", "services": ["math", "slow"], "providers": [
+                {"label": "inc", "service": "math", "add": 1},
+                {"label": "stuck", "service": "slow", "behaviour": "hang"}
+            ]}),
+        )
+        .unwrap();
+    let started = Instant::now();
+    let err = registry
+        .function::<i64, i64>("slow", "value")
+        .apply(&1)
+        .unwrap_err()
+        .to_string();
+    let waited = started.elapsed();
+    assert!(err.contains("did not answer within"), "{err}");
+    assert!(err.contains("isolated plugin `testplug`"), "{err}");
+    assert!(
+        waited < Duration::from_secs(2),
+        "the call waited {waited:?}"
+    );
+    // The child still serves other calls meanwhile (another connection).
+    let math = registry.function::<i64, i64>("math", "value");
+    assert_eq!(math.apply(&41).unwrap(), vec![42]);
+}

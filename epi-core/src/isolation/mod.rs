@@ -28,6 +28,9 @@ use std::path::{Path, PathBuf};
 
 pub use child::run_plugin_host;
 
+/// How long a call to an isolated plugin waits for its answer by default.
+pub const DEFAULT_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The engine name of an isolated plugin's supervising process is `APP/` and this.
 pub const SUPERVISOR_PROCESS: &str = "plugin-host";
 

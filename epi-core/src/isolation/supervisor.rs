@@ -39,6 +39,8 @@ struct Link {
     /// The end of what the child wrote on stderr.
     stderr_tail: Arc<Mutex<String>>,
     pid: u32,
+    /// How long a request may wait for its reply.
+    call_timeout: Duration,
 }
 
 impl Link {
@@ -67,7 +69,11 @@ impl Link {
         let idle = self.idle.lock().pop();
         let mut stream = match idle {
             Some(stream) => stream,
-            None => UnixStream::connect(&self.socket)?,
+            None => {
+                let stream = UnixStream::connect(&self.socket)?;
+                stream.set_read_timeout(Some(self.call_timeout))?;
+                stream
+            }
         };
         wire::write_request(&mut stream, kind, header, body)?;
         wire::spin_until_readable(&stream, CALLER_SPIN);
@@ -98,6 +104,7 @@ pub(crate) struct Isolated {
     config: String,
     command: PluginHostCommand,
     start_timeout: Duration,
+    call_timeout: Duration,
     link: ArcSwapOption<Link>,
     /// Serialises (re)starts.
     starting: Mutex<()>,
@@ -126,6 +133,7 @@ impl Isolated {
         config: String,
         command: PluginHostCommand,
         start_timeout: Duration,
+        call_timeout: Duration,
     ) -> Result<Started, String> {
         let mut isolated = Isolated {
             app: String::new(),
@@ -135,6 +143,7 @@ impl Isolated {
             config,
             command,
             start_timeout,
+            call_timeout,
             link: ArcSwapOption::empty(),
             starting: Mutex::new(()),
         };
@@ -216,6 +225,7 @@ impl Isolated {
             idle: Mutex::new(Vec::new()),
             stderr_tail,
             pid,
+            call_timeout: self.call_timeout,
         };
         match listening.recv_timeout(self.start_timeout) {
             Ok(()) => Ok(link),
@@ -272,7 +282,15 @@ impl Isolated {
             return Err(self.unreachable("not running (being restarted)"));
         };
         link.request(kind, header, body).map_err(|err| {
-            let reason = self.describe_failure(&link, "broke the connection", &err);
+            let reason = if matches!(
+                err.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) {
+                // The connection is dropped with its late reply; the child keeps serving.
+                format!("did not answer within {:?}", self.call_timeout)
+            } else {
+                self.describe_failure(&link, "broke the connection", &err)
+            };
             self.unreachable(&reason)
         })
     }

@@ -1061,6 +1061,7 @@ fn validate(path: &Path, plugin: &LoadedPlugin) -> Result<(), LoadError> {
 pub(crate) struct IsolationSettings<'a> {
     pub(crate) command: &'a crate::isolation::PluginHostCommand,
     pub(crate) start_timeout: std::time::Duration,
+    pub(crate) call_timeout: std::time::Duration,
 }
 
 /// Loads a checked file in a plugin-host child process (see [`crate::isolation`]): the file's
@@ -1090,6 +1091,7 @@ pub(crate) fn load_isolated(
         config.to_owned(),
         settings.command.clone(),
         settings.start_timeout,
+        settings.call_timeout,
     )
     .map_err(|reason| {
         let _ = std::fs::remove_file(&copy);

@@ -395,6 +395,9 @@ impl Registry {
                 start_timeout: config
                     .load_probe_timeout
                     .unwrap_or(loader::probe::DEFAULT_PROBE_TIMEOUT),
+                call_timeout: config
+                    .isolated_call_timeout
+                    .unwrap_or(crate::isolation::DEFAULT_CALL_TIMEOUT),
             };
             loader::load_isolated(
                 checked,

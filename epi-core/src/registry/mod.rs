@@ -81,6 +81,10 @@ pub struct RegistryConfig {
     pub isolate: Vec<String>,
     /// The program that runs isolated plugins (the daemon uses its own `epi plugin-host`).
     pub plugin_host: Option<crate::isolation::PluginHostCommand>,
+    /// How long a call to an isolated plugin may wait for its answer before it fails (default
+    /// [`crate::isolation::DEFAULT_CALL_TIMEOUT`], 30 s): a hung child fails its calls instead
+    /// of holding the callers.
+    pub isolated_call_timeout: Option<std::time::Duration>,
 }
 
 /// The default of [`RegistryConfig::max_call_depth`].
