@@ -476,6 +476,19 @@ impl Dispatcher {
         Ok(unsafe { Providers::new(list) })
     }
 
+    /// Runs `body` over the providers of `service.function` in the current table, which it
+    /// pins for the calls plugins make meanwhile.
+    fn with_named<R>(
+        &self,
+        service: &str,
+        function: &str,
+        body: impl FnOnce(Providers<'_>) -> Result<R, Error>,
+    ) -> Result<R, Error> {
+        let snapshot = self.current.load();
+        let _pinned = Pinned::new(self, &snapshot);
+        body(Self::named(&snapshot, service, function)?)
+    }
+
     pub(crate) fn apply_named<A: Argument, O: Output>(
         &self,
         service: &str,
@@ -483,11 +496,11 @@ impl Dispatcher {
         args: &A,
     ) -> Result<Vec<O>, Error> {
         let _span = tracing::trace_span!("epi.apply", service, function).entered();
-        let snapshot = self.current.load();
-        let _pinned = Pinned::new(self, &snapshot);
-        let list = Self::named(&snapshot, service, function)?;
-        let checked = core::precheck::<A, O>(list, false)?.expect("checked without ignore_errors");
-        core::apply(checked, args)
+        self.with_named(service, function, |list| {
+            let checked =
+                core::precheck::<A, O>(list, false)?.expect("checked without ignore_errors");
+            core::apply(checked, args)
+        })
     }
 
     pub(crate) fn apply_with_named<A: Argument, O: Output>(
@@ -498,11 +511,10 @@ impl Dispatcher {
         opts: Opts,
     ) -> Result<Vec<Result<O, ProviderError>>, Error> {
         let _span = tracing::trace_span!("epi.apply", service, function).entered();
-        let snapshot = self.current.load();
-        let _pinned = Pinned::new(self, &snapshot);
-        let list = Self::named(&snapshot, service, function)?;
-        let checked = core::precheck::<A, O>(list, opts.ignore_errors)?;
-        core::apply_with(self, list, checked, args, opts)
+        self.with_named(service, function, |list| {
+            let checked = core::precheck::<A, O>(list, opts.ignore_errors)?;
+            core::apply_with(self, list, checked, args, opts)
+        })
     }
 
     pub(crate) fn decide_named<A: Argument, T: DeserializeOwned + 'static>(
@@ -513,11 +525,10 @@ impl Dispatcher {
         opts: Opts,
     ) -> Result<Decision<T>, Error> {
         let _span = tracing::trace_span!("epi.decide", service, function).entered();
-        let snapshot = self.current.load();
-        let _pinned = Pinned::new(self, &snapshot);
-        let list = Self::named(&snapshot, service, function)?;
-        let checked = core::precheck::<A, Decision<T>>(list, opts.ignore_errors)?;
-        core::decide(list, checked, args, opts)
+        self.with_named(service, function, |list| {
+            let checked = core::precheck::<A, Decision<T>>(list, opts.ignore_errors)?;
+            core::decide(list, checked, args, opts)
+        })
     }
 
     pub(crate) fn pipe_named<T: Argument + Send>(
@@ -528,11 +539,10 @@ impl Dispatcher {
         opts: Opts,
     ) -> Result<T, Error> {
         let _span = tracing::trace_span!("epi.pipe", service, function).entered();
-        let snapshot = self.current.load();
-        let _pinned = Pinned::new(self, &snapshot);
-        let list = Self::named(&snapshot, service, function)?;
-        let checked = core::precheck::<T, T>(list, opts.ignore_errors)?;
-        core::pipe(list, checked, input, opts)
+        self.with_named(service, function, |list| {
+            let checked = core::precheck::<T, T>(list, opts.ignore_errors)?;
+            core::pipe(list, checked, input, opts)
+        })
     }
 
     pub(crate) fn truth_named<A: Argument>(
@@ -544,11 +554,10 @@ impl Dispatcher {
         fold: core::Truth,
     ) -> Result<bool, Error> {
         let _span = tracing::trace_span!("epi.apply", service, function).entered();
-        let snapshot = self.current.load();
-        let _pinned = Pinned::new(self, &snapshot);
-        let list = Self::named(&snapshot, service, function)?;
-        let checked = core::precheck::<A, bool>(list, opts.ignore_errors)?;
-        core::truth(self, list, checked, args, opts, fold)
+        self.with_named(service, function, |list| {
+            let checked = core::precheck::<A, bool>(list, opts.ignore_errors)?;
+            core::truth(self, list, checked, args, opts, fold)
+        })
     }
 }
 

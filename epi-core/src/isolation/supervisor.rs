@@ -147,18 +147,7 @@ impl Isolated {
             link: ArcSwapOption::empty(),
             starting: Mutex::new(()),
         };
-        let link = isolated.spawn()?;
-        let (status, body) = link
-            .request(wire::HELLO, &[], &[])
-            .map_err(|err| isolated.describe_failure(&link, "said nothing", &err))?;
-        if status != STATUS_OK {
-            return Err(format!(
-                "the plugin host refused to describe the plugin: {}",
-                String::from_utf8_lossy(&body)
-            ));
-        }
-        let hello: Hello = serde_json::from_slice(&body)
-            .map_err(|err| format!("the plugin host's description is unreadable: {err}"))?;
+        let (link, hello) = isolated.spawn_and_greet()?;
         isolated.app = hello.manifest.app.clone();
         isolated.link.store(Some(Arc::new(link)));
         tracing::info!(
@@ -171,6 +160,23 @@ impl Isolated {
             isolated: Arc::new(isolated),
             hello,
         })
+    }
+
+    /// Runs a plugin-host child and asks it what it loaded.
+    fn spawn_and_greet(&self) -> Result<(Link, Hello), String> {
+        let link = self.spawn()?;
+        let (status, body) = link
+            .request(wire::HELLO, &[], &[])
+            .map_err(|err| self.describe_failure(&link, "said nothing", &err))?;
+        if status != STATUS_OK {
+            return Err(format!(
+                "the plugin host refused to describe the plugin: {}",
+                String::from_utf8_lossy(&body)
+            ));
+        }
+        let hello = serde_json::from_slice(&body)
+            .map_err(|err| format!("the plugin host's description is unreadable: {err}"))?;
+        Ok((link, hello))
     }
 
     /// Runs a plugin-host child and waits until it listens.
@@ -320,16 +326,7 @@ impl Isolated {
             }
             self.link.store(None);
         }
-        let link = self.spawn().map_err(WorkerError::Failed)?;
-        let (status, body) = link.request(wire::HELLO, &[], &[]).map_err(|err| {
-            WorkerError::Failed(self.describe_failure(&link, "said nothing", &err))
-        })?;
-        let hello: Hello = serde_json::from_slice(&body)
-            .ok()
-            .filter(|_| status == STATUS_OK)
-            .ok_or_else(|| {
-                WorkerError::Failed("the plugin host's description is unreadable".into())
-            })?;
+        let (link, hello) = self.spawn_and_greet().map_err(WorkerError::Failed)?;
         if hello.manifest.app != self.app {
             return Err(WorkerError::Fatal(format!(
                 "the restarted plugin host loaded `{}` instead of `{}`",
