@@ -196,7 +196,7 @@ fn shielded<R>(fallback: R, body: impl FnOnce() -> R) -> R {
 ///
 /// # Safety
 /// `buffer` points at a live buffer of the plugin's (the shared heap).
-unsafe fn put(buffer: *mut RVec<u8>, bytes: Vec<u8>) {
+pub(crate) unsafe fn put(buffer: *mut RVec<u8>, bytes: Vec<u8>) {
     // SAFETY: the caller's contract; the old buffer is released through the shared allocator.
     unsafe { drop(std::ptr::replace(buffer, RVec::from_vec(bytes)).into_vec()) }
 }

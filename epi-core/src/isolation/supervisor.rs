@@ -464,6 +464,6 @@ pub(crate) unsafe extern "C" fn bridge_call(
     };
     let slot = if status == STATUS_OK { output } else { error };
     // SAFETY: the caller's contract: `slot` is a live buffer of the host's heap.
-    unsafe { drop(std::ptr::replace(slot, RVec::from_vec(bytes)).into_vec()) };
+    unsafe { crate::host_calls::put(slot, bytes) };
     status
 }
