@@ -107,15 +107,24 @@ fn setup() -> (tempfile::TempDir, PathBuf) {
 
 /// The text of the first element `css` finds, once one exists.
 async fn text(client: &Client, css: &str) -> String {
-    client
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|err| panic!("{css}: {err}"))
-        .text()
-        .await
-        .unwrap()
+    // The page re-renders its panels live: an element found may be replaced before its text
+    // is read (a stale reference); find it again then.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let element = client
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|err| panic!("{css}: {err}"));
+        match element.text().await {
+            Ok(text) => return text,
+            Err(err) if std::time::Instant::now() < deadline => {
+                eprintln!("{css}: {err}; finding it again");
+            }
+            Err(err) => panic!("{css}: {err}"),
+        }
+    }
 }
 
 /// Waits until the text at `css` satisfies `done`; returns it and how long that took.
