@@ -7,7 +7,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use epi::{Decision, Opts, Registry, RegistryConfig};
+use epi::{DecideOpts, Decision, Registry, RegistryConfig};
 use serde_json::json;
 
 trait Provide: Send + Sync {
@@ -133,7 +133,7 @@ fn main() {
         .map(|_| Box::new(Native { add: 1 }) as Box<dyn Provide>)
         .collect();
     let epi_ns = time(|| {
-        black_box(pass.decide(black_box(&41), Opts::new()).unwrap());
+        black_box(pass.decide(black_box(&41), DecideOpts::new()).unwrap());
     });
     let native_ns = time(|| {
         let mut decision = Decision::NoDecision;

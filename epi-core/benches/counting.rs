@@ -11,7 +11,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use epi::{Function, Opts, Registry, RegistryConfig};
+use epi::{Function, PipeOpts, Registry, RegistryConfig};
 use serde_json::json;
 
 const COUNTS: [usize; 2] = [1, 10];
@@ -51,7 +51,7 @@ fn counting(c: &mut Criterion) {
                 b.iter(|| inc.apply(black_box(&41)).unwrap())
             });
             group.bench_function(BenchmarkId::new(format!("pipe/{mode}"), count), |b| {
-                b.iter(|| inc.pipe(black_box(41), Opts::new()).unwrap())
+                b.iter(|| inc.pipe(black_box(41), PipeOpts::new()).unwrap())
             });
             if on {
                 let row = registry

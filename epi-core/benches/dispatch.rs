@@ -12,7 +12,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use epi::{Decision, Function, Opts, Registry, RegistryConfig};
+use epi::{ApplyOpts, DecideOpts, Decision, Function, Opts, PipeOpts, Registry, RegistryConfig};
 use serde_json::json;
 
 const COUNTS: [usize; 4] = [1, 5, 10, 100];
@@ -123,7 +123,7 @@ fn concurrent_work(c: &mut Criterion) {
     });
     group.bench_function("spin20us_x10/concurrent", |b| {
         b.iter(|| {
-            spin.apply_with(black_box(&20), Opts::new().concurrent())
+            spin.apply_with(black_box(&20), ApplyOpts::new().concurrent())
                 .unwrap()
         })
     });
@@ -134,7 +134,7 @@ fn concurrent_work(c: &mut Criterion) {
     });
     group.bench_function("trivial_x5/concurrent", |b| {
         b.iter(|| {
-            inc.apply_with(black_box(&41), Opts::new().concurrent())
+            inc.apply_with(black_box(&41), ApplyOpts::new().concurrent())
                 .unwrap()
         })
     });
@@ -169,7 +169,7 @@ fn apply(c: &mut Criterion) {
         });
         group.bench_function(id("ignore_errors/epi"), |b| {
             b.iter(|| {
-                inc.apply_with(black_box(&41), Opts::new().ignore_errors())
+                inc.apply_with(black_box(&41), ApplyOpts::new().ignore_errors())
                     .unwrap()
             })
         });
@@ -178,7 +178,7 @@ fn apply(c: &mut Criterion) {
         });
         group.bench_function(id("concurrent/epi"), |b| {
             b.iter(|| {
-                inc.apply_with(black_box(&41), Opts::new().concurrent())
+                inc.apply_with(black_box(&41), ApplyOpts::new().concurrent())
                     .unwrap()
             })
         });
@@ -186,7 +186,7 @@ fn apply(c: &mut Criterion) {
             b.iter(|| native_concurrent(&pool, black_box(&native), black_box(&41)))
         });
         group.bench_function(id("pipe/epi"), |b| {
-            b.iter(|| inc.pipe(black_box(41), Opts::new()).unwrap())
+            b.iter(|| inc.pipe(black_box(41), PipeOpts::new()).unwrap())
         });
         group.bench_function(id("pipe/native_dyn"), |b| {
             b.iter(|| native_pipe(black_box(&native), black_box(41)))
@@ -212,10 +212,10 @@ fn decide(c: &mut Criterion) {
         } else {
             Decision::NoDecision
         };
-        assert_eq!(choose.decide(&41, Opts::new()).unwrap(), expected);
+        assert_eq!(choose.decide(&41, DecideOpts::new()).unwrap(), expected);
         let native = native_providers(10, decider);
         group.bench_function(format!("{case}/epi"), |b| {
-            b.iter(|| choose.decide(black_box(&41), Opts::new()).unwrap())
+            b.iter(|| choose.decide(black_box(&41), DecideOpts::new()).unwrap())
         });
         group.bench_function(format!("{case}/native_dyn"), |b| {
             b.iter(|| native_decide(black_box(&native), black_box(&41)))

@@ -19,7 +19,8 @@ use crate::error::{Error, ProviderError};
 use crate::ids::{FunctionId, Interner, ServiceId};
 use crate::snapshot::Snapshot;
 use epi_plugin::call::{self as core, Checked, Providers};
-pub use epi_plugin::call::{Answer, Argument, Opts, Output};
+pub use epi_plugin::call::{Answer, Argument, Output};
+pub use epi_plugin::opts::{ApplyOpts, DecideOpts, Opts, PipeOpts};
 use epi_plugin::Decision;
 
 /// What handles call through: the current dispatch table, the ids of names, and the pool for
@@ -181,7 +182,7 @@ impl ServiceHandle {
         &self,
         function: &str,
         args: &A,
-        opts: Opts,
+        opts: ApplyOpts,
     ) -> Result<Vec<Result<O, ProviderError>>, Error> {
         let _span = tracing::trace_span!("epi.apply", service = %self.name, function).entered();
         let snapshot = self.shared.current.load();
@@ -197,7 +198,7 @@ impl ServiceHandle {
         &self,
         function: &str,
         args: &A,
-        opts: Opts,
+        opts: DecideOpts,
     ) -> Result<Decision<T>, Error> {
         let _span = tracing::trace_span!("epi.decide", service = %self.name, function).entered();
         let snapshot = self.shared.current.load();
@@ -214,7 +215,7 @@ impl ServiceHandle {
         &self,
         function: &str,
         input: T,
-        opts: Opts,
+        opts: PipeOpts,
     ) -> Result<T, Error> {
         let _span = tracing::trace_span!("epi.pipe", service = %self.name, function).entered();
         let snapshot = self.shared.current.load();
@@ -226,12 +227,22 @@ impl ServiceHandle {
     }
 
     /// True when some provider returned `true` (couch_epi's `any`).
-    pub fn any<A: Argument>(&self, function: &str, args: &A, opts: Opts) -> Result<bool, Error> {
+    pub fn any<A: Argument>(
+        &self,
+        function: &str,
+        args: &A,
+        opts: ApplyOpts,
+    ) -> Result<bool, Error> {
         self.truth(function, args, opts, core::Truth::Any)
     }
 
     /// True unless some provider returned `false` (couch_epi's `all`: `true` with no providers).
-    pub fn all<A: Argument>(&self, function: &str, args: &A, opts: Opts) -> Result<bool, Error> {
+    pub fn all<A: Argument>(
+        &self,
+        function: &str,
+        args: &A,
+        opts: ApplyOpts,
+    ) -> Result<bool, Error> {
         self.truth(function, args, opts, core::Truth::All)
     }
 
@@ -239,7 +250,7 @@ impl ServiceHandle {
         &self,
         function: &str,
         args: &A,
-        opts: Opts,
+        opts: ApplyOpts,
         fold: core::Truth,
     ) -> Result<bool, Error> {
         let _span = tracing::trace_span!("epi.apply", service = %self.name, function).entered();
@@ -316,7 +327,12 @@ impl<A: Argument, O: Output> Function<A, O> {
 
 impl<A: Argument, T: DeserializeOwned + Send + 'static> Function<A, Decision<T>> {
     /// [`Function::decide`] through a held table.
-    pub fn decide_at(&self, table: &Table, args: &A, opts: Opts) -> Result<Decision<T>, Error> {
+    pub fn decide_at(
+        &self,
+        table: &Table,
+        args: &A,
+        opts: DecideOpts,
+    ) -> Result<Decision<T>, Error> {
         let snapshot = self.held(table)?;
         let _pinned = Pinned::new(&self.shared, snapshot);
         let (list, checked) = self.resolve(snapshot, opts.ignore_errors)?;
@@ -368,7 +384,11 @@ impl<A: Argument, O: Output> Function<A, O> {
     }
 
     /// `apply` with options (see [`ServiceHandle::apply_with`]).
-    pub fn apply_with(&self, args: &A, opts: Opts) -> Result<Vec<Result<O, ProviderError>>, Error> {
+    pub fn apply_with(
+        &self,
+        args: &A,
+        opts: ApplyOpts,
+    ) -> Result<Vec<Result<O, ProviderError>>, Error> {
         let _span =
             tracing::trace_span!("epi.apply", service = %self.service_name, function = %self.name)
                 .entered();
@@ -381,7 +401,7 @@ impl<A: Argument, O: Output> Function<A, O> {
 
     /// `apply` with options, saying which provider gave each result: `(plugin, provider,
     /// result)` in provider order. Plain `apply` does not pay for the names.
-    pub fn apply_answers(&self, args: &A, opts: Opts) -> Result<Vec<Answer<O>>, Error> {
+    pub fn apply_answers(&self, args: &A, opts: ApplyOpts) -> Result<Vec<Answer<O>>, Error> {
         let _span =
             tracing::trace_span!("epi.apply", service = %self.service_name, function = %self.name)
                 .entered();
@@ -395,16 +415,16 @@ impl<A: Argument, O: Output> Function<A, O> {
 
 impl<A: Argument> Function<A, bool> {
     /// True when some provider returned `true`.
-    pub fn any(&self, args: &A, opts: Opts) -> Result<bool, Error> {
+    pub fn any(&self, args: &A, opts: ApplyOpts) -> Result<bool, Error> {
         self.truth(args, opts, core::Truth::Any)
     }
 
     /// True unless some provider returned `false` (`true` with no providers, as couch_epi).
-    pub fn all(&self, args: &A, opts: Opts) -> Result<bool, Error> {
+    pub fn all(&self, args: &A, opts: ApplyOpts) -> Result<bool, Error> {
         self.truth(args, opts, core::Truth::All)
     }
 
-    fn truth(&self, args: &A, opts: Opts, fold: core::Truth) -> Result<bool, Error> {
+    fn truth(&self, args: &A, opts: ApplyOpts, fold: core::Truth) -> Result<bool, Error> {
         let _span =
             tracing::trace_span!("epi.apply", service = %self.service_name, function = %self.name)
                 .entered();
@@ -418,7 +438,7 @@ impl<A: Argument> Function<A, bool> {
 
 impl<A: Argument, T: DeserializeOwned + Send + 'static> Function<A, Decision<T>> {
     /// Asks providers in order until one returns `Decided`; none → `NoDecision`.
-    pub fn decide(&self, args: &A, opts: Opts) -> Result<Decision<T>, Error> {
+    pub fn decide(&self, args: &A, opts: DecideOpts) -> Result<Decision<T>, Error> {
         let _span =
             tracing::trace_span!("epi.decide", service = %self.service_name, function = %self.name)
                 .entered();
@@ -431,7 +451,7 @@ impl<A: Argument, T: DeserializeOwned + Send + 'static> Function<A, Decision<T>>
 
     /// `decide`, saying who decided: the deciding provider's plugin and label with the value
     /// (`result` is always `Ok`), or `None` when no provider decided.
-    pub fn decide_answer(&self, args: &A, opts: Opts) -> Result<Option<Answer<T>>, Error> {
+    pub fn decide_answer(&self, args: &A, opts: DecideOpts) -> Result<Option<Answer<T>>, Error> {
         let _span =
             tracing::trace_span!("epi.decide", service = %self.service_name, function = %self.name)
                 .entered();
@@ -445,7 +465,7 @@ impl<A: Argument, T: DeserializeOwned + Send + 'static> Function<A, Decision<T>>
 
 impl<T: Argument + Send> Function<T, T> {
     /// Passes `input` through every provider in order (see [`ServiceHandle::pipe`]).
-    pub fn pipe(&self, input: T, opts: Opts) -> Result<T, Error> {
+    pub fn pipe(&self, input: T, opts: PipeOpts) -> Result<T, Error> {
         let _span =
             tracing::trace_span!("epi.pipe", service = %self.service_name, function = %self.name)
                 .entered();
@@ -508,7 +528,7 @@ impl Dispatcher {
         service: &str,
         function: &str,
         args: &A,
-        opts: Opts,
+        opts: ApplyOpts,
     ) -> Result<Vec<Result<O, ProviderError>>, Error> {
         let _span = tracing::trace_span!("epi.apply", service, function).entered();
         self.with_named(service, function, |list| {
@@ -522,7 +542,7 @@ impl Dispatcher {
         service: &str,
         function: &str,
         args: &A,
-        opts: Opts,
+        opts: DecideOpts,
     ) -> Result<Decision<T>, Error> {
         let _span = tracing::trace_span!("epi.decide", service, function).entered();
         self.with_named(service, function, |list| {
@@ -536,7 +556,7 @@ impl Dispatcher {
         service: &str,
         function: &str,
         input: T,
-        opts: Opts,
+        opts: PipeOpts,
     ) -> Result<T, Error> {
         let _span = tracing::trace_span!("epi.pipe", service, function).entered();
         self.with_named(service, function, |list| {
@@ -550,7 +570,7 @@ impl Dispatcher {
         service: &str,
         function: &str,
         args: &A,
-        opts: Opts,
+        opts: ApplyOpts,
         fold: core::Truth,
     ) -> Result<bool, Error> {
         let _span = tracing::trace_span!("epi.apply", service, function).entered();
@@ -594,4 +614,4 @@ pub(crate) fn run_shared(pool: &rayon::ThreadPool, count: usize, task: &(dyn Fn(
 }
 
 /// Calls by name share the dispatch core's error builders.
-pub(crate) use core::{failure, provider_error, refuse_for_decide, run_concurrent};
+pub(crate) use core::{failure, provider_error, run_concurrent};

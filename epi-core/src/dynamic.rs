@@ -4,9 +4,7 @@
 use serde_json::Value;
 
 use crate::abi::{RVec, StrRef, COUNT_LATENCY, ENCODING_JSON, LATENCY_SAMPLE_EVERY, STATUS_OK};
-use crate::dispatch::{
-    failure, provider_error, refuse_for_decide, run_concurrent, Dispatcher, Opts,
-};
+use crate::dispatch::{failure, provider_error, run_concurrent, Dispatcher, Opts, PipeOpts};
 use crate::error::{Error, Failure, ProviderError};
 use crate::loader::bytes;
 use crate::snapshot::{text, ProviderCall};
@@ -142,12 +140,15 @@ impl Dispatcher {
         args: &Value,
         opts: Opts,
     ) -> Result<Applied, Error> {
-        let opts = opts.check()?;
         let _span = tracing::trace_span!("epi.apply_json", service, function).entered();
+        if opts.pipe {
+            let opts = opts.for_pipe()?;
+            return self.providers_json(service, function, args, |list, input| {
+                pipe_json(list, input, opts).map(Applied::Piped)
+            });
+        }
+        let opts = opts.for_apply()?;
         self.providers_json(service, function, args, |list, input| {
-            if opts.pipe {
-                return pipe_json(list, input, opts).map(Applied::Piped);
-            }
             let one = |provider: &ProviderCall| Reply {
                 plugin: text(&provider.plugin).to_owned(),
                 provider: text(&provider.provider).to_owned(),
@@ -193,7 +194,7 @@ impl Dispatcher {
         args: &Value,
         opts: Opts,
     ) -> Result<Decision<Value>, Error> {
-        refuse_for_decide(opts)?;
+        let opts = opts.for_decide()?;
         let _span = tracing::trace_span!("epi.decide_json", service, function).entered();
         self.providers_json(service, function, args, |list, input| {
             for provider in list {
@@ -212,7 +213,7 @@ impl Dispatcher {
     }
 }
 
-fn pipe_json(list: &[ProviderCall], input: Vec<u8>, opts: Opts) -> Result<Value, Error> {
+fn pipe_json(list: &[ProviderCall], input: Vec<u8>, opts: PipeOpts) -> Result<Value, Error> {
     let mut value = input;
     for (position, provider) in list.iter().enumerate() {
         match call_json(provider, &value) {

@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 
 use serde::de::DeserializeOwned;
 
-use crate::dispatch::{Argument, Function, Opts, Output};
+use crate::dispatch::{ApplyOpts, Argument, DecideOpts, Function, Output, PipeOpts};
 use crate::error::{Error, ProviderError};
 use crate::{DataHandle, Decision, Registry};
 
@@ -52,7 +52,7 @@ pub fn apply_with<A: Argument, O: Output>(
     service: &str,
     function: &str,
     args: &A,
-    opts: Opts,
+    opts: ApplyOpts,
 ) -> Result<Vec<Result<O, ProviderError>>, Error> {
     default_registry()?
         .shared
@@ -65,7 +65,7 @@ pub fn decide<A: Argument, T: DeserializeOwned + Send + 'static>(
     service: &str,
     function: &str,
     args: &A,
-    opts: Opts,
+    opts: DecideOpts,
 ) -> Result<Decision<T>, Error> {
     default_registry()?
         .shared
@@ -78,7 +78,7 @@ pub fn pipe<T: Argument + Send>(
     service: &str,
     function: &str,
     input: T,
-    opts: Opts,
+    opts: PipeOpts,
 ) -> Result<T, Error> {
     default_registry()?
         .shared
@@ -91,7 +91,7 @@ pub fn any<A: Argument>(
     service: &str,
     function: &str,
     args: &A,
-    opts: Opts,
+    opts: ApplyOpts,
 ) -> Result<bool, Error> {
     default_registry()?.shared.dispatcher.truth_named(
         service,
@@ -107,7 +107,7 @@ pub fn all<A: Argument>(
     service: &str,
     function: &str,
     args: &A,
-    opts: Opts,
+    opts: ApplyOpts,
 ) -> Result<bool, Error> {
     default_registry()?.shared.dispatcher.truth_named(
         service,

@@ -5,7 +5,7 @@
 //! [`Registry`], and calls the functions their providers implement through handles:
 //!
 //! ```no_run
-//! use epi::{Opts, Registry, RegistryConfig};
+//! use epi::{Registry, RegistryConfig};
 //!
 //! let registry = Registry::new(RegistryConfig::default())?;
 //! registry.load("target/debug/libepi_plugin_hello.so")?;
@@ -78,10 +78,12 @@ pub use epi_plugin::{
 pub use epi_engine as engine;
 
 pub use data::{
-    DataEntry, DataHandle, DataReload, DataStatus, Group, Named, SourceKind, Subscription,
-    DEFAULT_DATA_READ_TIMEOUT, DEFAULT_MAX_DATA_FILE_BYTES,
+    DataEntry, DataHandle, DataReload, DataStatus, Group, Named, Names, SourceKind, Subscription,
+    Values, DEFAULT_DATA_READ_TIMEOUT, DEFAULT_MAX_DATA_FILE_BYTES,
 };
-pub use dispatch::{Answer, Argument, Function, Opts, Output, ServiceHandle, Table};
+pub use dispatch::{
+    Answer, ApplyOpts, Argument, DecideOpts, Function, Opts, Output, PipeOpts, ServiceHandle, Table,
+};
 pub use dynamic::{Applied, Reply};
 pub use engine::{EngineReport, WorkerReport, WorkerState};
 pub use epi_plugin::Provider;

@@ -102,7 +102,7 @@ fn main() {
         let calls = 20_000;
         let started = Instant::now();
         for _ in 0..calls {
-            match handle.decide(&request, epi::Opts::new()).unwrap() {
+            match handle.decide(&request, epi::DecideOpts::new()).unwrap() {
                 epi::Decision::Decided(answer) => assert_eq!(answer.status, 200, "{path}"),
                 epi::Decision::NoDecision => panic!("nobody answered {path}"),
             }

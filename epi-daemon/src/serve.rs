@@ -13,7 +13,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use epi::http::{HttpBody, HttpRequest, HttpResponse};
-use epi::{Decision, Error, Function, Opts, Registry};
+use epi::{DecideOpts, Decision, Error, Function, Opts, Registry};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -266,7 +266,7 @@ async fn route_to_plugins(State(state): State<AppState>, request: Request) -> Re
     // A streamed body is pulled from the version that answered, through this table, even
     // when an upgrade replaces that version meanwhile.
     let table = state.handle.table();
-    match state.handle.decide_at(&table, &request, Opts::new()) {
+    match state.handle.decide_at(&table, &request, DecideOpts::new()) {
         Ok(Decision::Decided(response)) => into_response(&state, response, table),
         Ok(Decision::NoDecision) | Err(Error::UnknownService(_)) => error(
             StatusCode::NOT_FOUND,
@@ -307,7 +307,7 @@ fn into_response(state: &AppState, response: HttpResponse, table: epi::Table) ->
                 let next_chunk = next_chunk.clone();
                 let table = table.clone();
                 async move {
-                    match next_chunk.decide_at(&table, &id, Opts::new()) {
+                    match next_chunk.decide_at(&table, &id, DecideOpts::new()) {
                         Ok(Decision::Decided(Some(chunk))) => {
                             Some((Ok::<Bytes, std::io::Error>(Bytes::from(chunk)), ()))
                         }
@@ -377,7 +377,7 @@ pub fn pairs(pairs: Vec<epi::Named>) -> Value {
     Value::Array(
         pairs
             .into_iter()
-            .map(|(name, value)| json!([&*name, &*value]))
+            .map(|named| json!([&*named.name, &*named.value]))
             .collect(),
     )
 }
@@ -387,7 +387,7 @@ pub fn groups(groups: Vec<epi::Group>) -> Value {
     Value::Object(
         groups
             .into_iter()
-            .map(|(name, members)| (name.to_string(), pairs(members)))
+            .map(|group| (group.name.to_string(), pairs(group.members)))
             .collect(),
     )
 }

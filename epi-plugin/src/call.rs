@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::abi::{
     CallCounters, ProviderEntry, RVec, StrRef, TypeRef, COUNT_LATENCY, ENCODING_MSGPACK,
@@ -28,6 +28,7 @@ use crate::abi::{
     STATUS_PANICKED,
 };
 use crate::error::{Error, Failure, ProviderError};
+use crate::opts::{ApplyOpts, DecideOpts, PipeOpts};
 use crate::Decision;
 
 /// What an argument type must be: shared by every provider, and encodable for plugins on the
@@ -38,72 +39,6 @@ impl<T: Serialize + DeserializeOwned + Sync + 'static> Argument for T {}
 /// What an output type must be: decodable from plugins on the stable path.
 pub trait Output: DeserializeOwned + Send + 'static {}
 impl<T: DeserializeOwned + Send + 'static> Output for T {}
-
-/// How `apply` and `decide` treat providers (couch_epi's options).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Opts {
-    /// Call every provider; a failure becomes that provider's result (apply), counts as no
-    /// decision (decide) or is skipped, passing the value on unchanged (pipe).
-    pub ignore_errors: bool,
-    /// Run providers in parallel on the host's bounded pool; results stay in provider order.
-    pub concurrent: bool,
-    /// Feed each provider's output to the next as input (dynamic calls; typed calls use `pipe`).
-    pub pipe: bool,
-}
-
-impl Opts {
-    /// No option set: providers in order, the first error stops the call.
-    pub const fn new() -> Self {
-        Opts {
-            ignore_errors: false,
-            concurrent: false,
-            pipe: false,
-        }
-    }
-
-    /// Sets `ignore_errors`.
-    pub const fn ignore_errors(mut self) -> Self {
-        self.ignore_errors = true;
-        self
-    }
-
-    /// Sets `concurrent`.
-    pub const fn concurrent(mut self) -> Self {
-        self.concurrent = true;
-        self
-    }
-
-    /// Sets `pipe`.
-    pub const fn pipe(mut self) -> Self {
-        self.pipe = true;
-        self
-    }
-
-    /// Refuses combinations that cannot work.
-    pub fn check(self) -> Result<Self, Error> {
-        if self.concurrent && self.pipe {
-            return Err(Error::IncompatibleOptions(
-                "`concurrent` and `pipe` cannot be combined: a pipe runs providers one after another",
-            ));
-        }
-        Ok(self)
-    }
-
-    /// The options as bits, for the boundary: 1 ignore_errors, 2 concurrent, 4 pipe.
-    pub const fn bits(self) -> u32 {
-        self.ignore_errors as u32 | (self.concurrent as u32) << 1 | (self.pipe as u32) << 2
-    }
-
-    /// The options from [`Opts::bits`].
-    pub const fn from_bits(bits: u32) -> Self {
-        Opts {
-            ignore_errors: bits & 1 != 0,
-            concurrent: bits & 2 != 0,
-            pipe: bits & 4 != 0,
-        }
-    }
-}
 
 /// Runs tasks in parallel for `concurrent` calls: the host's pool.
 pub trait Pool: Sync {
@@ -543,20 +478,14 @@ pub fn apply<A: Argument, O: Output>(
 }
 
 /// `apply` with options: with `ignore_errors` failures stay in the list as per-provider
-/// errors; with `concurrent` providers run in parallel on `pool`. `pipe` is refused.
+/// errors; with `concurrent` providers run in parallel on `pool`.
 pub fn apply_with<A: Argument, O: Output>(
     pool: &dyn Pool,
     list: Providers<'_>,
     checked: Option<Checked<'_, A, O>>,
     args: &A,
-    opts: Opts,
+    opts: ApplyOpts,
 ) -> Result<Vec<Result<O, ProviderError>>, Error> {
-    let opts = opts.check()?;
-    if opts.pipe {
-        return Err(Error::IncompatibleOptions(
-            "`pipe` changes the result type: call `pipe` instead of `apply`",
-        ));
-    }
     let args = Args::new(args);
     let results = if opts.concurrent && list.len() > 1 {
         run_concurrent(pool, list.list.as_ptr().cast(), list.len(), |index| {
@@ -606,14 +535,8 @@ pub fn apply_answers<A: Argument, O: Output>(
     list: Providers<'_>,
     checked: Option<Checked<'_, A, O>>,
     args: &A,
-    opts: Opts,
+    opts: ApplyOpts,
 ) -> Result<Vec<Answer<O>>, Error> {
-    let opts = opts.check()?;
-    if opts.pipe {
-        return Err(Error::IncompatibleOptions(
-            "`pipe` changes the result type: call `pipe` instead of `apply`",
-        ));
-    }
     let args = Args::new(args);
     let answer = |index: usize| {
         let result = checked_call(list, checked, index, &args);
@@ -737,7 +660,7 @@ pub fn truth<A: Argument>(
     list: Providers<'_>,
     checked: Option<Checked<'_, A, bool>>,
     args: &A,
-    opts: Opts,
+    opts: ApplyOpts,
     fold: Truth,
 ) -> Result<bool, Error> {
     if opts.concurrent && list.len() > 1 {
@@ -746,12 +669,6 @@ pub fn truth<A: Argument>(
             Truth::Any => any_true(&results),
             Truth::All => all_true(&results),
         });
-    }
-    let opts = opts.check()?;
-    if opts.pipe {
-        return Err(Error::IncompatibleOptions(
-            "`pipe` changes the result type: call `pipe` instead of `any` or `all`",
-        ));
     }
     // `any` looks for a `true`, `all` for a `false`.
     let wanted = fold == Truth::Any;
@@ -784,7 +701,7 @@ pub fn decide<A: Argument, T: DeserializeOwned + 'static>(
     list: Providers<'_>,
     checked: Option<Checked<'_, A, Decision<T>>>,
     args: &A,
-    opts: Opts,
+    opts: DecideOpts,
 ) -> Result<Decision<T>, Error> {
     Ok(match decide_at(list, checked, args, opts)? {
         Some((_, value)) => Decision::Decided(value),
@@ -797,7 +714,7 @@ pub fn decide_answer<A: Argument, T: DeserializeOwned + 'static>(
     list: Providers<'_>,
     checked: Option<Checked<'_, A, Decision<T>>>,
     args: &A,
-    opts: Opts,
+    opts: DecideOpts,
 ) -> Result<Option<Answer<T>>, Error> {
     Ok(decide_at(list, checked, args, opts)?.map(|(index, value)| {
         let entry = &list.list[index];
@@ -814,9 +731,8 @@ fn decide_at<A: Argument, T: DeserializeOwned + 'static>(
     list: Providers<'_>,
     checked: Option<Checked<'_, A, Decision<T>>>,
     args: &A,
-    opts: Opts,
+    opts: DecideOpts,
 ) -> Result<Option<(usize, T)>, Error> {
-    refuse_for_decide(opts)?;
     let args = Args::new(args);
     let mut output = MaybeUninit::<Decision<T>>::uninit();
     for (index, provider) in list.list.iter().enumerate() {
@@ -846,25 +762,14 @@ fn decide_at<A: Argument, T: DeserializeOwned + 'static>(
     Ok(None)
 }
 
-/// `decide` asks providers one at a time and stops at the first decision.
-pub fn refuse_for_decide(opts: Opts) -> Result<(), Error> {
-    if opts.concurrent || opts.pipe {
-        return Err(Error::IncompatibleOptions(
-            "`decide` asks providers one at a time: `concurrent` and `pipe` do not apply",
-        ));
-    }
-    Ok(())
-}
-
 /// Passes `input` through every provider in order, each one's output the next one's input.
 /// No providers → `input` comes back unchanged.
 pub fn pipe<T: Argument + Send>(
     list: Providers<'_>,
     checked: Option<Checked<'_, T, T>>,
     input: T,
-    opts: Opts,
+    opts: PipeOpts,
 ) -> Result<T, Error> {
-    opts.pipe().check()?;
     let mut value = input;
     for index in 0..list.len() {
         match checked_call::<T, T>(list, checked, index, &Args::new(&value)) {

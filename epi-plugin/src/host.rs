@@ -6,7 +6,7 @@
 //! let greet = epi::host::function::<String, String>("greeting", "greet");
 //! let all: Vec<String> = greet.apply(&"Ada".to_string())?;
 //! let first = epi::host::function::<String, Decision<String>>("greeting", "language")
-//!     .decide(&"fr".to_string(), Opts::new())?;
+//!     .decide(&"fr".to_string(), DecideOpts::new())?;
 //! ```
 //!
 //! The calls have the semantics, errors and ordering of the host's own (`epi::Function`): the
@@ -28,8 +28,9 @@ use crate::abi::{
     CallIds, CallView, HostVTable, RVec, StrRef, STATUS_BAD_OPTIONS, STATUS_OK, STATUS_TOO_DEEP,
     STATUS_UNKNOWN_SERVICE,
 };
-use crate::call::{self as core, Argument, Checked, Opts, Output, Pool, Providers};
+use crate::call::{self as core, Argument, Checked, Output, Pool, Providers};
 use crate::error::{Error, ProviderError};
+use crate::opts::{ApplyOpts, DecideOpts, Opts, PipeOpts};
 use crate::Decision;
 
 const NO_HOST: &str = "this plugin was not loaded by an epi host";
@@ -222,7 +223,11 @@ impl<A: Argument, O: Output> Function<A, O> {
 
     /// `apply` with options: with `ignore_errors` failures stay in the list as per-provider
     /// errors; with `concurrent` providers run in parallel on the host's pool.
-    pub fn apply_with(&self, args: &A, opts: Opts) -> Result<Vec<Result<O, ProviderError>>, Error> {
+    pub fn apply_with(
+        &self,
+        args: &A,
+        opts: ApplyOpts,
+    ) -> Result<Vec<Result<O, ProviderError>>, Error> {
         let call = self.enter()?;
         let checked = self.checked(&call, opts.ignore_errors)?;
         let pool = HostPool {
@@ -235,16 +240,16 @@ impl<A: Argument, O: Output> Function<A, O> {
 
 impl<A: Argument> Function<A, bool> {
     /// True when some provider returned `true` (couch_epi's `any`).
-    pub fn any(&self, args: &A, opts: Opts) -> Result<bool, Error> {
+    pub fn any(&self, args: &A, opts: ApplyOpts) -> Result<bool, Error> {
         self.truth(args, opts, core::Truth::Any)
     }
 
     /// True unless some provider returned `false` (couch_epi's `all`: `true` with no providers).
-    pub fn all(&self, args: &A, opts: Opts) -> Result<bool, Error> {
+    pub fn all(&self, args: &A, opts: ApplyOpts) -> Result<bool, Error> {
         self.truth(args, opts, core::Truth::All)
     }
 
-    fn truth(&self, args: &A, opts: Opts, fold: core::Truth) -> Result<bool, Error> {
+    fn truth(&self, args: &A, opts: ApplyOpts, fold: core::Truth) -> Result<bool, Error> {
         let call = self.enter()?;
         let checked = self.checked(&call, opts.ignore_errors)?;
         let pool = HostPool {
@@ -257,7 +262,7 @@ impl<A: Argument> Function<A, bool> {
 
 impl<A: Argument, T: DeserializeOwned + Send + 'static> Function<A, Decision<T>> {
     /// Asks providers in order until one returns `Decided`; none → `NoDecision`.
-    pub fn decide(&self, args: &A, opts: Opts) -> Result<Decision<T>, Error> {
+    pub fn decide(&self, args: &A, opts: DecideOpts) -> Result<Decision<T>, Error> {
         let call = self.enter()?;
         let checked = self.checked(&call, opts.ignore_errors)?;
         core::decide(call.providers(), checked, args, opts)
@@ -267,7 +272,7 @@ impl<A: Argument, T: DeserializeOwned + Send + 'static> Function<A, Decision<T>>
 impl<T: Argument + Send> Function<T, T> {
     /// Passes `input` through every provider in order, each one's output the next one's
     /// input. No providers → `input` comes back unchanged.
-    pub fn pipe(&self, input: T, opts: Opts) -> Result<T, Error> {
+    pub fn pipe(&self, input: T, opts: PipeOpts) -> Result<T, Error> {
         let call = self.enter()?;
         let checked = self.checked(&call, opts.ignore_errors)?;
         core::pipe(call.providers(), checked, input, opts)

@@ -50,16 +50,17 @@ pub mod export;
 pub mod host;
 pub mod http;
 mod json_provider;
+pub mod opts;
 mod plugin;
 mod process;
 pub mod running;
 mod runtime;
 mod shim;
 
-pub use call::Opts;
 pub use epi_macros::provider;
 pub use error::{Error, Failure, ProviderError};
 pub use json_provider::HandlerError;
+pub use opts::{ApplyOpts, DecideOpts, Opts, PipeOpts};
 pub use plugin::{
     DataProvider, Decision, Notification, Plugin, PluginContext, PluginState, Provider,
     ProviderVersion, SourcedValue,

@@ -288,14 +288,139 @@ pub struct DataHandle {
     name: Arc<str>,
 }
 
-/// A name (a source's app name or a key) with a value.
-pub type Named = (Arc<str>, Arc<Value>);
+/// Names (declared keys, or the app names of sources) in order. Derefs to `[Arc<str>]`, and
+/// compares with lists of `&str`: `assert_eq!(data.keys(), ["colour", "size"])`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(transparent)]
+pub struct Names(Arc<[Arc<str>]>);
 
-/// A name with its `[(name, value)]`: a key with its sources' values, or a source with its
-/// keys' values.
-pub type Group = (Arc<str>, Vec<Named>);
+impl std::ops::Deref for Names {
+    type Target = [Arc<str>];
 
-/// One `(source, key, value)` of [`DataHandle::all`].
+    fn deref(&self) -> &[Arc<str>] {
+        &self.0
+    }
+}
+
+impl<'a> IntoIterator for &'a Names {
+    type Item = &'a Arc<str>;
+    type IntoIter = std::slice::Iter<'a, Arc<str>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl PartialEq<[&str]> for Names {
+    fn eq(&self, other: &[&str]) -> bool {
+        self.0.len() == other.len() && self.0.iter().zip(other).all(|(a, b)| **a == **b)
+    }
+}
+
+impl<const N: usize> PartialEq<[&str; N]> for Names {
+    fn eq(&self, other: &[&str; N]) -> bool {
+        *self == other[..]
+    }
+}
+
+impl PartialEq<Vec<&str>> for Names {
+    fn eq(&self, other: &Vec<&str>) -> bool {
+        *self == other[..]
+    }
+}
+
+/// Values in order. Derefs to `[Arc<Value>]` (a query clones pointers, never data), and
+/// compares with lists of values: `assert_eq!(data.get("colour"), [json!("red")])`.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[serde(transparent)]
+pub struct Values(Vec<Arc<Value>>);
+
+impl std::ops::Deref for Values {
+    type Target = [Arc<Value>];
+
+    fn deref(&self) -> &[Arc<Value>] {
+        &self.0
+    }
+}
+
+impl IntoIterator for Values {
+    type Item = Arc<Value>;
+    type IntoIter = std::vec::IntoIter<Arc<Value>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a Values {
+    type Item = &'a Arc<Value>;
+    type IntoIter = std::slice::Iter<'a, Arc<Value>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl PartialEq<[Value]> for Values {
+    fn eq(&self, other: &[Value]) -> bool {
+        self.0.len() == other.len() && self.0.iter().zip(other).all(|(a, b)| **a == *b)
+    }
+}
+
+impl<const N: usize> PartialEq<[Value; N]> for Values {
+    fn eq(&self, other: &[Value; N]) -> bool {
+        *self == other[..]
+    }
+}
+
+impl PartialEq<Vec<Value>> for Values {
+    fn eq(&self, other: &Vec<Value>) -> bool {
+        *self == other[..]
+    }
+}
+
+/// A name (a source's app name or a key) with its value; serialises as `[name, value]` and
+/// compares with `(&str, Value)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Named {
+    /// The source's app name (queries by key) or the key (queries by source).
+    pub name: Arc<str>,
+    /// The value.
+    pub value: Arc<Value>,
+}
+
+impl serde::Serialize for Named {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        (&*self.name, &*self.value).serialize(serializer)
+    }
+}
+
+impl PartialEq<(&str, Value)> for Named {
+    fn eq(&self, (name, value): &(&str, Value)) -> bool {
+        &*self.name == *name && *self.value == *value
+    }
+}
+
+/// A name with its members: a key with its sources' values, or a source with its keys'
+/// values. Compares with `(&str, [(&str, Value), ...])`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Group {
+    /// The key (queries by key) or the source's app name (queries by source).
+    pub name: Arc<str>,
+    /// The members, as [`Named`].
+    pub members: Vec<Named>,
+}
+
+impl<M> PartialEq<(&str, M)> for Group
+where
+    Vec<Named>: PartialEq<M>,
+{
+    fn eq(&self, (name, members): &(&str, M)) -> bool {
+        &*self.name == *name && self.members == *members
+    }
+}
+
+/// One `(source, key, value)` of [`DataHandle::all`]; compares with `(&str, &str, Value)`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DataEntry {
     /// App name of the providing plugin.
@@ -304,6 +429,12 @@ pub struct DataEntry {
     pub key: Arc<str>,
     /// The value.
     pub value: Arc<Value>,
+}
+
+impl PartialEq<(&str, &str, Value)> for DataEntry {
+    fn eq(&self, (source, key, value): &(&str, &str, Value)) -> bool {
+        &*self.source == *source && &*self.key == *key && *self.value == *value
+    }
 }
 
 impl DataHandle {
@@ -325,13 +456,13 @@ impl DataHandle {
     }
 
     /// Declared keys, sorted and unique (wildcard keys keep their `*`).
-    pub fn keys(&self) -> Arc<[Arc<str>]> {
-        self.with(Arc::from(Vec::new()), |data| data.keys.clone())
+    pub fn keys(&self) -> Names {
+        Names(self.with(Arc::from(Vec::new()), |data| data.keys.clone()))
     }
 
     /// App names of the plugins providing data for this service, in plugin order.
-    pub fn providers(&self) -> Arc<[Arc<str>]> {
-        self.with(Arc::from(Vec::new()), |data| data.sources.clone())
+    pub fn providers(&self) -> Names {
+        Names(self.with(Arc::from(Vec::new()), |data| data.sources.clone()))
     }
 
     /// `source`'s value for `key`: its exact key if it declares one, else its longest
@@ -344,13 +475,13 @@ impl DataHandle {
 
     /// Every source's value for `key`, in plugin order (per source: exact key beats wildcard,
     /// longest prefix wins).
-    pub fn get(&self, key: &str) -> Vec<Arc<Value>> {
-        self.with(Vec::new(), |data| {
+    pub fn get(&self, key: &str) -> Values {
+        Values(self.with(Vec::new(), |data| {
             data.resolve(key)
                 .into_iter()
                 .map(|item| item.value.clone())
                 .collect()
-        })
+        }))
     }
 
     /// `[(source, value)]` for `key`, resolved as [`DataHandle::get`], in plugin order.
@@ -358,7 +489,10 @@ impl DataHandle {
         self.with(Vec::new(), |data| {
             data.resolve(key)
                 .into_iter()
-                .map(|item| (item.source.clone(), item.value.clone()))
+                .map(|item| Named {
+                    name: item.source.clone(),
+                    value: item.value.clone(),
+                })
                 .collect()
         })
     }
@@ -368,12 +502,15 @@ impl DataHandle {
         self.with(Vec::new(), |data| {
             data.declared
                 .iter()
-                .map(|(key, items)| {
-                    let values = items
+                .map(|(key, items)| Group {
+                    name: key.clone(),
+                    members: items
                         .iter()
-                        .map(|item| (item.source.clone(), item.value.clone()))
-                        .collect();
-                    (key.clone(), values)
+                        .map(|item| Named {
+                            name: item.source.clone(),
+                            value: item.value.clone(),
+                        })
+                        .collect(),
                 })
                 .collect()
         })
@@ -385,7 +522,10 @@ impl DataHandle {
             data.items
                 .iter()
                 .filter(|item| &*item.source == source)
-                .map(|item| (item.key.clone(), item.value.clone()))
+                .map(|item| Named {
+                    name: item.key.clone(),
+                    value: item.value.clone(),
+                })
                 .collect()
         })
     }
@@ -395,14 +535,17 @@ impl DataHandle {
         self.with(Vec::new(), |data| {
             data.sources
                 .iter()
-                .map(|source| {
-                    let pairs = data
+                .map(|source| Group {
+                    name: source.clone(),
+                    members: data
                         .items
                         .iter()
                         .filter(|item| item.source == *source)
-                        .map(|item| (item.key.clone(), item.value.clone()))
-                        .collect();
-                    (source.clone(), pairs)
+                        .map(|item| Named {
+                            name: item.key.clone(),
+                            value: item.value.clone(),
+                        })
+                        .collect(),
                 })
                 .collect()
         })

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use epi::{Decision, Opts, Registry, RegistryConfig};
+use epi::{DecideOpts, Decision, Opts, Registry, RegistryConfig};
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -64,7 +64,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     println!("\ndecide greeting.language:");
     for locale in ["fr-CA", "en-GB", "de-DE"] {
-        match language.decide(&locale.to_string(), Opts::new())? {
+        match language.decide(&locale.to_string(), DecideOpts::new())? {
             Decision::Decided(language) => println!("  {locale}: {language}"),
             Decision::NoDecision => println!("  {locale}: no plugin decided"),
         }

@@ -538,7 +538,7 @@ impl Probe {
     /// `math.value(x)` with options, through the host: each result or its error text.
     pub fn relay_with(&self, x: i64, opts: epi::Opts) -> Result<Vec<Result<i64, String>>, String> {
         let results = epi::host::function::<i64, i64>("math", "value")
-            .apply_with(&x, opts)
+            .apply_with(&x, opts.for_apply().map_err(relayed)?)
             .map_err(relayed)?;
         Ok(results
             .into_iter()
@@ -549,20 +549,21 @@ impl Probe {
     /// `math.value` as a pipe from `x`, through the host.
     pub fn relay_pipe(&self, x: i64, opts: epi::Opts) -> Result<i64, String> {
         epi::host::function::<i64, i64>("math", "value")
-            .pipe(x, opts)
+            .pipe(x, opts.for_pipe().map_err(relayed)?)
             .map_err(relayed)
     }
 
     /// `math.decide(x)`, through the host.
     pub fn relay_decide(&self, x: i64, opts: epi::Opts) -> Result<Decision<String>, String> {
         epi::host::function::<i64, Decision<String>>("math", "decide")
-            .decide(&x, opts)
+            .decide(&x, opts.for_decide().map_err(relayed)?)
             .map_err(relayed)
     }
 
     /// `math.check(x)` as `any` and `all`, through the host.
     pub fn relay_any_all(&self, x: i64, opts: epi::Opts) -> Result<(bool, bool), String> {
         let check = epi::host::function::<i64, bool>("math", "check");
+        let opts = opts.for_apply().map_err(relayed)?;
         Ok((
             check.any(&x, opts).map_err(relayed)?,
             check.all(&x, opts).map_err(relayed)?,

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::common::*;
-use epi::{Failure, Notification, Opts, Registry, Upgrade};
+use epi::{ApplyOpts, Failure, Notification, Opts, Registry, Upgrade};
 use serde_json::{json, Value};
 
 fn alpha(registry: &Registry, path: &std::path::Path) {
@@ -127,7 +127,7 @@ fn a_closure_provider_answers_calls_by_name_and_value_calls() {
     // A typed call with other types: a clear type error for the closure provider only.
     let results = registry
         .function::<i64, i64>("math", "value")
-        .apply_with(&5, Opts::new().ignore_errors())
+        .apply_with(&5, ApplyOpts::new().ignore_errors())
         .unwrap();
     assert_eq!(results[0].as_ref().unwrap(), &6);
     let err = results[1].as_ref().unwrap_err();

@@ -6,7 +6,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use crate::common::*;
-use epi::{Decision, Opts};
+use epi::{ApplyOpts, DecideOpts, Decision};
 use serde_json::json;
 
 /// Counts the allocations of threads that asked to be counted.
@@ -71,22 +71,22 @@ fn any_all_and_decide_allocate_nothing_and_apply_only_its_vector() {
     let value = registry.function::<i64, i64>("math", "value");
     let math = registry.service("math");
     // The first call of a handle checks the types (and caches the proof).
-    assert!(check.any(&1, Opts::new()).unwrap());
-    assert!(!check.all(&1, Opts::new()).unwrap());
-    decide.decide(&1, Opts::new()).unwrap();
+    assert!(check.any(&1, ApplyOpts::new()).unwrap());
+    assert!(!check.all(&1, ApplyOpts::new()).unwrap());
+    decide.decide(&1, DecideOpts::new()).unwrap();
     value.apply(&1).unwrap();
 
     for _ in 0..3 {
-        let (count, any) = allocations(|| check.any(&1, Opts::new()).unwrap());
+        let (count, any) = allocations(|| check.any(&1, ApplyOpts::new()).unwrap());
         assert!(any);
         assert_eq!(count, 0, "any allocated");
-        let (count, all) = allocations(|| check.all(&1, Opts::new()).unwrap());
+        let (count, all) = allocations(|| check.all(&1, ApplyOpts::new()).unwrap());
         assert!(!all);
         assert_eq!(count, 0, "all allocated");
-        let (count, all) = allocations(|| check.all(&1, Opts::new().ignore_errors()).unwrap());
+        let (count, all) = allocations(|| check.all(&1, ApplyOpts::new().ignore_errors()).unwrap());
         assert!(!all);
         assert_eq!(count, 0, "all with ignore_errors allocated");
-        let (count, decided) = allocations(|| decide.decide(&1, Opts::new()).unwrap());
+        let (count, decided) = allocations(|| decide.decide(&1, DecideOpts::new()).unwrap());
         assert_eq!(decided, Decision::NoDecision);
         assert_eq!(count, 0, "decide allocated");
         let (count, values) = allocations(|| value.apply(&1).unwrap());
@@ -94,7 +94,7 @@ fn any_all_and_decide_allocate_nothing_and_apply_only_its_vector() {
         assert_eq!(count, 1, "apply allocated more than its result vector");
     }
     // Through a service handle (the types are checked per call, without allocating).
-    let (count, any) = allocations(|| math.any::<i64>("check", &1, Opts::new()).unwrap());
+    let (count, any) = allocations(|| math.any::<i64>("check", &1, ApplyOpts::new()).unwrap());
     assert!(any);
     assert_eq!(count, 0, "a service handle's any allocated");
 }

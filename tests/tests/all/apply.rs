@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::common::*;
-use epi::{Decision, Error, Failure, Opts, RegistryConfig};
+use epi::{ApplyOpts, DecideOpts, Decision, Error, Failure, Opts, PipeOpts, RegistryConfig};
 use serde_json::json;
 
 fn calls(registry: &epi::Registry) -> Vec<u64> {
@@ -92,7 +92,7 @@ fn first_error_stops_apply_and_names_plugin_provider_and_function() {
     );
     assert_eq!(calls(&registry), vec![1, 1, 0], "gamma must not be called");
     // apply_with without ignore_errors behaves the same.
-    assert!(value.apply_with(&1, Opts::new()).is_err());
+    assert!(value.apply_with(&1, ApplyOpts::new()).is_err());
     assert_eq!(calls(&registry), vec![2, 2, 0]);
 }
 
@@ -100,7 +100,9 @@ fn first_error_stops_apply_and_names_plugin_provider_and_function() {
 fn ignore_errors_calls_everyone_and_keeps_failures_in_place() {
     let registry = three(["ok", "fail", "ok"]);
     let value = registry.function::<i64, i64>("math", "value");
-    let results = value.apply_with(&1, Opts::new().ignore_errors()).unwrap();
+    let results = value
+        .apply_with(&1, ApplyOpts::new().ignore_errors())
+        .unwrap();
     assert_eq!(results.len(), 3);
     assert_eq!(results[0], Ok(2));
     assert_eq!(&*results[1].as_ref().unwrap_err().plugin, "beta");
@@ -122,7 +124,9 @@ fn a_panicking_provider_becomes_an_error_and_the_host_lives() {
             Failure::Panicked("beta-p panicked on purpose".into())
         );
     }
-    let results = value.apply_with(&1, Opts::new().ignore_errors()).unwrap();
+    let results = value
+        .apply_with(&1, ApplyOpts::new().ignore_errors())
+        .unwrap();
     assert!(matches!(
         &results[1],
         Err(e) if matches!(e.failure, Failure::Panicked(_))
@@ -143,13 +147,13 @@ fn concurrent_runs_providers_in_parallel_and_keeps_order() {
     // run can answer `true` for all of them (a sequential one times out and answers false).
     let meet = registry.function::<(u32, u64), bool>("math", "rendezvous");
     let together = meet
-        .apply_with(&(4, 10_000), Opts::new().concurrent())
+        .apply_with(&(4, 10_000), ApplyOpts::new().concurrent())
         .unwrap();
     assert_eq!(together, vec![Ok(true), Ok(true), Ok(true), Ok(true)]);
     // Results come back in provider order.
     let sleep = registry.function::<u64, String>("math", "sleep");
     let order: Vec<String> = sleep
-        .apply_with(&5, Opts::new().concurrent())
+        .apply_with(&5, ApplyOpts::new().concurrent())
         .unwrap()
         .into_iter()
         .map(Result::unwrap)
@@ -161,10 +165,12 @@ fn concurrent_runs_providers_in_parallel_and_keeps_order() {
 fn concurrent_reports_the_first_error_in_provider_order() {
     let registry = three(["ok", "fail", "panic"]);
     let value = registry.function::<i64, i64>("math", "value");
-    let err = value.apply_with(&1, Opts::new().concurrent()).unwrap_err();
+    let err = value
+        .apply_with(&1, ApplyOpts::new().concurrent())
+        .unwrap_err();
     assert!(err.to_string().contains("beta"), "{err}");
     let results = value
-        .apply_with(&1, Opts::new().concurrent().ignore_errors())
+        .apply_with(&1, ApplyOpts::new().concurrent().ignore_errors())
         .unwrap();
     assert_eq!(results[0], Ok(2));
     assert!(results[1].is_err() && results[2].is_err());
@@ -175,11 +181,11 @@ fn concurrent_reports_the_first_error_in_provider_order() {
 fn pipe_feeds_each_output_to_the_next() {
     let registry = three(["ok", "ok", "ok"]);
     let value = registry.function::<i64, i64>("math", "value");
-    assert_eq!(value.pipe(1, Opts::new()).unwrap(), 112);
+    assert_eq!(value.pipe(1, PipeOpts::new()).unwrap(), 112);
     assert_eq!(
         registry
             .service("math")
-            .pipe("value", 5i64, Opts::new())
+            .pipe("value", 5i64, PipeOpts::new())
             .unwrap(),
         116
     );
@@ -190,15 +196,15 @@ fn pipe_without_providers_returns_the_input() {
     let registry = registry(&[]);
     load_testplug(&registry, "empty", json!([]));
     let value = registry.function::<i64, i64>("math", "value");
-    assert_eq!(value.pipe(42, Opts::new()).unwrap(), 42);
+    assert_eq!(value.pipe(42, PipeOpts::new()).unwrap(), 42);
 }
 
 #[test]
 fn pipe_with_ignore_errors_skips_a_failing_provider() {
     let registry = three(["ok", "fail", "ok"]);
     let value = registry.function::<i64, i64>("math", "value");
-    assert_eq!(value.pipe(1, Opts::new().ignore_errors()).unwrap(), 102);
-    let err = value.pipe(1, Opts::new()).unwrap_err();
+    assert_eq!(value.pipe(1, PipeOpts::new().ignore_errors()).unwrap(), 102);
+    let err = value.pipe(1, PipeOpts::new()).unwrap_err();
     assert!(err.to_string().contains("beta"), "{err}");
 }
 
@@ -208,7 +214,7 @@ fn pipe_through_a_wrongly_typed_provider_is_a_clear_error() {
     load_testplug(&registry, "a", json!([{"label": "num", "add": 1}]));
     load_testplug(&registry, "b", json!([{"label": "txt", "kind": "text"}]));
     let value = registry.function::<i64, i64>("math", "value");
-    let err = value.pipe(1, Opts::new()).unwrap_err();
+    let err = value.pipe(1, PipeOpts::new()).unwrap_err();
     let Error::Provider(provider) = &err else {
         panic!("{err}")
     };
@@ -219,19 +225,15 @@ fn pipe_through_a_wrongly_typed_provider_is_a_clear_error() {
     );
     assert_eq!(calls(&registry), vec![0], "refused before any provider ran");
     // With ignore_errors the mismatched provider is skipped.
-    assert_eq!(value.pipe(1, Opts::new().ignore_errors()).unwrap(), 2);
+    assert_eq!(value.pipe(1, PipeOpts::new().ignore_errors()).unwrap(), 2);
 }
 
 #[test]
-fn concurrent_and_pipe_are_refused_before_any_provider_runs() {
+fn concurrent_and_pipe_by_name_are_refused_before_any_provider_runs() {
+    // Typed calls cannot express these combinations (`PipeOpts` has no `concurrent`,
+    // `ApplyOpts` no `pipe`: see the compile_fail examples in `epi_plugin::opts`); options
+    // that arrive as data can.
     let registry = three(["ok", "ok", "ok"]);
-    let value = registry.function::<i64, i64>("math", "value");
-    let err = value.pipe(1, Opts::new().concurrent()).unwrap_err();
-    assert!(matches!(err, Error::IncompatibleOptions(_)), "{err}");
-    let err = value
-        .apply_with(&1, Opts::new().concurrent().pipe())
-        .unwrap_err();
-    assert!(matches!(err, Error::IncompatibleOptions(_)), "{err}");
     let err = registry
         .apply_json("math", "value", &json!(1), Opts::new().concurrent().pipe())
         .unwrap_err();
@@ -252,7 +254,7 @@ fn unknown_service_and_unprovided_function() {
     assert_eq!(missing.apply(&1).unwrap(), Vec::<i64>::new());
     let decide = registry.function::<i64, Decision<String>>("math", "no_such_function");
     assert_eq!(
-        decide.decide(&1, Opts::new()).unwrap(),
+        decide.decide(&1, DecideOpts::new()).unwrap(),
         Decision::NoDecision
     );
     assert!(!registry.service("math").is_configured("no_such_function"));
@@ -270,13 +272,13 @@ fn decide_stops_at_the_first_decision() {
     load_testplug(&registry, "c", json!([{"label": "c", "decides": true}]));
     let decide = registry.function::<i64, Decision<String>>("math", "decide");
     assert_eq!(
-        decide.decide(&0, Opts::new()).unwrap(),
+        decide.decide(&0, DecideOpts::new()).unwrap(),
         Decision::Decided("b".into())
     );
     assert_eq!(calls(&registry), vec![1, 1, 0], "c is never asked");
     let by_name = registry
         .service("math")
-        .decide::<i64, String>("decide", &0, Opts::new())
+        .decide::<i64, String>("decide", &0, DecideOpts::new())
         .unwrap();
     assert_eq!(by_name, Decision::Decided("b".into()));
 }
@@ -287,7 +289,7 @@ fn decide_without_a_decision() {
     load_testplug(&registry, "a", json!([{"label": "a"}, {"label": "b"}]));
     let decide = registry.function::<i64, Decision<String>>("math", "decide");
     assert_eq!(
-        decide.decide(&0, Opts::new()).unwrap(),
+        decide.decide(&0, DecideOpts::new()).unwrap(),
         Decision::NoDecision
     );
 }
@@ -302,14 +304,23 @@ fn decide_errors_stop_unless_ignored() {
     );
     load_testplug(&registry, "b", json!([{"label": "b", "decides": true}]));
     let decide = registry.function::<i64, Decision<String>>("math", "decide");
-    let err = decide.decide(&0, Opts::new()).unwrap_err();
+    let err = decide.decide(&0, DecideOpts::new()).unwrap_err();
     assert!(err.to_string().contains("panicked"), "{err}");
     assert_eq!(
-        decide.decide(&0, Opts::new().ignore_errors()).unwrap(),
+        decide
+            .decide(&0, DecideOpts::new().ignore_errors())
+            .unwrap(),
         Decision::Decided("b".into())
     );
-    let err = decide.decide(&0, Opts::new().concurrent()).unwrap_err();
-    assert!(matches!(err, Error::IncompatibleOptions(_)), "{err}");
+    for opts in [Opts::new().concurrent(), Opts::new().pipe()] {
+        let err = registry
+            .decide_json("math", "decide", &json!(0), opts)
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::IncompatibleOptions(_)),
+            "{opts:?}: {err}"
+        );
+    }
 }
 
 #[test]
@@ -318,16 +329,16 @@ fn any_and_all() {
     load_testplug(&registry, "a", json!([{"label": "a", "truth": true}]));
     load_testplug(&registry, "b", json!([{"label": "b", "truth": false}]));
     let check = registry.function::<i64, bool>("math", "check");
-    assert!(check.any(&0, Opts::new()).unwrap());
-    assert!(!check.all(&0, Opts::new()).unwrap());
+    assert!(check.any(&0, ApplyOpts::new()).unwrap());
+    assert!(!check.all(&0, ApplyOpts::new()).unwrap());
     registry.unload("b");
-    assert!(check.all(&0, Opts::new()).unwrap());
+    assert!(check.all(&0, ApplyOpts::new()).unwrap());
     let math = registry.service("math");
-    assert!(math.any("check", &0i64, Opts::new()).unwrap());
+    assert!(math.any("check", &0i64, ApplyOpts::new()).unwrap());
     // No providers: any is false, all is true (the empty conjunction, as couch_epi's
     // `[] == [R || R <- Replies, R == false]`).
-    assert!(!math.any("nothing", &0i64, Opts::new()).unwrap());
-    assert!(math.all("nothing", &0i64, Opts::new()).unwrap());
+    assert!(!math.any("nothing", &0i64, ApplyOpts::new()).unwrap());
+    assert!(math.all("nothing", &0i64, ApplyOpts::new()).unwrap());
 }
 
 #[test]
@@ -391,7 +402,7 @@ fn answers_say_which_provider_gave_each_result_and_who_decided() {
     let registry = three(["ok", "fail", "ok"]);
     let value = registry.function::<i64, i64>("math", "value");
     let answers = value
-        .apply_answers(&1, Opts::new().ignore_errors())
+        .apply_answers(&1, ApplyOpts::new().ignore_errors())
         .unwrap();
     let who: Vec<(&str, &str, Option<i64>)> = answers
         .iter()
@@ -406,17 +417,17 @@ fn answers_say_which_provider_gave_each_result_and_who_decided() {
         ]
     );
     // Without ignore_errors the first failure is the call's error, as for apply.
-    let err = value.apply_answers(&1, Opts::new()).unwrap_err();
+    let err = value.apply_answers(&1, ApplyOpts::new()).unwrap_err();
     assert!(err.to_string().contains("beta-p"), "{err}");
     // Concurrently, the same answers in provider order.
     let concurrent = value
-        .apply_answers(&1, Opts::new().ignore_errors().concurrent())
+        .apply_answers(&1, ApplyOpts::new().ignore_errors().concurrent())
         .unwrap();
     assert_eq!(concurrent, answers);
 
     let decide = registry.function::<i64, Decision<String>>("math", "decide");
     let decided = decide
-        .decide_answer(&1, Opts::new().ignore_errors())
+        .decide_answer(&1, DecideOpts::new().ignore_errors())
         .unwrap()
         .unwrap();
     assert_eq!((&*decided.plugin, &*decided.provider), ("gamma", "gamma-p"));
@@ -424,7 +435,7 @@ fn answers_say_which_provider_gave_each_result_and_who_decided() {
     registry.unload("gamma");
     assert_eq!(
         decide
-            .decide_answer(&1, Opts::new().ignore_errors())
+            .decide_answer(&1, DecideOpts::new().ignore_errors())
             .unwrap(),
         None
     );

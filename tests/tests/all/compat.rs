@@ -6,7 +6,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use epi::{CallPath, Decision, LoadError, Opts, Registry, Upgrade};
+use epi::{
+    ApplyOpts, CallPath, DecideOpts, Decision, LoadError, Opts, PipeOpts, Registry, Upgrade,
+};
 use epi_testkit::{build_against_epi_version, build_with_second_toolchain};
 use serde_json::{json, Value};
 
@@ -40,7 +42,7 @@ fn exercise(registry: &Registry) -> Value {
     let value = registry.function::<i64, i64>("math", "value");
     let default = value.apply(&1).map_err(|err| err.to_string());
     let ignoring: Vec<Value> = value
-        .apply_with(&1, Opts::new().ignore_errors())
+        .apply_with(&1, ApplyOpts::new().ignore_errors())
         .unwrap()
         .into_iter()
         .map(|result| match result {
@@ -49,17 +51,17 @@ fn exercise(registry: &Registry) -> Value {
         })
         .collect();
     let concurrent = value
-        .apply_with(&1, Opts::new().ignore_errors().concurrent())
+        .apply_with(&1, ApplyOpts::new().ignore_errors().concurrent())
         .unwrap()
         .len();
-    let piped = value.pipe(1, Opts::new().ignore_errors()).unwrap();
+    let piped = value.pipe(1, PipeOpts::new().ignore_errors()).unwrap();
     let decided = registry
         .function::<i64, Decision<String>>("math", "decide")
-        .decide(&1, Opts::new().ignore_errors())
+        .decide(&1, DecideOpts::new().ignore_errors())
         .unwrap();
     let check = registry.function::<i64, bool>("math", "check");
-    let any = check.any(&1, Opts::new().ignore_errors()).unwrap();
-    let all = check.all(&1, Opts::new().ignore_errors()).unwrap();
+    let any = check.any(&1, ApplyOpts::new().ignore_errors()).unwrap();
+    let all = check.all(&1, ApplyOpts::new().ignore_errors()).unwrap();
     let scaled = registry
         .function::<(i64, i64), i64>("math", "scale")
         .apply(&(3, 4))
@@ -183,7 +185,7 @@ fn a_plugin_built_by_another_rustc_answers_as_the_same_toolchain_build() {
         assert_eq!(
             registry
                 .function::<i64, i64>("math", "value")
-                .apply_with(&1, Opts::new().ignore_errors())
+                .apply_with(&1, ApplyOpts::new().ignore_errors())
                 .unwrap()
                 .len(),
             3

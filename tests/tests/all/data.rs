@@ -92,46 +92,44 @@ fn every_query_shape_over_static_data() {
         .unwrap();
     let cfg = registry.data("cfg");
     assert_eq!(cfg.service(), "cfg");
-    let keys: Vec<String> = cfg.keys().iter().map(|k| k.to_string()).collect();
-    assert_eq!(keys, vec!["colour", "size"]);
-    let sources: Vec<String> = cfg.providers().iter().map(|k| k.to_string()).collect();
-    assert_eq!(sources, vec!["a", "b"]);
-    assert_eq!(cfg.get("colour"), vec![v(json!("red")), v(json!("blue"))]);
+    // Every query compares with literals.
+    assert_eq!(cfg.keys(), ["colour", "size"]);
+    assert_eq!(cfg.providers(), ["a", "b"]);
+    assert_eq!(cfg.get("colour"), [json!("red"), json!("blue")]);
     assert_eq!(cfg.get_value("b", "colour"), Some(v(json!("blue"))));
     assert_eq!(cfg.get_value("b", "size"), None);
     assert_eq!(cfg.get_value("nobody", "colour"), None);
     assert_eq!(
         cfg.by_key("colour"),
-        vec![
-            ("a".into(), v(json!("red"))),
-            ("b".into(), v(json!("blue")))
+        [("a", json!("red")), ("b", json!("blue"))]
+    );
+    assert_eq!(
+        cfg.by_key_all(),
+        [
+            ("colour", vec![("a", json!("red")), ("b", json!("blue"))]),
+            ("size", vec![("a", json!({"w": 1}))]),
         ]
     );
-    let by_key = cfg.by_key_all();
-    assert_eq!(by_key.len(), 2);
-    assert_eq!(&*by_key[1].0, "size");
-    assert_eq!(by_key[1].1, vec![("a".into(), v(json!({"w": 1})))]);
     assert_eq!(
         cfg.by_source("a"),
-        vec![
-            ("colour".into(), v(json!("red"))),
-            ("size".into(), v(json!({"w": 1})))
+        [("colour", json!("red")), ("size", json!({"w": 1}))]
+    );
+    assert_eq!(
+        cfg.by_source_all(),
+        [
+            (
+                "a",
+                vec![("colour", json!("red")), ("size", json!({"w": 1}))]
+            ),
+            ("b", vec![("colour", json!("blue"))]),
         ]
     );
-    let by_source = cfg.by_source_all();
-    assert_eq!(by_source.len(), 2);
-    assert_eq!(&*by_source[1].0, "b");
-    let all = cfg.all();
-    let flat: Vec<(String, String)> = all
-        .iter()
-        .map(|e| (e.source.to_string(), e.key.to_string()))
-        .collect();
     assert_eq!(
-        flat,
-        vec![
-            ("a".into(), "colour".into()),
-            ("a".into(), "size".into()),
-            ("b".into(), "colour".into())
+        cfg.all(),
+        [
+            ("a", "colour", json!("red")),
+            ("a", "size", json!({"w": 1})),
+            ("b", "colour", json!("blue")),
         ]
     );
     let version = cfg.version().expect("a version");
@@ -142,7 +140,7 @@ fn every_query_shape_over_static_data() {
     assert_eq!(cfg.version(), Some(version));
     // Unloading a source removes its data.
     registry.unload("b");
-    assert_eq!(cfg.get("colour"), vec![v(json!("red"))]);
+    assert_eq!(cfg.get("colour"), [json!("red")]);
 }
 
 #[test]
@@ -203,10 +201,9 @@ fn wildcard_keys_match_by_prefix_exact_first_longest_prefix_wins() {
         "exact beats wildcard"
     );
     assert_eq!(w.get_value("b", "prefixes"), None);
-    assert_eq!(w.get("prefix"), vec![v(json!("long")), v(json!("b-exact"))]);
-    assert_eq!(w.get("prefixes"), vec![v(json!("long"))]);
-    let keys: Vec<String> = w.keys().iter().map(|k| k.to_string()).collect();
-    assert_eq!(keys, vec!["pre*", "prefix", "prefix*", "prefixed"]);
+    assert_eq!(w.get("prefix"), [json!("long"), json!("b-exact")]);
+    assert_eq!(w.get("prefixes"), [json!("long")]);
+    assert_eq!(w.keys(), ["pre*", "prefix", "prefix*", "prefixed"]);
 }
 
 #[test]

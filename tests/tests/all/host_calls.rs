@@ -4,7 +4,7 @@
 use std::thread;
 
 use crate::common::*;
-use epi::{Decision, Opts, Registry, RegistryConfig, Upgrade};
+use epi::{ApplyOpts, Decision, Opts, PipeOpts, Registry, RegistryConfig, Upgrade};
 use serde_json::{json, Value};
 
 /// `caller` (only the probe) and `worker` (three `math` providers, the last failing; data).
@@ -40,7 +40,7 @@ fn relayed<A: epi::Argument, O: epi::Output + PartialEq + std::fmt::Debug>(
 ) -> Result<O, String> {
     let mut answers: Vec<Result<O, String>> = registry
         .function::<A, O>("probe", function)
-        .apply_with(args, Opts::new().ignore_errors())
+        .apply_with(args, ApplyOpts::new().ignore_errors())
         .unwrap()
         .into_iter()
         .map(|answer| answer.map_err(|err| err.to_string()))
@@ -80,12 +80,12 @@ fn a_plugin_calls_services_through_the_host_with_the_host_semantics() {
     assert!(text.contains(&host_error), "{text} / {host_error}");
 
     for opts in [
-        Opts::new().ignore_errors(),
-        Opts::new().ignore_errors().concurrent(),
+        ApplyOpts::new().ignore_errors(),
+        ApplyOpts::new().ignore_errors().concurrent(),
     ] {
         let expected = strings(value.apply_with(&1, opts).unwrap());
         let got: Result<Vec<Result<i64, String>>, String> =
-            relayed(&registry, "relay_with", &(1i64, opts));
+            relayed(&registry, "relay_with", &(1i64, Opts::from(opts)));
         assert_eq!(got.unwrap(), expected, "{opts:?}");
     }
     let piped: Result<i64, String> = relayed(
@@ -95,7 +95,7 @@ fn a_plugin_calls_services_through_the_host_with_the_host_semantics() {
     );
     assert_eq!(
         piped.unwrap(),
-        value.pipe(1, Opts::new().ignore_errors()).unwrap()
+        value.pipe(1, PipeOpts::new().ignore_errors()).unwrap()
     );
     let decided: Result<Decision<String>, String> = relayed(
         &registry,
@@ -112,8 +112,8 @@ fn a_plugin_calls_services_through_the_host_with_the_host_semantics() {
     assert_eq!(
         any_all.unwrap(),
         (
-            check.any(&1, Opts::new().ignore_errors()).unwrap(),
-            check.all(&1, Opts::new().ignore_errors()).unwrap()
+            check.any(&1, ApplyOpts::new().ignore_errors()).unwrap(),
+            check.all(&1, ApplyOpts::new().ignore_errors()).unwrap()
         )
     );
     let configured: Result<bool, String> = relayed(

@@ -4,7 +4,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use crate::common::*;
 use epi::abi::{ABI_MAJOR, ABI_MINOR, BUILD_INFO, MAGIC, TARGET};
-use epi::{CallPath, Decision, LoadError, Opts};
+use epi::{CallPath, DecideOpts, Decision, LoadError};
 use serde_json::json;
 
 #[test]
@@ -149,7 +149,7 @@ fn plugin_announcing_another_compiler_takes_the_stable_path() {
     assert_eq!(greet.apply(&"Ada".into()).unwrap(), vec!["Hello, Ada!"]);
     let language = registry.function::<String, Decision<String>>("greeting", "language");
     assert_eq!(
-        language.decide(&"en-GB".into(), Opts::new()).unwrap(),
+        language.decide(&"en-GB".into(), DecideOpts::new()).unwrap(),
         Decision::Decided("English".into())
     );
     // A type whose shape differs is refused before the provider runs, naming both shapes.
@@ -332,7 +332,6 @@ fn unloading_removes_providers_and_closes_the_library() {
     // The handle resolved before works again once a provider is back.
     load_testplug(&registry, "solo", json!([{"label": "s", "add": 5}]));
     assert_eq!(value.apply(&1).unwrap(), vec![6]);
-    let _ = Opts::new();
 }
 
 #[test]
