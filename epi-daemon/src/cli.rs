@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 use crate::args::{Command, DataQuery};
 use crate::config::Config;
 use crate::registry::open_registry;
-use crate::serve::{groups, pairs, reload_all, reload_plugin};
+use crate::serve::{reload_all, reload_plugin};
+use crate::views::{self, to_json};
 
 /// The call failed (unknown service, provider error, bad arguments).
 pub const EXIT_CALL: u8 = 1;
@@ -167,10 +168,6 @@ fn backend(config: &Config, daemon: Option<&str>, processes: bool) -> Result<Bac
     }
 }
 
-fn to_json<T: serde::Serialize>(value: T) -> Value {
-    serde_json::to_value(value).unwrap_or(Value::Null)
-}
-
 fn parse_args(args: &str) -> Result<Value, Failure> {
     serde_json::from_str(args).map_err(|err| Failure::call(format!("--args is not JSON: {err}")))
 }
@@ -185,7 +182,9 @@ fn execute(backend: &Backend, command: Command) -> Result<(Value, String), Failu
             unreachable!("handled by the caller")
         }
         Command::List => {
-            let status = backend.get("/_epi/plugins", |r| to_json(r.status()))?;
+            let status = backend.get("/_epi/plugins", |r| {
+                to_json(views::Status::from(&r.status()))
+            })?;
             Ok((status.clone(), plugins_table(&status)))
         }
         Command::Apply {
@@ -206,7 +205,11 @@ fn execute(backend: &Backend, command: Command) -> Result<(Value, String), Failu
                 json!({"service": service, "function": function, "args": args, "opts": opts});
             let value = backend.post("/_epi/apply", body, |r| {
                 r.apply_json(&service, &function, &args, opts)
-                    .map(|applied| json!({"result": applied.to_json(ignore_errors)}))
+                    .map(|applied| {
+                        to_json(views::Called {
+                            result: applied.to_json(ignore_errors),
+                        })
+                    })
                     .map_err(Failure::call)
             })?;
             let table = match &value["result"] {
@@ -232,7 +235,11 @@ fn execute(backend: &Backend, command: Command) -> Result<(Value, String), Failu
                 json!({"service": service, "function": function, "args": args, "opts": opts});
             let value = backend.post("/_epi/decide", body, |r| {
                 r.decide_json(&service, &function, &args, opts)
-                    .map(|decision| json!({"result": decision}))
+                    .map(|decision| {
+                        to_json(views::Called {
+                            result: views::Decision::from(&decision),
+                        })
+                    })
                     .map_err(Failure::call)
             })?;
             let table = match &value["result"] {
@@ -246,7 +253,9 @@ fn execute(backend: &Backend, command: Command) -> Result<(Value, String), Failu
         }
         Command::Data { query } => data(backend, query),
         Command::Report => {
-            let report = backend.get("/_epi/processes", |r| to_json(r.process_report()))?;
+            let report = backend.get("/_epi/processes", |r| {
+                to_json(views::Processes::from(&r.process_report()))
+            })?;
             Ok((report.clone(), report_table(&report)))
         }
         Command::Reload { plugin } => {
@@ -288,35 +297,37 @@ fn execute(backend: &Backend, command: Command) -> Result<(Value, String), Failu
 fn data(backend: &Backend, query: DataQuery) -> Result<(Value, String), Failure> {
     let value = match &query {
         DataQuery::Keys { service } => backend.get(&format!("/_epi/data/{service}/keys"), |r| {
-            to_json(r.data(service).keys())
+            to_json(views::data_keys(&r.data(service).keys()))
         })?,
         DataQuery::Get { service, key } => backend
             .get(&format!("/_epi/data/{service}/get/{key}"), |r| {
-                to_json(r.data(service).get(key))
+                to_json(views::data_values(&r.data(service).get(key)))
             })?,
         DataQuery::ByKey {
             service,
             key: Some(key),
         } => backend.get(&format!("/_epi/data/{service}/by-key/{key}"), |r| {
-            pairs(r.data(service).by_key(key))
+            to_json(views::data_pairs(&r.data(service).by_key(key)))
         })?,
         DataQuery::ByKey { service, key: None } => backend
             .get(&format!("/_epi/data/{service}/by-key"), |r| {
-                groups(r.data(service).by_key_all())
+                to_json(views::data_groups(&r.data(service).by_key_all()))
             })?,
         DataQuery::BySource {
             service,
             source: Some(source),
         } => backend.get(&format!("/_epi/data/{service}/by-source/{source}"), |r| {
-            pairs(r.data(service).by_source(source))
+            to_json(views::data_pairs(&r.data(service).by_source(source)))
         })?,
         DataQuery::BySource {
             service,
             source: None,
         } => backend.get(&format!("/_epi/data/{service}/by-source"), |r| {
-            groups(r.data(service).by_source_all())
+            to_json(views::data_groups(&r.data(service).by_source_all()))
         })?,
-        DataQuery::Status => backend.get("/_epi/data", |r| to_json(r.data_status()))?,
+        DataQuery::Status => backend.get("/_epi/data", |r| {
+            to_json(views::data_status(&r.data_status()))
+        })?,
     };
     let table = match &value {
         Value::Array(items) => items
@@ -450,16 +461,7 @@ fn inspect(file: &std::path::Path) -> Result<(Value, String), Failure> {
     })?;
     let services = registry.services();
     let data = registry.data_status();
-    let value = json!({
-        "plugin": info,
-        "compatible": true,
-        "build": info.build,
-        "call_path": info.call_path,
-        "abi": format!("{}.{}", epi::abi::ABI_MAJOR, epi::abi::ABI_MINOR),
-        "services": services,
-        "data": data,
-        "processes": info.processes,
-    });
+    let value = to_json(views::Inspect::new(&info, &services, &data));
     let mut text = format!(
         "app:        {}\nversion:    {}\nfile:       {}\nhash:       {:016x}\ncompatible: yes (ABI {}, {:?} call path)\nbuilt by:   {}\n",
         info.app,

@@ -13,3 +13,4 @@ pub mod scaffold;
 pub mod serve;
 #[cfg(feature = "otlp")]
 pub mod telemetry;
+pub mod views;

@@ -22,6 +22,7 @@ use crate::config::{Config, HttpConfig};
 use crate::console::Console;
 use crate::metrics::http::HttpCounts;
 use crate::registry::open_registry;
+use crate::views;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -350,82 +351,74 @@ fn into_response(state: &AppState, response: HttpResponse, table: epi::Table) ->
 }
 
 async fn plugins(State(state): State<AppState>) -> Response {
-    Json(state.registry.status()).into_response()
+    Json(views::Status::from(&state.registry.status())).into_response()
 }
 
 async fn services(State(state): State<AppState>) -> Response {
-    Json(state.registry.services()).into_response()
+    Json(views::services(&state.registry.services())).into_response()
 }
 
 async fn data_status(State(state): State<AppState>) -> Response {
-    Json(state.registry.data_status()).into_response()
+    Json(views::data_status(&state.registry.data_status())).into_response()
 }
 
 async fn data_keys(State(state): State<AppState>, UrlPath(service): UrlPath<String>) -> Response {
-    Json(state.registry.data(&service).keys()).into_response()
+    Json(views::data_keys(&state.registry.data(&service).keys())).into_response()
 }
 
 async fn data_get(
     State(state): State<AppState>,
     UrlPath((service, key)): UrlPath<(String, String)>,
 ) -> Response {
-    Json(state.registry.data(&service).get(&key)).into_response()
-}
-
-/// `[(name, value)]` as a JSON array of `[name, value]` pairs.
-pub fn pairs(pairs: Vec<epi::Named>) -> Value {
-    Value::Array(
-        pairs
-            .into_iter()
-            .map(|named| json!([&*named.name, &*named.value]))
-            .collect(),
-    )
-}
-
-/// Groups as a JSON object: name → `[[name, value], ...]`.
-pub fn groups(groups: Vec<epi::Group>) -> Value {
-    Value::Object(
-        groups
-            .into_iter()
-            .map(|group| (group.name.to_string(), pairs(group.members)))
-            .collect(),
-    )
+    Json(views::data_values(&state.registry.data(&service).get(&key))).into_response()
 }
 
 async fn data_by_key(
     State(state): State<AppState>,
     UrlPath((service, key)): UrlPath<(String, String)>,
 ) -> Response {
-    Json(pairs(state.registry.data(&service).by_key(&key))).into_response()
+    Json(views::data_pairs(
+        &state.registry.data(&service).by_key(&key),
+    ))
+    .into_response()
 }
 
 async fn data_by_key_all(
     State(state): State<AppState>,
     UrlPath(service): UrlPath<String>,
 ) -> Response {
-    Json(groups(state.registry.data(&service).by_key_all())).into_response()
+    Json(views::data_groups(
+        &state.registry.data(&service).by_key_all(),
+    ))
+    .into_response()
 }
 
 async fn data_by_source(
     State(state): State<AppState>,
     UrlPath((service, source)): UrlPath<(String, String)>,
 ) -> Response {
-    Json(pairs(state.registry.data(&service).by_source(&source))).into_response()
+    Json(views::data_pairs(
+        &state.registry.data(&service).by_source(&source),
+    ))
+    .into_response()
 }
 
 async fn data_by_source_all(
     State(state): State<AppState>,
     UrlPath(service): UrlPath<String>,
 ) -> Response {
-    Json(groups(state.registry.data(&service).by_source_all())).into_response()
+    Json(views::data_groups(
+        &state.registry.data(&service).by_source_all(),
+    ))
+    .into_response()
 }
 
 async fn processes(State(state): State<AppState>) -> Response {
-    Json(state.registry.process_report()).into_response()
+    Json(views::Processes::from(&state.registry.process_report())).into_response()
 }
 
 async fn counters(State(state): State<AppState>) -> Response {
-    Json(state.registry.counters()).into_response()
+    Json(views::counters(&state.registry.counters())).into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -488,50 +481,35 @@ async fn reload(State(state): State<AppState>, Query(query): Query<ReloadQuery>)
     }
 }
 
-/// Re-checks every plugin file and re-reads all data: `{"files": [{"file", "result" |
-/// "error"}], "data_notifications": n}`.
+/// Re-checks every plugin file and re-reads all data: [`views::Reload`] as a JSON value (keys
+/// sorted, as reloads have always answered).
 pub fn reload_all(registry: &Registry) -> Value {
-    let files: Vec<Value> = registry
-        .reload()
-        .into_iter()
-        .map(|(path, result)| match result {
-            Ok(outcome) => json!({"file": path, "result": outcome}),
-            Err(err) => json!({"file": path, "error": err.to_string()}),
-        })
+    let results = registry.reload();
+    let files = results
+        .iter()
+        .map(|(path, result)| views::FileReload::new(path, result))
         .collect();
-    {
-        let data = registry.reload_data();
-        json!({
-            "files": files,
-            "data_notifications": data.notified,
-            "data_failures": data.failed,
-        })
-    }
+    views::to_json(views::Reload::new(files, &registry.reload_data()))
 }
 
 /// Re-checks the file of one plugin (upgrading it if it changed), then re-reads all data; same
 /// shape as [`reload_all`]. An unknown plugin gives an `error` entry.
 pub fn reload_plugin(registry: &Registry, app: &str) -> Value {
-    let file = registry
+    let upgraded = registry
         .plugins()
         .into_iter()
         .find(|plugin| plugin.app == app)
-        .map(|plugin| plugin.file);
-    let files = match file {
-        Some(path) => match registry.upgrade(&path) {
-            Ok(outcome) => json!([{"file": path, "result": outcome}]),
-            Err(err) => json!([{"file": path, "error": err.to_string()}]),
-        },
-        None => json!([{"file": null, "error": format!("no plugin named `{app}` is loaded")}]),
+        .map(|plugin| {
+            let result = registry.upgrade(&plugin.file);
+            (plugin.file, result)
+        });
+    let files = match &upgraded {
+        Some((path, result)) => vec![views::FileReload::new(path, result)],
+        None => vec![views::FileReload::error(format!(
+            "no plugin named `{app}` is loaded"
+        ))],
     };
-    {
-        let data = registry.reload_data();
-        json!({
-            "files": files,
-            "data_notifications": data.notified,
-            "data_failures": data.failed,
-        })
-    }
+    views::to_json(views::Reload::new(files, &registry.reload_data()))
 }
 
 /// Body of `/_epi/apply` and `/_epi/decide`.
@@ -595,7 +573,7 @@ async fn apply(State(state): State<AppState>, body: Bytes) -> Response {
     })
     .await;
     match done {
-        Ok(Ok(result)) => Json(json!({"result": result})).into_response(),
+        Ok(Ok(result)) => Json(views::Called { result }).into_response(),
         Ok(Err(err)) => call_error(err),
         Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, err),
     }
@@ -613,7 +591,10 @@ async fn decide(State(state): State<AppState>, body: Bytes) -> Response {
     })
     .await;
     match done {
-        Ok(Ok(decision)) => Json(json!({"result": decision})).into_response(),
+        Ok(Ok(decision)) => Json(views::Called {
+            result: views::Decision::from(&decision),
+        })
+        .into_response(),
         Ok(Err(err)) => call_error(err),
         Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, err),
     }
