@@ -33,8 +33,7 @@ use crate::error::LoadError;
 use epi_plugin::{Notification, PluginState};
 
 /// How calls reach a plugin's providers, chosen when it is loaded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CallPath {
     /// Same rustc, target and epi version as the host: values cross by pointer in Rust layout.
     Native,
@@ -46,7 +45,7 @@ pub enum CallPath {
 }
 
 /// What a host knows about a loaded plugin.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PluginInfo {
     /// Application name.
     pub app: String,

@@ -14,8 +14,7 @@ use crate::registry::{LatencyCounts, Upgrade};
 pub const HISTORY_LENGTH: usize = 256;
 
 /// What a change did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChangeKind {
     /// A plugin was loaded from a file no plugin came from.
     Loaded,
@@ -28,7 +27,7 @@ pub enum ChangeKind {
 }
 
 /// One change of the plugin set.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Change {
     /// When it ended, in milliseconds since the Unix epoch.
     pub at_ms: u64,
@@ -49,7 +48,7 @@ pub struct Change {
 }
 
 /// Changes of one plugin file since the registry started.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FileTotals {
     /// The app name of the last plugin loaded from it, if one ever was.
     pub app: Option<String>,
@@ -64,7 +63,7 @@ pub struct FileTotals {
 }
 
 /// The registry's history (see [`crate::Registry::history`]).
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct History {
     /// The latest changes, oldest first.
     pub changes: Vec<Change>,

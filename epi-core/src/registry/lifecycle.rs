@@ -83,8 +83,7 @@ impl Drop for Changing<'_> {
 }
 
 /// What an upgrade did.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Upgrade {
     /// The file has the identity or content already loaded: nothing was done.
     Unchanged,
@@ -102,7 +101,7 @@ pub enum Upgrade {
 }
 
 /// A plugin file as the status shows it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileStatus {
     /// The file.
     pub path: PathBuf,
@@ -113,7 +112,7 @@ pub struct FileStatus {
 }
 
 /// The registry's state for operators.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RegistryStatus {
     /// Loaded plugins in dispatch order.
     pub plugins: Vec<PluginInfo>,

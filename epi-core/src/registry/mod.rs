@@ -91,7 +91,7 @@ pub struct RegistryConfig {
 pub const DEFAULT_MAX_CALL_DEPTH: usize = 32;
 
 /// Calls, errors and panics of one provider function since its version was loaded.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProviderCounters {
     /// The plugin's app name.
     pub plugin: String,
@@ -118,7 +118,7 @@ pub struct ProviderCounters {
 /// A provider function's sampled call durations: counts per bucket of
 /// [`crate::abi::LATENCY_BOUNDS_NS`] (not cumulative; one more bucket for the rest) and their
 /// sum.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LatencyCounts {
     /// Count per bucket, `LATENCY_BOUNDS_NS.len() + 1` of them.
     pub buckets: Vec<u64>,
@@ -157,7 +157,7 @@ pub enum RetirePolicy {
 }
 
 /// A service and its providers, in call order (for inspection).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceInfo {
     /// Service name.
     pub name: String,
