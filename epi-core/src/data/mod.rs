@@ -73,7 +73,7 @@ impl Drop for Subscription {
 }
 
 /// What [`crate::Registry::reload_data`] did.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug)]
 pub struct DataReload {
     /// Notifications delivered to plugins.
     pub notified: usize,
@@ -379,20 +379,13 @@ impl PartialEq<Vec<Value>> for Values {
     }
 }
 
-/// A name (a source's app name or a key) with its value; serialises as `[name, value]` and
-/// compares with `(&str, Value)`.
+/// A name (a source's app name or a key) with its value; compares with `(&str, Value)`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Named {
     /// The source's app name (queries by key) or the key (queries by source).
     pub name: Arc<str>,
     /// The value.
     pub value: Arc<Value>,
-}
-
-impl serde::Serialize for Named {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        (&*self.name, &*self.value).serialize(serializer)
-    }
 }
 
 impl PartialEq<(&str, Value)> for Named {

@@ -20,8 +20,7 @@ use epi_plugin::{Notification, SourcedValue};
 pub(crate) const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// What kind of source an entry reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SourceKind {
     /// A JSON or TOML file.
     File,
@@ -32,7 +31,7 @@ pub enum SourceKind {
 }
 
 /// One data source as the registry status shows it.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug)]
 pub struct DataStatus {
     /// The service.
     pub service: String,
