@@ -145,4 +145,4 @@ pub enum LoadError {
     },
 }
 
-pub use epi_plugin::error::{Error, Failure, ProviderError};
+pub use epi_plugin::error::{Error, Failure, ProviderError, ProviderFailure};

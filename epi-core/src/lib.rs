@@ -87,7 +87,7 @@ pub use dispatch::{
 pub use dynamic::{Applied, Reply};
 pub use engine::{EngineReport, WorkerReport, WorkerState};
 pub use epi_plugin::Provider;
-pub use error::{Error, Failure, LoadError, ProviderError};
+pub use error::{Error, Failure, LoadError, ProviderError, ProviderFailure};
 pub use global::{all, any, apply, apply_with, data, decide, function, install, installed, pipe};
 pub use loader::probe::{LoadProbe, DEFAULT_PROBE_TIMEOUT};
 pub use loader::{CallPath, PluginInfo};

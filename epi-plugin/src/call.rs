@@ -27,7 +27,7 @@ use crate::abi::{
     LATENCY_SAMPLE_EVERY, STATUS_ABSENT, STATUS_BAD_INPUT, STATUS_FAILED, STATUS_OK,
     STATUS_PANICKED,
 };
-use crate::error::{Error, Failure, ProviderError};
+use crate::error::{Error, Failure, ProviderError, ProviderFailure};
 use crate::opts::{ApplyOpts, DecideOpts, PipeOpts};
 use crate::Decision;
 
@@ -435,13 +435,13 @@ pub fn failure(provider: &ProviderEntry, status: u32, message: Vec<u8>) -> Provi
 /// The error naming `provider`.
 #[cold]
 pub fn provider_error(provider: &ProviderEntry, failure: Failure) -> ProviderError {
-    ProviderError {
+    ProviderError::new(ProviderFailure {
         plugin: text(&provider.plugin).into(),
         provider: text(&provider.provider).into(),
         service: text(&provider.service).into(),
         function: text(&provider.function).into(),
         failure,
-    }
+    })
 }
 
 /// Calls one provider, checking its types first unless the whole list was checked.

@@ -49,9 +49,16 @@ impl std::fmt::Display for Failure {
 }
 
 /// One provider's failure, naming plugin, provider, service and function.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("plugin `{plugin}` provider `{provider}`: {service}.{function} {failure}")]
-pub struct ProviderError {
+///
+/// One pointer wide, so that `Result<T, ProviderError>` (a list `apply` returns with
+/// `ignore_errors`) is barely bigger than `T`: the details live behind it, and its fields read
+/// as a struct's (`err.plugin`, `err.failure`) through [`ProviderFailure`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProviderError(Box<ProviderFailure>);
+
+/// What [`ProviderError`] holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProviderFailure {
     /// The plugin's app name.
     pub plugin: Arc<str>,
     /// The provider's label.
@@ -63,6 +70,62 @@ pub struct ProviderError {
     /// What went wrong.
     pub failure: Failure,
 }
+
+impl ProviderError {
+    /// The error of `details`.
+    pub fn new(details: ProviderFailure) -> Self {
+        ProviderError(Box::new(details))
+    }
+
+    /// The details, owned.
+    pub fn into_details(self) -> ProviderFailure {
+        *self.0
+    }
+}
+
+impl From<ProviderFailure> for ProviderError {
+    fn from(details: ProviderFailure) -> Self {
+        ProviderError::new(details)
+    }
+}
+
+impl std::ops::Deref for ProviderError {
+    type Target = ProviderFailure;
+
+    fn deref(&self) -> &ProviderFailure {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ProviderError {
+    fn deref_mut(&mut self) -> &mut ProviderFailure {
+        &mut self.0
+    }
+}
+
+impl std::fmt::Debug for ProviderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::fmt::Display for ProviderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ProviderFailure {
+            plugin,
+            provider,
+            service,
+            function,
+            failure,
+        } = &*self.0;
+        write!(
+            f,
+            "plugin `{plugin}` provider `{provider}`: {service}.{function} {failure}"
+        )
+    }
+}
+
+impl std::error::Error for ProviderError {}
 
 /// Why a call (`apply`, `decide`, ...) failed as a whole.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -58,7 +58,7 @@ mod runtime;
 mod shim;
 
 pub use epi_macros::provider;
-pub use error::{Error, Failure, ProviderError};
+pub use error::{Error, Failure, ProviderError, ProviderFailure};
 pub use json_provider::HandlerError;
 pub use opts::{ApplyOpts, DecideOpts, Opts, PipeOpts};
 pub use plugin::{
