@@ -10,7 +10,8 @@
 //! - `whoami`: returns this provider's name;
 //! - `greet`: a `decide` task: decides a greeting when `args.lang` is one of `--lang`;
 //! - `fail`: fails with `args.message`;
-//! - `sleep`: sleeps `args.ms` milliseconds, then returns them;
+//! - `sleep`: sleeps `args.ms` milliseconds (logged at debug level as it starts), then returns
+//!   them;
 //! - `lines`: a byte stream of `args.count` numbered lines.
 
 use std::io::Read;
@@ -159,6 +160,8 @@ fn run(args: Args) -> Result<(), String> {
         "sleep",
         Box::new(|request| {
             let ms = request.args["ms"].as_u64().unwrap_or(0);
+            // Logged after the acknowledgement: whoever reads it knows the call is in flight.
+            tracing::debug!("request {}: sleeping {ms} ms", request.id);
             std::thread::sleep(Duration::from_millis(ms));
             Ok(Reply::value(json!({"slept_ms": ms})))
         }),

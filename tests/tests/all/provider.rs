@@ -6,6 +6,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -43,6 +45,32 @@ struct Provider {
 impl Provider {
     /// Starts the example provider `name` with `args`, once its sockets exist.
     fn rust(sockets: &Path, name: &str, priority: i32, args: &[&str]) -> Provider {
+        Provider::start(Provider::rust_command(sockets, name, priority, args), name)
+    }
+
+    /// As [`Provider::rust`], logging at debug level: each line of its log goes to the
+    /// returned channel (and on to the test's standard error).
+    fn rust_logged(
+        sockets: &Path,
+        name: &str,
+        priority: i32,
+        args: &[&str],
+    ) -> (Provider, mpsc::Receiver<String>) {
+        let mut command = Provider::rust_command(sockets, name, priority, args);
+        command.env("RUST_LOG", "debug").stderr(Stdio::piped());
+        let mut provider = Provider::start(command, name);
+        let log = BufReader::new(provider.child.stderr.take().unwrap());
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in log.lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                let _ = sender.send(line);
+            }
+        });
+        (provider, lines)
+    }
+
+    fn rust_command(sockets: &Path, name: &str, priority: i32, args: &[&str]) -> Command {
         let binary = epi_testkit::build_binary("epi-provider-example", "epi-example-provider");
         let mut command = Command::new(binary);
         command
@@ -50,7 +78,7 @@ impl Provider {
             .arg("--socket-dir")
             .arg(sockets)
             .args(args);
-        Provider::start(command, name)
+        command
     }
 
     /// Starts the Python provider `name` (standard library only).
@@ -69,9 +97,9 @@ impl Provider {
     }
 
     fn start(mut command: Command, name: &str) -> Provider {
+        // Its standard error is the test's unless the command says otherwise.
         let mut child = command
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
             .spawn()
             .expect("start a provider process");
         let mut line = String::new();
@@ -270,22 +298,34 @@ fn ignore_errors_keeps_the_replies_of_the_processes_that_answered() {
 fn a_provider_killed_mid_call_fails_that_call_and_the_next_goes_to_the_others() {
     let sockets = socket_dir();
     let registry = provider_registry(sockets.path(), json!({}));
-    let mut doomed = Provider::rust(sockets.path(), "doomed", 100, &[]);
+    let (mut doomed, log) = Provider::rust_logged(sockets.path(), "doomed", 100, &[]);
     let _survivor = Provider::rust(sockets.path(), "survivor", 50, &[]);
     wait_for(&registry, &["doomed", "survivor"]);
+    // Killed once it logs that it acknowledged the call and sleeps: the call is in flight.
     let killer = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(300));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let sleeping = loop {
+            match log.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if line.contains("sleeping 10000 ms") => break true,
+                Ok(_) => {}
+                Err(_) => break false,
+            }
+        };
         doomed.kill();
-        doomed
+        (doomed, sleeping)
     });
     let started = Instant::now();
     let err = registry
         .apply_json("provider", "sleep", &json!({"ms": 10_000}), Opts::new())
         .unwrap_err()
         .to_string();
-    let _doomed = killer.join().unwrap();
+    let (_doomed, sleeping) = killer.join().unwrap();
+    assert!(sleeping, "the provider never started the call: {err}");
+    // Noticed while waiting for the response, after the acknowledgement.
     assert!(
-        err.contains("doomed") && err.contains("100-doomed.sock"),
+        err.contains("doomed")
+            && err.contains("100-doomed.sock")
+            && err.contains("went away during request"),
         "{err}"
     );
     assert!(
@@ -574,32 +614,57 @@ fn upgrading_the_provider_plugin_with_calls_in_flight_loses_no_call() {
         .unwrap();
     let _steady = Provider::rust(sockets.path(), "steady", 50, &[]);
     wait_for(&registry, &["steady"]);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // A provider of task `odd` that acknowledges each request and hands it to the test, which
+    // answers it when it likes: a call surely in flight during an upgrade.
+    let (sender, held) = mpsc::channel::<Request>();
+    fake_provider(sockets.path(), "held", move |connection, request| {
+        let ack = serde_json::to_vec(&Response::ack(&request.id)).unwrap();
+        let _ = write_frame(connection, &ack);
+        let _ = sender.send(request.clone());
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(AtomicU64::new(0));
     let callers: Vec<_> = (0..2)
         .map(|caller| {
             let registry = registry.clone();
-            let stop = stop.clone();
+            let (stop, calls) = (stop.clone(), calls.clone());
             std::thread::spawn(move || {
-                let mut calls = 0u64;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                while !stop.load(Ordering::Relaxed) {
                     let args = json!({"ms": 5, "caller": caller});
                     let applied = registry
                         .apply_json("provider", "sleep", &args, Opts::new())
                         .expect("no call fails during an upgrade");
-                    assert_eq!(
-                        values(applied),
-                        vec![json!({"slept_ms": 5})],
-                        "call {calls}"
-                    );
-                    calls += 1;
+                    assert_eq!(values(applied), vec![json!({"slept_ms": 5})]);
+                    calls.fetch_add(1, Ordering::Relaxed);
                 }
-                calls
             })
         })
         .collect();
+    // A few more calls answered: the callers are busy on the version serving now.
+    let a_few_more_calls = || {
+        let before = calls.load(Ordering::Relaxed);
+        eventually("the callers make calls", || {
+            calls.load(Ordering::Relaxed) >= before + 4
+        });
+    };
     let original = std::fs::read(&path).unwrap();
     for round in 1..=3u8 {
-        std::thread::sleep(Duration::from_millis(150));
+        eventually("the version serving now has the held provider", || {
+            registry
+                .counters()
+                .iter()
+                .any(|c| c.service == "provider" && c.function == "odd")
+        });
+        let held_call = {
+            let registry = registry.clone();
+            std::thread::spawn(move || {
+                registry.apply_json("provider", "odd", &json!(round), Opts::new())
+            })
+        };
+        let request = held
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the held provider gets the call");
+        a_few_more_calls();
         // Another build as far as the loader can tell: trailing bytes change the content.
         let mut bytes = original.clone();
         bytes.extend_from_slice(&[round; 16]);
@@ -612,11 +677,23 @@ fn upgrading_the_provider_plugin_with_calls_in_flight_loses_no_call() {
             ),
             "round {round}"
         );
+        // Answered only now (so in flight across the upgrade), at the retired version's hook.
+        let hook = epi_provider::wire::unix_url_path(&request.response_hook).unwrap();
+        let answer = json!({"id": request.id, "result": round});
+        write_frame(
+            &mut UnixStream::connect(hook).unwrap(),
+            answer.to_string().as_bytes(),
+        )
+        .unwrap();
+        let applied = held_call.join().unwrap().expect("the held call succeeds");
+        assert_eq!(values(applied), vec![json!(round)], "round {round}");
     }
-    std::thread::sleep(Duration::from_millis(150));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let calls: u64 = callers.into_iter().map(|c| c.join().unwrap()).sum();
-    assert!(calls > 10, "only {calls} calls");
+    a_few_more_calls();
+    stop.store(true, Ordering::Relaxed);
+    for caller in callers {
+        caller.join().unwrap();
+    }
+    assert!(calls.load(Ordering::Relaxed) > 10);
 }
 
 #[test]
