@@ -376,11 +376,14 @@ fn a_call_in_flight_finishes_on_the_plugin_being_unloaded() {
     let sleep = Arc::new(registry.function::<u64, String>("math", "sleep"));
     let call = {
         let sleep = sleep.clone();
-        std::thread::spawn(move || sleep.apply(&300))
+        std::thread::spawn(move || (sleep.apply(&300), std::time::Instant::now()))
     };
     wait_until_called(&registry, "math", "sleep");
     assert!(registry.unload("slow"));
-    assert_eq!(call.join().unwrap().unwrap(), vec!["slow".to_string()]);
+    let unloaded = std::time::Instant::now();
+    let (answer, ended) = call.join().unwrap();
+    assert_eq!(answer.unwrap(), vec!["slow".to_string()]);
+    assert!(ended > unloaded, "the call ended before the unload did");
     assert!(matches!(sleep.apply(&0), Err(Error::UnknownService(_))));
 }
 

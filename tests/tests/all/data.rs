@@ -18,6 +18,18 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Waits until the (only) data source has been read `reads` more times, the last of them
+/// finished: the data thread takes a read only after the previous one's notifications went
+/// out, so `reads + 1` new check times prove `reads` complete reads.
+fn wait_for_reads(registry: &Registry, reads: usize) {
+    let checked = || registry.data_status()[0].checked_at;
+    let mut last = checked();
+    for _ in 0..=reads {
+        wait_for("another read of the source", || checked() != last);
+        last = checked();
+    }
+}
+
 /// Loads the test plugin from `dir` (so relative data files resolve there).
 fn load_in(registry: &Registry, dir: &Path, file: &str, config: Value) {
     let path = if dir.join(file).exists() {
@@ -305,10 +317,8 @@ fn an_identical_rewrite_is_not_a_change() {
     // Same content, other formatting and key order, published twice; then let polling run.
     publish(dir.path(), "same.json", "{\n  \"b\": 2,\n  \"a\": 1\n}\n");
     publish(dir.path(), "same.json", r#"{"a":1,"b":2}"#);
-    let status_checked = |registry: &Registry| registry.data_status()[0].checked_at;
-    let before = status_checked(&registry);
-    wait_for("a few polls", || status_checked(&registry) != before);
-    std::thread::sleep(Duration::from_millis(100));
+    // A poll that started after both publishes, and finished.
+    wait_for_reads(&registry, 1);
     assert_eq!(cfg.version(), version);
     assert_eq!(data_notes(&received(&registry, "same"), "same").len(), 1);
     assert_eq!(
@@ -336,7 +346,8 @@ fn callbacks_are_polled_and_changes_detected_by_hash() {
     wait_for("the polled callback", || {
         cfg.get_value("cb", "live") == Some(v(json!({"n": 1})))
     });
-    std::thread::sleep(Duration::from_millis(100));
+    // Two more polls of the same value, finished.
+    wait_for_reads(&registry, 2);
     let notes = data_notes(&received(&registry, "cb"), "live");
     assert_eq!(
         notes.len(),

@@ -242,7 +242,7 @@ fn an_upgrade_of_the_caller_in_the_middle_of_a_nested_call_completes() {
     let relay = registry.function::<u64, Vec<String>>("probe", "relay_sleep");
     let running = {
         let relay = relay.clone();
-        thread::spawn(move || relay.apply(&300))
+        thread::spawn(move || (relay.apply(&300), std::time::Instant::now()))
     };
     wait_until_called(&registry, "math", "sleep");
     publish_by_rename(&caller, &build(2));
@@ -250,8 +250,13 @@ fn an_upgrade_of_the_caller_in_the_middle_of_a_nested_call_completes() {
         registry.upgrade(&caller).unwrap(),
         Upgrade::Replaced { .. }
     ));
-    let answers = running.join().unwrap().unwrap();
-    assert_eq!(answers, vec![vec!["a", "b", "c"]; 2]);
+    let upgraded = std::time::Instant::now();
+    let (answers, ended) = running.join().unwrap();
+    assert_eq!(answers.unwrap(), vec![vec!["a", "b", "c"]; 2]);
+    assert!(
+        ended > upgraded,
+        "the nested call ended before the upgrade did"
+    );
     // The new version calls through the host as well.
     assert_eq!(relay.apply(&0).unwrap().len(), 2);
 }

@@ -56,16 +56,21 @@ fn processes_start_with_their_inputs_outputs() {
 #[test]
 fn a_process_can_depend_on_another_plugins_process() {
     let registry = registry(&[]);
+    // `sibling` is installed after `reader` and needs nothing: the engine pass that starts it
+    // also looked at `reader` and left it alone.
     registry
         .load_with_config(
             testplug(),
-            &json!({"app": "consumer", "processes": [{"name": "reader", "inputs": ["producer/feed"]}]}),
+            &json!({"app": "consumer", "processes": [
+                {"name": "reader", "inputs": ["producer/feed"]}, {"name": "sibling"}]}),
         )
         .unwrap();
-    std::thread::sleep(Duration::from_millis(50));
+    wait_for(&registry, "the sibling", |r| started(r, "consumer/sibling"));
+    let reader = &registry.process_report().workers["consumer/reader"];
     assert_eq!(
-        registry.process_report().workers["consumer/reader"].start_count,
-        0
+        (reader.state, reader.attempts),
+        (WorkerState::Stopped, 0),
+        "{reader:?}"
     );
     registry
         .load_with_config(

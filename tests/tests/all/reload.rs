@@ -333,8 +333,21 @@ fn renaming_a_plugin_file_to_an_earlier_name_keeps_it_loaded() {
     wait_for("the plugin to follow its file", || {
         files(&registry) == vec![early.clone()]
     });
-    // The old name's removal came too: still loaded, still answering, no error left.
-    std::thread::sleep(Duration::from_millis(300));
+    // The old name's removal came too: still loaded, still answering, no error left. To know
+    // the watcher dealt with it, a file it refuses, written after the rename and named after
+    // "zz.so" (a batch of events is handled in name order): once refused, all before is done.
+    let fence = write_file(dir.path(), "zzz-fence.so", b"not a library");
+    wait_for("the fence refused", || {
+        registry
+            .status()
+            .files
+            .iter()
+            .any(|f| f.path == fence && f.error.is_some())
+    });
+    std::fs::remove_file(&fence).unwrap();
+    wait_for("the fence gone", || {
+        registry.status().files.iter().all(|f| f.path != fence)
+    });
     assert_eq!(files(&registry), vec![early.clone()]);
     let mark = registry.function::<(), String>("probe", "mark");
     assert_eq!(mark.apply(&()).unwrap(), vec!["00000001"]);
