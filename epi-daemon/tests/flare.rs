@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -56,13 +56,14 @@ fn call(method: &str, url: &str, body: Option<Value>) -> (u16, Option<String>, V
     common::call_with(method, url, body, "location")
 }
 
-/// A request a subscriber received.
+/// A request a subscriber received, and the status it answered.
 #[derive(Clone, Debug)]
 struct Received {
     method: String,
     path: String,
     headers: Vec<(String, String)>,
     body: Value,
+    status: u16,
 }
 
 impl Received {
@@ -74,10 +75,11 @@ impl Received {
     }
 }
 
-/// The idempotency keys of what a subscriber received.
+/// The idempotency keys of what a subscriber took (answered 200).
 fn keys(received: &[Received]) -> HashSet<String> {
     received
         .iter()
+        .filter(|r| r.status == 200)
         .filter_map(|r| r.header("idempotency-key").map(str::to_owned))
         .collect()
 }
@@ -87,6 +89,27 @@ struct Subscriber {
     url: String,
     received: Arc<Mutex<Vec<Received>>>,
     status: Arc<AtomicU16>,
+    gate: Arc<Gate>,
+}
+
+/// While shut, the subscriber's requests wait for their answer (and are counted): the
+/// deliveries stay under way.
+#[derive(Default)]
+struct Gate {
+    shut: AtomicBool,
+    waiting: AtomicUsize,
+}
+
+impl Gate {
+    fn pass(&self) {
+        if self.shut.load(Ordering::SeqCst) {
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            while self.shut.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 impl Subscriber {
@@ -95,17 +118,37 @@ impl Subscriber {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let received = Arc::new(Mutex::new(Vec::new()));
         let status = Arc::new(AtomicU16::new(status));
-        let (log, code) = (received.clone(), status.clone());
+        let gate = Arc::new(Gate::default());
+        let (log, code, shared_gate) = (received.clone(), status.clone(), gate.clone());
         std::thread::spawn(move || {
             for connection in listener.incoming().flatten() {
-                let (log, code) = (log.clone(), code.clone());
-                std::thread::spawn(move || serve(connection, &log, &code, delay));
+                let (log, code, gate) = (log.clone(), code.clone(), shared_gate.clone());
+                std::thread::spawn(move || serve(connection, &log, &code, &gate, delay));
             }
         });
         Subscriber {
             url,
             received,
             status,
+            gate,
+        }
+    }
+
+    /// Holds every answer from now on until [`Subscriber::release`].
+    fn hold(&self) {
+        self.gate.shut.store(true, Ordering::SeqCst);
+    }
+
+    fn release(&self) {
+        self.gate.shut.store(false, Ordering::SeqCst);
+    }
+
+    /// Waits until `count` requests wait for their answer.
+    fn wait_held(&self, count: usize, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.gate.waiting.load(Ordering::SeqCst) < count {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
 
@@ -127,7 +170,13 @@ impl Subscriber {
     }
 }
 
-fn serve(connection: TcpStream, log: &Mutex<Vec<Received>>, code: &AtomicU16, delay: Duration) {
+fn serve(
+    connection: TcpStream,
+    log: &Mutex<Vec<Received>>,
+    code: &AtomicU16,
+    gate: &Gate,
+    delay: Duration,
+) {
     let _ = connection.set_nodelay(true);
     let mut writer = connection.try_clone().unwrap();
     let mut reader = BufReader::new(connection);
@@ -165,13 +214,15 @@ fn serve(connection: TcpStream, log: &Mutex<Vec<Received>>, code: &AtomicU16, de
             return;
         }
         std::thread::sleep(delay);
+        gate.pass();
+        let status = code.load(Ordering::Relaxed);
         log.lock().unwrap().push(Received {
             method,
             path,
             headers,
             body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            status,
         });
-        let status = code.load(Ordering::Relaxed);
         // One write: a response split over small writes would wait for the peer's delayed
         // acknowledgement (Nagle).
         let response = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n");
@@ -213,6 +264,24 @@ fn put(daemon: &Daemon, url: &str, document: Value) -> Value {
     );
     assert_eq!(status, 202, "{answer}");
     answer
+}
+
+/// How many deliveries have `status`.
+fn deliveries(daemon: &Daemon, status: &str) -> u64 {
+    let url = daemon.url(&format!("/deliveries?status={status}&limit=1"));
+    let (code, _, page) = call("GET", &url, None);
+    assert_eq!(code, 200, "{page}");
+    page["pagination"]["total"].as_u64().unwrap()
+}
+
+/// Waits until no delivery is pending: every attempt made was recorded, and there is nothing
+/// left to send.
+fn wait_none_pending(daemon: &Daemon, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while deliveries(daemon, "pending") > 0 {
+        assert!(Instant::now() < deadline, "deliveries still pending");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -424,7 +493,9 @@ fn create_update_ignore_delete(setup: &Setup) {
     subscriber.wait("the delete arrives", Duration::from_secs(10), |r| {
         r.len() == 3
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // Nothing pending: nothing more can come.
+    wait_none_pending(&daemon, Duration::from_secs(10));
+    assert_eq!(deliveries(&daemon, "delivered"), 3);
     let received = subscriber.received();
     assert_eq!(received.len(), 3, "nothing more: {received:?}");
     let (create, update, delete) = (&received[0], &received[1], &received[2]);
@@ -555,12 +626,21 @@ fn a_killed_daemon_delivers_every_accepted_document_after_a_restart() {
             json!({"version": n}),
         );
     }
-    subscriber.wait("deliveries are under way", Duration::from_secs(10), |r| {
-        r.len() >= 20
-    });
+    // Deliveries under way at the kill: answers held, a few more documents, and both
+    // workers waiting for an answer (what came before may all be delivered by now).
+    subscriber.hold();
+    for n in 300..304 {
+        put(
+            &daemon,
+            &format!("http://api.io/orders/{n}"),
+            json!({"version": n}),
+        );
+    }
+    subscriber.wait_held(2, "both workers are in the middle of a delivery");
     drop(daemon);
+    subscriber.release();
     let restarted = start(&setup.config);
-    let expected: HashSet<String> = (0..300)
+    let expected: HashSet<String> = (0..304)
         .map(|n| format!("http://api.io/orders/{n}@{n}:create"))
         .collect();
     subscriber.wait(
@@ -573,8 +653,9 @@ fn a_killed_daemon_delivers_every_accepted_document_after_a_restart() {
 
 #[test]
 fn an_upgrade_of_flare_during_deliveries_loses_none() {
-    let setup = setup("workers = 2");
-    let daemon = start(&setup.config);
+    // Quick retries, never given up: refused deliveries wait for the subscriber.
+    let setup = setup("workers = 2\nretry_base_ms = 20\nretry_cap_ms = 100\nmax_attempts = 1000");
+    let mut daemon = start(&setup.config);
     let subscriber = Subscriber::start(200, Duration::from_millis(2));
     let id = resource(&daemon, "http://api.io/carts/{id}");
     subscribe(
@@ -582,27 +663,52 @@ fn an_upgrade_of_flare_during_deliveries_loses_none() {
         &id,
         json!({"endpoint": {"url": format!("{}/hook", subscriber.url)}, "delivery": {"success": [200], "discard": [410]}}),
     );
-    for n in 0..200 {
+    fn flare_build(daemon: &Daemon) -> Value {
+        let (_, _, status) = call("GET", &daemon.url("/_epi/plugins"), None);
+        let plugins = status["plugins"].as_array().unwrap();
+        let flare = plugins.iter().find(|p| p["app"] == "flare").unwrap();
+        flare["content_hash"].clone()
+    }
+    fn put(daemon: &mut Daemon, n: usize) {
         let url = format!("{}/documents/http://api.io/carts/{n}", daemon.base);
         if let Err(err) = ureq::put(&url).send_json(json!({"version": 1})) {
+            // Time for a dying daemon to be gone, to say how it ended.
             std::thread::sleep(Duration::from_millis(500));
-            let mut daemon = daemon;
             panic!("PUT {n}: {err}; the daemon: {:?}", daemon.child.try_wait());
         }
-        if n == 100 {
-            let library = setup.dir.path().join("libepi_plugin_flare.so");
-            let mut bytes = std::fs::read(&library).unwrap();
-            bytes.extend_from_slice(&[9; 16]);
-            let staged = setup.dir.path().join("flare.staged");
-            std::fs::write(&staged, &bytes).unwrap();
-            std::fs::rename(&staged, &library).unwrap();
-        }
     }
+    let old = flare_build(&daemon);
+    for n in 0..100 {
+        put(&mut daemon, n);
+    }
+    subscriber.wait("deliveries are under way", Duration::from_secs(10), |r| {
+        !r.is_empty()
+    });
+    // From here the subscriber refuses (503: retried) until the new version serves, so what
+    // was accepted before the upgrade and refused is surely delivered after it.
+    subscriber.status.store(503, Ordering::Relaxed);
+    put(&mut daemon, 100);
+    subscriber.wait("a document refused", Duration::from_secs(10), |r| {
+        r.iter().any(|r| r.status == 503)
+    });
+    let library = setup.dir.path().join("libepi_plugin_flare.so");
+    let mut bytes = std::fs::read(&library).unwrap();
+    bytes.extend_from_slice(&[9; 16]);
+    let staged = setup.dir.path().join("flare.staged");
+    std::fs::write(&staged, &bytes).unwrap();
+    std::fs::rename(&staged, &library).unwrap();
+    for n in 101..200 {
+        put(&mut daemon, n);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while flare_build(&daemon) == old {
+        assert!(Instant::now() < deadline, "flare was not upgraded");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    subscriber.status.store(200, Ordering::Relaxed);
     subscriber.wait("all 200 arrive", Duration::from_secs(30), |received| {
         keys(received).len() == 200
     });
-    let status = subscriber.status.load(Ordering::Relaxed);
-    assert_eq!(status, 200);
 }
 
 #[test]
@@ -667,7 +773,8 @@ fn two_daemons_on_one_postgres_deliver_each_change_exactly_once() {
             |received| received.len() >= CHANGES,
         );
     }
-    std::thread::sleep(Duration::from_millis(500));
+    // Nothing pending (the database is shared): nothing more can come.
+    wait_none_pending(&first, Duration::from_secs(30));
     for subscriber in &subscribers {
         let received = subscriber.received();
         let mut keys = HashSet::new();
@@ -682,14 +789,22 @@ fn two_daemons_on_one_postgres_deliver_each_change_exactly_once() {
         );
     }
     // Both daemons took part in the delivery (their process reports refresh every second).
-    std::thread::sleep(Duration::from_millis(1500));
     for daemon in [&first, &second] {
-        let (_, _, report) = call("GET", &daemon.url("/_epi/processes"), None);
-        let sent = find_key(&report, "sent")
-            .and_then(Value::as_u64)
-            .unwrap_or_else(|| panic!("no `sent` in {report}"));
-        eprintln!("{}: {sent} deliveries sent", daemon.base);
-        assert!(sent > 0, "{} sent nothing: {report}", daemon.base);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, _, report) = call("GET", &daemon.url("/_epi/processes"), None);
+            let sent = find_key(&report, "sent").and_then(Value::as_u64);
+            if let Some(sent) = sent.filter(|&sent| sent > 0) {
+                eprintln!("{}: {sent} deliveries sent", daemon.base);
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} sent nothing: {report}",
+                daemon.base
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
@@ -725,17 +840,34 @@ fn on_postgres_the_claims_of_a_killed_daemon_are_taken_over_by_the_other() {
             json!({"version": n}),
         );
     }
-    subscriber.wait("deliveries are under way", Duration::from_secs(10), |r| {
-        r.len() >= 20
-    });
+    // Claims under way at the kill: answers held, a few more documents, and all four workers
+    // (two a daemon) waiting for an answer (what came before may all be delivered by now).
+    subscriber.hold();
+    for n in 300..308 {
+        let daemon = if n % 2 == 0 { &doomed } else { &survivor };
+        put(
+            daemon,
+            &format!("http://api.io/orders/{n}"),
+            json!({"version": n}),
+        );
+    }
+    subscriber.wait_held(4, "every worker is in the middle of a delivery");
     drop(doomed); // SIGKILL, mid-delivery
-    let expected: HashSet<String> = (0..300)
+    subscriber.release();
+    let expected: HashSet<String> = (0..308)
         .map(|n| format!("http://api.io/orders/{n}@{n}:create"))
         .collect();
     subscriber.wait(
         "every accepted document arrives through the survivor",
         Duration::from_secs(60),
         |received| keys(received) == expected,
+    );
+    // The killed daemon's deliveries under way (the subscriber logged them when it let them
+    // go) are made again by the survivor once their claims expire.
+    subscriber.wait(
+        "the survivor sends the killed daemon's claimed deliveries again",
+        Duration::from_secs(30),
+        |received| received.len() > keys(received).len(),
     );
     drop(survivor);
 }
