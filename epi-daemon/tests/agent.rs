@@ -466,13 +466,39 @@ fn an_upgrade_of_the_agent_with_jobs_queued_runs_them_all_in_order() {
     let jobs: Vec<String> = (0..5)
         .map(|_| daemon.queue("POST", &format!("/guests/{guest}/reboot"), None))
         .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while daemon.wait_running(&guest, &jobs[0]) {
+        assert!(Instant::now() < deadline, "the first job never started");
+    }
     // Another build of the agent, renamed into place: the daemon's watcher upgrades it.
+    let build = |daemon: &Daemon| {
+        let (_, _, plugins) = call("GET", &daemon.url("/_epi/plugins"), None);
+        plugins["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["app"] == "agent")
+            .map(|p| p["content_hash"].clone())
+    };
+    let old = build(&daemon);
     let library = setup.dir.path().join("libepi_plugin_agent.so");
     let mut bytes = std::fs::read(&library).unwrap();
     bytes.extend_from_slice(&[7; 16]);
     let staged = setup.dir.path().join("agent.staged");
     std::fs::write(&staged, &bytes).unwrap();
     std::fs::rename(&staged, &library).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while build(&daemon) == old {
+        assert!(Instant::now() < deadline, "the agent was not upgraded");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The queue was not through when the new version took over.
+    let (_, _, last) = call(
+        "GET",
+        &daemon.url(&format!("/guests/{guest}/jobs/{}", jobs[4])),
+        None,
+    );
+    assert_ne!(last["status"], "Complete", "{last}");
     for job in &jobs {
         daemon.complete(&guest, job);
     }

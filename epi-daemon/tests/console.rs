@@ -253,8 +253,24 @@ async fn exercise(client: &Client, page: &str, dir: &Path) -> Result<(), String>
     .await;
     assert_eq!(action, "reloaded hello: 1 unchanged");
 
-    // Let one more refresh settle, then keep a picture.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Let one more refresh land (the page stamps each on its body), then keep a picture.
+    let refreshed = || async {
+        client
+            .execute(
+                "return document.body.getAttribute('data-refreshed');",
+                vec![],
+            )
+            .await
+            .map_err(|err| err.to_string())
+    };
+    let before = refreshed().await?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while refreshed().await? == before {
+        if Instant::now() > deadline {
+            return Err(format!("no refresh in 5 s after {before}"));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     let png = client.screenshot().await.map_err(|err| err.to_string())?;
     assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
     let target = epi_testkit::profile_dir()

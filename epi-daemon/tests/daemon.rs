@@ -187,10 +187,11 @@ fn sigterm_finishes_requests_in_flight_and_exits_zero() {
     let mut daemon = start(&setup.config);
     let url = format!("{}/_epi/apply", daemon.base);
     let slow = std::thread::spawn(move || {
-        post(
+        let answer = post(
             &url,
             r#"{"service": "math", "function": "sleep", "args": 700}"#,
-        )
+        );
+        (answer, Instant::now())
     });
     // Wait until the daemon counted the call: it is in flight, not merely about to start.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -209,7 +210,8 @@ fn sigterm_finishes_requests_in_flight_and_exits_zero() {
     }
     let sent = Instant::now();
     signal(&daemon, libc::SIGTERM);
-    let (status, body) = slow.join().unwrap();
+    let ((status, body), answered) = slow.join().unwrap();
+    assert!(answered > sent, "the call was answered before the signal");
     assert_eq!(
         (status, json(&body)["result"].clone()),
         (200, json!(["slow"]))
@@ -250,12 +252,17 @@ fn sighup_reloads_plugins() {
     let temp = setup.dir.path().join(".next.tmp");
     std::fs::write(&temp, &bytes).unwrap();
     std::fs::rename(&temp, &path).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(
-        version(&daemon),
-        "0.1.0+00000000",
-        "no watching: nothing yet"
-    );
+    // No watching: nothing happens, and so no event can say when it would have. Look a few
+    // times over the while a watcher would take.
+    let until = Instant::now() + Duration::from_millis(200);
+    while Instant::now() < until {
+        assert_eq!(
+            version(&daemon),
+            "0.1.0+00000000",
+            "no watching: nothing yet"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     signal(&daemon, libc::SIGHUP);
     let deadline = Instant::now() + Duration::from_secs(10);
     while version(&daemon) != "0.1.0+00000007" {
@@ -866,6 +873,7 @@ fn admin_calls_run_off_the_async_workers() {
     let daemon = start(&setup.config);
     let decide = daemon.url("/_epi/decide");
     let slow = r#"{"service": "probe", "function": "stage_sleep", "args": {"args": {"ms": 2000}}}"#;
+    let finished = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|scope| {
         for _ in 0..4 {
             scope.spawn(|| {
@@ -876,9 +884,26 @@ fn admin_calls_run_off_the_async_workers() {
                     Some(slow),
                 );
                 assert_eq!(status, 200, "{body}");
+                finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             });
         }
-        std::thread::sleep(Duration::from_millis(300));
+        // All four are in the plugin (counted as they start).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let counters = json(&get(&daemon.url("/_epi/counters")).1);
+            let started: u64 = counters
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|c| c["function"] == "stage_sleep")
+                .filter_map(|c| c["calls"].as_u64())
+                .sum();
+            if started >= 4 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{started} slow calls started");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let started = Instant::now();
         assert_eq!(get(&daemon.url("/hello/Ada")).0, 200);
         // Four 2-second calls run meanwhile; with them on the async workers (two on this
@@ -887,6 +912,11 @@ fn admin_calls_run_off_the_async_workers() {
             started.elapsed() < Duration::from_millis(1000),
             "GET /hello took {:?} beside slow admin calls",
             started.elapsed()
+        );
+        assert_eq!(
+            finished.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "a slow call ended before GET /hello did"
         );
     });
 }
