@@ -487,34 +487,49 @@ pub fn apply_with<A: Argument, O: Output>(
     opts: ApplyOpts,
 ) -> Result<Vec<Result<O, ProviderError>>, Error> {
     let args = Args::new(args);
-    let results = if opts.concurrent && list.len() > 1 {
-        run_concurrent(pool, list.list.as_ptr().cast(), list.len(), |index| {
-            checked_call(list, checked, index, &args)
-        })
-    } else {
-        let mut results = Vec::with_capacity(list.len());
+    call_each(
+        pool,
+        list,
+        opts,
+        |index| checked_call(list, checked, index, &args),
+        |result| result.as_ref().err(),
+        |result| result.err().expect("an error"),
+    )
+}
+
+/// Calls `call(index)` for every provider of `list`, on `pool` when `concurrent` asks and
+/// there is more than one, and keeps what each returned in provider order, leaving out the
+/// providers that are gone (see [`Failure::Absent`]). Without `ignore_errors` the first
+/// failure in provider order is the call's error (a sequential call stops there).
+/// `error_of` reads a reply's failure; `into_error` takes it.
+fn call_each<R: Send>(
+    pool: &dyn Pool,
+    list: Providers<'_>,
+    opts: ApplyOpts,
+    call: impl Fn(usize) -> R + Sync,
+    error_of: fn(&R) -> Option<&ProviderError>,
+    into_error: fn(R) -> ProviderError,
+) -> Result<Vec<R>, Error> {
+    if !(opts.concurrent && list.len() > 1) {
+        let mut kept = Vec::with_capacity(list.len());
         for index in 0..list.len() {
-            let result = checked_call(list, checked, index, &args);
-            let failed = matches!(&result, Err(err) if !err.failure.is_absent());
-            results.push(result);
-            if failed && !opts.ignore_errors {
-                break;
+            let reply = call(index);
+            match error_of(&reply) {
+                Some(err) if err.failure.is_absent() => {}
+                Some(_) if !opts.ignore_errors => return Err(into_error(reply).into()),
+                _ => kept.push(reply),
             }
         }
-        results
-    };
-    let results = without_absent(results);
+        return Ok(kept);
+    }
+    let mut kept = run_concurrent(pool, list.list.as_ptr().cast(), list.len(), call);
+    kept.retain(|reply| !error_of(reply).is_some_and(|err| err.failure.is_absent()));
     if !opts.ignore_errors {
-        if let Some(position) = results.iter().position(Result::is_err) {
-            let mut results = results;
-            return Err(results
-                .swap_remove(position)
-                .err()
-                .expect("an error")
-                .into());
+        if let Some(position) = kept.iter().position(|reply| error_of(reply).is_some()) {
+            return Err(into_error(kept.swap_remove(position)).into());
         }
     }
-    Ok(results)
+    Ok(kept)
 }
 
 /// One provider's answer, with who gave it.
@@ -538,52 +553,21 @@ pub fn apply_answers<A: Argument, O: Output>(
     opts: ApplyOpts,
 ) -> Result<Vec<Answer<O>>, Error> {
     let args = Args::new(args);
-    let answer = |index: usize| {
-        let result = checked_call(list, checked, index, &args);
-        let entry = &list.list[index];
-        Answer {
-            plugin: text(&entry.plugin).into(),
-            provider: text(&entry.provider).into(),
-            result,
-        }
-    };
-    let answers = if opts.concurrent && list.len() > 1 {
-        run_concurrent(pool, list.list.as_ptr().cast(), list.len(), answer)
-    } else {
-        let mut answers = Vec::with_capacity(list.len());
-        for index in 0..list.len() {
-            let answer = answer(index);
-            let failed = matches!(&answer.result, Err(err) if !err.failure.is_absent());
-            answers.push(answer);
-            if failed && !opts.ignore_errors {
-                break;
+    call_each(
+        pool,
+        list,
+        opts,
+        |index| {
+            let entry = &list.list[index];
+            Answer {
+                plugin: text(&entry.plugin).into(),
+                provider: text(&entry.provider).into(),
+                result: checked_call(list, checked, index, &args),
             }
-        }
-        answers
-    };
-    let mut answers = answers;
-    answers.retain(|answer| !matches!(&answer.result, Err(err) if err.failure.is_absent()));
-    if !opts.ignore_errors {
-        if let Some(position) = answers.iter().position(|answer| answer.result.is_err()) {
-            let failed = answers.swap_remove(position);
-            return Err(failed.result.err().expect("an error").into());
-        }
-    }
-    Ok(answers)
-}
-
-/// Drops the replies of providers that are gone (see [`Failure::Absent`]): the provider that
-/// answered so logged why.
-pub fn without_absent<O>(
-    mut results: Vec<Result<O, ProviderError>>,
-) -> Vec<Result<O, ProviderError>> {
-    if results
-        .iter()
-        .any(|result| matches!(result, Err(err) if err.failure.is_absent()))
-    {
-        results.retain(|result| !matches!(result, Err(err) if err.failure.is_absent()));
-    }
-    results
+        },
+        |answer| answer.result.as_ref().err(),
+        |answer| answer.result.err().expect("an error"),
+    )
 }
 
 /// Below this much work for all providers together (as measured the last time this thread
