@@ -55,6 +55,8 @@ pub(crate) struct State {
     pub(crate) plugins: Vec<Arc<LoadedPlugin>>,
     files: BTreeMap<PathBuf, FileRecord>,
     retired: Vec<Retired>,
+    /// How many retired versions were left after the last look at `/proc/self/maps`.
+    retired_after_prune: usize,
     /// Retired versions kept loaded by [`RetirePolicy::KeepLoaded`].
     kept: Vec<Arc<LoadedPlugin>>,
     /// Retired versions so far.
@@ -147,6 +149,7 @@ impl State {
         self.retired.retain(|retired| {
             retired.plugin.strong_count() > 0 || mapped.contains(&*retired.copy.to_string_lossy())
         });
+        self.retired_after_prune = self.retired.len();
         self.retired.len()
     }
 }
@@ -541,7 +544,12 @@ impl Registry {
                     plugin: Arc::downgrade(&old),
                 });
                 drop(old);
-                state.prune_retired();
+                // Reading `/proc/self/maps` costs time in the number of mappings, which grows
+                // with every retired native-path version: look again only when the list has
+                // doubled since the last look, so a retirement costs O(1) amortised.
+                if state.retired.len() >= 2 * state.retired_after_prune.max(16) {
+                    state.prune_retired();
+                }
             }
         }
     }
