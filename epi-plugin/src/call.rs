@@ -507,8 +507,8 @@ fn call_each<R: Send>(
     list: Providers<'_>,
     opts: ApplyOpts,
     call: impl Fn(usize) -> R + Sync,
-    error_of: fn(&R) -> Option<&ProviderError>,
-    into_error: fn(R) -> ProviderError,
+    error_of: impl Fn(&R) -> Option<&ProviderError>,
+    into_error: impl Fn(R) -> ProviderError,
 ) -> Result<Vec<R>, Error> {
     if !(opts.concurrent && list.len() > 1) {
         let mut kept = Vec::with_capacity(list.len());
@@ -586,7 +586,7 @@ thread_local! {
 /// it), concurrently where that pays; results in index order.
 ///
 /// The providers run on `pool` (and the calling thread), unless they took less than
-/// [`WORTH_A_POOL`] together the last time this thread called this list concurrently: then
+/// `WORTH_A_POOL` together the last time this thread called this list concurrently: then
 /// they run on the calling thread, one after another, and are timed again.
 pub fn run_concurrent<R: Send>(
     pool: &dyn Pool,

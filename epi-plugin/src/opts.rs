@@ -30,6 +30,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 
+/// `pub const fn NAME(self) -> Self` for each named `bool` field: sets it.
+macro_rules! setters {
+    ($($field:ident),+) => {
+        $(
+            #[doc = concat!("Sets `", stringify!($field), "`.")]
+            pub const fn $field(mut self) -> Self {
+                self.$field = true;
+                self
+            }
+        )+
+    };
+}
+
 /// Options of `apply`, `apply_answers`, `any` and `all`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ApplyOpts {
@@ -49,17 +62,7 @@ impl ApplyOpts {
         }
     }
 
-    /// Sets `ignore_errors`.
-    pub const fn ignore_errors(mut self) -> Self {
-        self.ignore_errors = true;
-        self
-    }
-
-    /// Sets `concurrent`.
-    pub const fn concurrent(mut self) -> Self {
-        self.concurrent = true;
-        self
-    }
+    setters!(ignore_errors, concurrent);
 }
 
 /// Options of `decide`, which asks providers one at a time and stops at the first decision.
@@ -77,11 +80,7 @@ impl DecideOpts {
         }
     }
 
-    /// Sets `ignore_errors`.
-    pub const fn ignore_errors(mut self) -> Self {
-        self.ignore_errors = true;
-        self
-    }
+    setters!(ignore_errors);
 }
 
 /// Options of `pipe`, which passes a value through providers one after another.
@@ -99,11 +98,7 @@ impl PipeOpts {
         }
     }
 
-    /// Sets `ignore_errors`.
-    pub const fn ignore_errors(mut self) -> Self {
-        self.ignore_errors = true;
-        self
-    }
+    setters!(ignore_errors);
 }
 
 /// couch_epi's options for a call by name, as they arrive as data (`apply_json`,
@@ -132,23 +127,7 @@ impl Opts {
         }
     }
 
-    /// Sets `ignore_errors`.
-    pub const fn ignore_errors(mut self) -> Self {
-        self.ignore_errors = true;
-        self
-    }
-
-    /// Sets `concurrent`.
-    pub const fn concurrent(mut self) -> Self {
-        self.concurrent = true;
-        self
-    }
-
-    /// Sets `pipe`.
-    pub const fn pipe(mut self) -> Self {
-        self.pipe = true;
-        self
-    }
+    setters!(ignore_errors, concurrent, pipe);
 
     /// The options of an apply. `pipe` is not one of them: it chooses the verb (read it and
     /// call [`Opts::for_pipe`]).
