@@ -2,7 +2,8 @@
 //! object per line: `{"workload", "epi_ns", "native_ns"}`. `bench/compare` runs the same
 //! workloads on pluggy and prints the table.
 //!
-//! `cargo bench -p epi-core --bench compare`
+//! `cargo bench -p epi-core --bench compare [-- WORDS]`: with words, only the workloads whose
+//! name contains one of them (`-- "stable path"`).
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -107,8 +108,16 @@ fn stable_registry(count: usize) -> Registry {
 }
 
 fn main() {
+    let words: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with("--"))
+        .collect();
+    let wanted = |workload: &str| words.is_empty() || words.iter().any(|w| workload.contains(w));
     let mut rows = Vec::new();
     for count in [1usize, 5, 10, 100] {
+        if !wanted(&format!("apply, {count} providers")) {
+            continue;
+        }
         let registry = registry(count);
         let inc = registry.function::<u64, u64>("math", "inc");
         let native: Vec<Box<dyn Provide>> = (0..count)
@@ -127,6 +136,50 @@ fn main() {
         });
         rows.push(json!({"workload": format!("apply, {count} providers"), "epi_ns": epi_ns, "native_ns": native_ns}));
     }
+    if wanted("decide, 10 providers, none decides") {
+        rows.push(decide_row());
+    }
+    // `tag((String, u64)) -> String` on both call paths: the native path (same build) and the
+    // stable path (the same library announcing another rustc, so its values cross as
+    // MessagePack).
+    for count in [1usize, 10] {
+        let args = ("Ada".to_string(), 7u64);
+        let native: Vec<Box<dyn Provide>> = (0..count)
+            .map(|_| Box::new(Native { add: 1 }) as Box<dyn Provide>)
+            .collect();
+        let native_ns = time(|| {
+            let providers = black_box(&native);
+            let mut out = Vec::with_capacity(providers.len());
+            for provider in providers {
+                let (name, n) = black_box(&args);
+                out.push(provider.tag(name, *n));
+            }
+            black_box(out);
+        });
+        for path in ["native", "stable"] {
+            let workload = format!("tag, {count} providers, {path} path");
+            if !wanted(&workload) {
+                continue;
+            }
+            let registry = match path {
+                "native" => registry(count),
+                _ => stable_registry(count),
+            };
+            let tag = registry.function::<(String, u64), String>("math", "tag");
+            assert_eq!(tag.apply(&args).unwrap(), vec!["Ada".to_string(); count]);
+            let epi_ns = time(|| {
+                black_box(tag.apply(black_box(&args)).unwrap());
+            });
+            rows.push(json!({"workload": workload, "epi_ns": epi_ns, "native_ns": native_ns}));
+        }
+    }
+    for row in rows {
+        println!("{row}");
+    }
+}
+
+/// `decide` over 10 providers none of which decides, beside the native loop.
+fn decide_row() -> serde_json::Value {
     let ten = registry(10);
     let pass = ten.function::<u64, Decision<u64>>("math", "pass");
     let native: Vec<Box<dyn Provide>> = (0..10)
@@ -145,36 +198,5 @@ fn main() {
         }
         black_box(decision);
     });
-    rows.push(json!({"workload": "decide, 10 providers, none decides", "epi_ns": epi_ns, "native_ns": native_ns}));
-    // `tag((String, u64)) -> String` on both call paths: the native path (same build) and the
-    // stable path (the same library announcing another rustc, so its values cross as JSON).
-    for count in [1usize, 10] {
-        let args = ("Ada".to_string(), 7u64);
-        let native: Vec<Box<dyn Provide>> = (0..count)
-            .map(|_| Box::new(Native { add: 1 }) as Box<dyn Provide>)
-            .collect();
-        let native_ns = time(|| {
-            let providers = black_box(&native);
-            let mut out = Vec::with_capacity(providers.len());
-            for provider in providers {
-                let (name, n) = black_box(&args);
-                out.push(provider.tag(name, *n));
-            }
-            black_box(out);
-        });
-        for (path, registry) in [
-            ("native", registry(count)),
-            ("stable", stable_registry(count)),
-        ] {
-            let tag = registry.function::<(String, u64), String>("math", "tag");
-            assert_eq!(tag.apply(&args).unwrap(), vec!["Ada".to_string(); count]);
-            let epi_ns = time(|| {
-                black_box(tag.apply(black_box(&args)).unwrap());
-            });
-            rows.push(json!({"workload": format!("tag, {count} providers, {path} path"), "epi_ns": epi_ns, "native_ns": native_ns}));
-        }
-    }
-    for row in rows {
-        println!("{row}");
-    }
+    json!({"workload": "decide, 10 providers, none decides", "epi_ns": epi_ns, "native_ns": native_ns})
 }

@@ -109,6 +109,24 @@ fn parameter(ty: &Type, access: Tokens) -> syn::Result<(Tokens, Tokens)> {
     }
 }
 
+/// How a parameter of type `ty` is decoded on the stable path (`Method::Wire`) and passed
+/// from `access` (owned there, so values move): a `&str` borrows from the encoded bytes.
+fn wire_parameter(ty: &Type, access: Tokens) -> (Tokens, Tokens) {
+    match ty {
+        Type::Reference(reference) => match &*reference.elem {
+            Type::Path(path) if path.path.is_ident("str") => {
+                (quote!(::epi::export::WireStr<'de>), quote!(&*#access))
+            }
+            Type::Slice(slice) => {
+                let elem = &slice.elem;
+                (quote!(::std::vec::Vec<#elem>), quote!(&#access))
+            }
+            other => (quote!(#other), quote!(&#access)),
+        },
+        other => (quote!(#other), access),
+    }
+}
+
 /// The output type and how to turn the method's return value into `Result<Output, String>`.
 fn output(ret: &ReturnType, call: Tokens) -> (Tokens, Tokens) {
     let ty = match ret {
@@ -179,27 +197,40 @@ fn expand(block: &mut ItemImpl) -> syn::Result<Tokens> {
                 FnArg::Receiver(_) => None,
             })
             .collect();
-        let (args_ty, passed): (Tokens, Vec<Tokens>) = match params.len() {
-            0 => (quote!(()), Vec::new()),
-            1 => {
-                let (stored, pass) = parameter(params[0], quote!((*args)))?;
-                (stored, vec![pass])
-            }
-            _ => {
-                let mut stored = Vec::new();
-                let mut passed = Vec::new();
-                for (index, ty) in params.iter().enumerate() {
-                    let index = syn::Index::from(index);
-                    let (ty, pass) = parameter(ty, quote!(args.#index))?;
-                    stored.push(ty);
-                    passed.push(pass);
+        let (args_ty, passed, wire_ty, wire_passed): (Tokens, Vec<Tokens>, Tokens, Vec<Tokens>) =
+            match params.len() {
+                0 => (quote!(()), Vec::new(), quote!(()), Vec::new()),
+                1 => {
+                    let (stored, pass) = parameter(params[0], quote!((*args)))?;
+                    let (wire, wire_pass) = wire_parameter(params[0], quote!(args));
+                    (stored, vec![pass], wire, vec![wire_pass])
                 }
-                (quote!((#(#stored,)*)), passed)
-            }
-        };
+                _ => {
+                    let (mut stored, mut passed) = (Vec::new(), Vec::new());
+                    let (mut wire, mut wire_passed) = (Vec::new(), Vec::new());
+                    for (index, ty) in params.iter().enumerate() {
+                        let index = syn::Index::from(index);
+                        let (ty_stored, pass) = parameter(ty, quote!(args.#index))?;
+                        let (ty_wire, wire_pass) = wire_parameter(ty, quote!(args.#index));
+                        stored.push(ty_stored);
+                        passed.push(pass);
+                        wire.push(ty_wire);
+                        wire_passed.push(wire_pass);
+                    }
+                    (
+                        quote!((#(#stored,)*)),
+                        passed,
+                        quote!((#(#wire,)*)),
+                        wire_passed,
+                    )
+                }
+            };
         let ident = &method.sig.ident;
-        let call = quote!(provider.#ident(#(#passed),*));
-        let (output_ty, body) = output(&method.sig.output, call);
+        let (output_ty, body) = output(&method.sig.output, quote!(provider.#ident(#(#passed),*)));
+        let (_, wire_body) = output(
+            &method.sig.output,
+            quote!(provider.#ident(#(#wire_passed),*)),
+        );
         let name = options.name.unwrap_or_else(|| ident.to_string());
         if let Some((_, first)) = names.iter().find(|(taken, _)| *taken == name) {
             return Err(syn::Error::new(
@@ -219,6 +250,7 @@ fn expand(block: &mut ItemImpl) -> syn::Result<Tokens> {
                 type Provider = #self_ty;
                 type Args = #args_ty;
                 type Output = #output_ty;
+                type Wire<'de> = #wire_ty;
                 const NAME: &'static str = #name;
                 #[allow(unused_variables, clippy::unit_arg)]
                 fn call(
@@ -226,6 +258,13 @@ fn expand(block: &mut ItemImpl) -> syn::Result<Tokens> {
                     args: &Self::Args,
                 ) -> ::std::result::Result<Self::Output, ::std::string::String> {
                     #body
+                }
+                #[allow(unused_variables, clippy::unit_arg)]
+                fn call_wire(
+                    provider: &Self::Provider,
+                    args: Self::Wire<'_>,
+                ) -> ::std::result::Result<Self::Output, ::std::string::String> {
+                    #wire_body
                 }
             }
         });

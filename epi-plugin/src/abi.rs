@@ -27,11 +27,11 @@ use std::ffi::c_void;
 use std::marker::PhantomData;
 
 /// Major version of this contract: a host loads only plugins with the same major version.
-pub const ABI_MAJOR: u32 = 2;
+pub const ABI_MAJOR: u32 = 3;
 
 /// Minor version: additions a newer host or plugin can detect. Plugins of any minor version of
 /// the same major load.
-pub const ABI_MINOR: u32 = 1;
+pub const ABI_MINOR: u32 = 0;
 
 /// Name of the exported data symbol holding the plugin's [`PluginEntry`].
 pub const ENTRY_SYMBOL: &str = "EPI_PLUGIN_ENTRY";
@@ -67,12 +67,23 @@ pub const STATUS_BAD_OPTIONS: u32 = 6;
 /// The provider is gone (a bridge whose peer process went away): the call goes on as if it
 /// were not listed, and the reason (in the error buffer) is only logged. Since ABI 2.1.
 pub const STATUS_ABSENT: u32 = 7;
+/// A stable call asked for [`OUTPUT_STRING`] returned a value: the output buffer holds the
+/// `String` itself (its UTF-8 bytes, in the buffer it was allocated in), not an encoding.
+/// Since ABI 3.
+pub const STATUS_OK_STRING: u32 = 8;
 
 /// Values as JSON text: calls by name, and everything descriptive.
 pub const ENCODING_JSON: u32 = 0;
 /// Values as MessagePack with named struct fields (as `rmp_serde::to_vec_named` writes them):
 /// typed calls on the stable path.
 pub const ENCODING_MSGPACK: u32 = 1;
+/// The bits of a stable call's `encoding` that name the encoding; the others are flags.
+pub const ENCODING_MASK: u32 = 0xff;
+/// Flag of a stable call's `encoding` (with [`ENCODING_MSGPACK`]): the caller's output type is
+/// `String`. A function whose output type is `String` too hands its string over instead of
+/// encoding it and returns [`STATUS_OK_STRING`]; any other answers as without the flag. It
+/// saves the caller decoding (and allocating) a copy. Since ABI 3.
+pub const OUTPUT_STRING: u32 = 0x100;
 
 /// Borrowed bytes (UTF-8 where the field says text) in `#[repr(C)]` form.
 #[repr(C)]
@@ -486,10 +497,12 @@ pub type TypedCallFn = unsafe extern "C" fn(
 /// Stable call of one provider function: encoded arguments in, encoded result out.
 ///
 /// * `instance`: the provider object;
-/// * `encoding`: [`ENCODING_JSON`] or [`ENCODING_MSGPACK`], for both input and output;
+/// * `encoding`: [`ENCODING_JSON`] or [`ENCODING_MSGPACK`], for both input and output,
+///   possibly with the flag [`OUTPUT_STRING`];
 /// * `input`: the encoded arguments;
 /// * `output`: a buffer (possibly with spare capacity) the shim clears and fills with the
-///   encoded result on [`STATUS_OK`];
+///   encoded result on [`STATUS_OK`], or replaces with the result string's own buffer on
+///   [`STATUS_OK_STRING`];
 /// * `error`: an empty buffer replaced by the message (UTF-8) on any other status.
 pub type StableCallFn = unsafe extern "C" fn(
     instance: *const c_void,

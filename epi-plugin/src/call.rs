@@ -13,6 +13,7 @@
 //! immutable list before. A [`Providers`] list can only be made unsafely, by whoever vouches
 //! that its entries describe live providers.
 
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
@@ -24,8 +25,8 @@ use serde::Serialize;
 
 use crate::abi::{
     CallCounters, ProviderEntry, RVec, StrRef, TypeRef, COUNT_LATENCY, ENCODING_MSGPACK,
-    LATENCY_SAMPLE_EVERY, STATUS_ABSENT, STATUS_BAD_INPUT, STATUS_FAILED, STATUS_OK,
-    STATUS_PANICKED,
+    LATENCY_SAMPLE_EVERY, OUTPUT_STRING, STATUS_ABSENT, STATUS_BAD_INPUT, STATUS_FAILED, STATUS_OK,
+    STATUS_OK_STRING, STATUS_PANICKED,
 };
 use crate::error::{Error, Failure, ProviderError, ProviderFailure};
 use crate::opts::{ApplyOpts, DecideOpts, PipeOpts};
@@ -284,7 +285,7 @@ pub fn take_bytes(buffer: RVec<u8>) -> Vec<u8> {
     unsafe { buffer.into_vec() }
 }
 
-impl<'s, A: Serialize, O: DeserializeOwned> Typed<'s, A, O> {
+impl<'s, A: Serialize, O: DeserializeOwned + 'static> Typed<'s, A, O> {
     /// Calls the provider, leaving its output in `output` (initialised on `Ok`), so a caller
     /// can inspect it in place instead of moving it.
     #[inline]
@@ -358,7 +359,8 @@ impl<'s, A: Serialize, O: DeserializeOwned> Typed<'s, A, O> {
         }
     }
 
-    /// The stable path: arguments and output as MessagePack.
+    /// The stable path: arguments and output as MessagePack; a `String` output is handed over
+    /// as it is when the provider's is a `String` too ([`OUTPUT_STRING`]).
     #[inline(never)]
     fn call_stable(
         self,
@@ -372,30 +374,48 @@ impl<'s, A: Serialize, O: DeserializeOwned> Typed<'s, A, O> {
                 Failure::BadInput(format!("cannot encode the arguments: {reason}")),
             )
         })?;
-        let mut result = RVec::from_vec(OUTPUT.take());
+        let wants_string = TypeId::of::<O>() == TypeId::of::<String>();
+        // A handed-over string replaces the buffer: lend an empty one then.
+        let (mut result, encoding) = if wants_string {
+            (RVec::new(), ENCODING_MSGPACK | OUTPUT_STRING)
+        } else {
+            (RVec::from_vec(OUTPUT.take()), ENCODING_MSGPACK)
+        };
         let mut error = RVec::new();
         // SAFETY: the stable shim takes any bytes and fills the buffers through the shared
         // allocator; the plugin is mapped while the list lives; it catches panics.
         let status = unsafe {
             (provider.stable)(
                 provider.instance,
-                ENCODING_MSGPACK,
+                encoding,
                 StrRef::bytes(input),
                 &mut result,
                 &mut error,
             )
         };
         let result = take_bytes(result);
-        let decoded = if status == STATUS_OK {
-            rmp_serde::from_slice(&result)
+        let decoded = match status {
+            STATUS_OK => {
+                let decoded = rmp_serde::from_slice(&result)
+                    .map_err(|err| provider_error(provider, Failure::BadOutput(err.to_string())));
+                // Keep the buffer for the next call unless a large result made it large.
+                if result.capacity() <= MAX_KEPT_OUTPUT {
+                    OUTPUT.set(result);
+                }
+                decoded
+            }
+            STATUS_OK_STRING => String::from_utf8(result)
                 .map_err(|err| provider_error(provider, Failure::BadOutput(err.to_string())))
-        } else {
-            Err(failure(provider, status, take_bytes(error)))
+                .and_then(|text| {
+                    from_string(text).ok_or_else(|| {
+                        provider_error(
+                            provider,
+                            Failure::BadOutput("a string answered for another type".into()),
+                        )
+                    })
+                }),
+            _ => Err(failure(provider, status, take_bytes(error))),
         };
-        // Keep the buffer for the next call unless a large result made it large.
-        if result.capacity() <= MAX_KEPT_OUTPUT {
-            OUTPUT.set(result);
-        }
         output.write(decoded?);
         Ok(())
     }
@@ -408,6 +428,14 @@ impl<'s, A: Serialize, O: DeserializeOwned> Typed<'s, A, O> {
         // SAFETY: `call_into` returned OK, so the output is initialised.
         Ok(unsafe { output.assume_init() })
     }
+}
+
+/// `text` as an `O`, when `O` is `String`.
+fn from_string<O: 'static>(text: String) -> Option<O> {
+    let mut slot = Some(text);
+    (&mut slot as &mut dyn Any)
+        .downcast_mut::<Option<O>>()
+        .and_then(Option::take)
 }
 
 /// Builds the error for a status other than OK, counting it.

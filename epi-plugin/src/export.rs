@@ -12,7 +12,7 @@ use crate::plugin::{Plugin, PluginContext, Source};
 use crate::shim::{guarded, put, read_json, write_json};
 
 pub use crate::runtime::PluginAllocator;
-pub use crate::shim::{function_entry, FunctionEntry, Method};
+pub use crate::shim::{function_entry, FunctionEntry, Method, WireStr};
 
 /// What `export_plugin!` knows about the plugin crate.
 pub trait Export {

@@ -135,7 +135,7 @@ unsafe extern "C" fn stable_shim(
     unsafe {
         guarded(error, || {
             let function = &*(instance as *const JsonFunction);
-            let args: Value = decode(encoding, input.as_bytes())?;
+            let args = decode::<Value, Value>(encoding, input.as_bytes())?;
             let value =
                 (function.handler)(&function.name, args).map_err(HandlerError::into_failure)?;
             fill(output, encoding, &value)

@@ -6,13 +6,13 @@ use std::ffi::c_void;
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use serde::de::DeserializeOwned;
+use serde::de::{Deserialize, DeserializeOwned};
 use serde::Serialize;
 
 use crate::abi::manifest::{FunctionManifest, TypeDesc};
 use crate::abi::{
-    FunctionTable, RVec, StrRef, ENCODING_JSON, ENCODING_MSGPACK, STATUS_BAD_INPUT, STATUS_FAILED,
-    STATUS_OK, STATUS_PANICKED,
+    FunctionTable, RVec, StrRef, ENCODING_JSON, ENCODING_MASK, ENCODING_MSGPACK, OUTPUT_STRING,
+    STATUS_BAD_INPUT, STATUS_FAILED, STATUS_OK, STATUS_OK_STRING, STATUS_PANICKED,
 };
 
 /// One public method of a provider, described by `#[epi::provider]`.
@@ -26,10 +26,56 @@ pub trait Method: 'static {
     type Args: Serialize + DeserializeOwned + 'static;
     /// The value it returns (the `T` of a `Result<T, E>`).
     type Output: Serialize + DeserializeOwned + 'static;
+    /// The arguments as the stable path decodes them: `Args` with each `&str` parameter as a
+    /// [`WireStr`] borrowed from the encoded bytes, so decoding allocates nothing for it. Must
+    /// accept every encoding of `Args` (same serde shape).
+    type Wire<'de>: Deserialize<'de>;
     /// The method's name.
     const NAME: &'static str;
     /// Calls the method; an `Err` carries the error's `Display` text.
     fn call(provider: &Self::Provider, args: &Self::Args) -> Result<Self::Output, String>;
+    /// Calls the method with decoded stable-path arguments.
+    fn call_wire(provider: &Self::Provider, args: Self::Wire<'_>) -> Result<Self::Output, String>;
+}
+
+/// A `&str` argument as the stable path decodes it: borrowed from the encoded bytes when the
+/// encoding holds it verbatim (always in MessagePack), owned otherwise (a JSON string with
+/// escapes).
+#[derive(Debug)]
+pub struct WireStr<'de>(std::borrow::Cow<'de, str>);
+
+impl std::ops::Deref for WireStr<'_> {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for WireStr<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = WireStr<'de>;
+
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Self::Value, E> {
+                Ok(WireStr(std::borrow::Cow::Borrowed(text)))
+            }
+
+            fn visit_str<E>(self, text: &str) -> Result<Self::Value, E> {
+                Ok(WireStr(std::borrow::Cow::Owned(text.to_owned())))
+            }
+
+            fn visit_string<E>(self, text: String) -> Result<Self::Value, E> {
+                Ok(WireStr(std::borrow::Cow::Owned(text)))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
 }
 
 /// A provider object's function table. Implemented by `#[epi::provider]`.
@@ -104,8 +150,8 @@ pub(crate) fn panic_message(payload: Box<dyn Any + Send>) -> String {
 pub(crate) type Failure = (u32, String);
 
 /// Decodes JSON text; a failure is [`STATUS_BAD_INPUT`] with `what` and the reason.
-pub(crate) fn read_json<T: DeserializeOwned>(
-    text: &[u8],
+pub(crate) fn read_json<'de, T: Deserialize<'de>>(
+    text: &'de [u8],
     what: impl FnOnce() -> String,
 ) -> Result<T, Failure> {
     serde_json::from_slice(text).map_err(|err| (STATUS_BAD_INPUT, format!("{}: {err}", what())))
@@ -136,8 +182,20 @@ pub(crate) unsafe fn guarded(
     error: *mut RVec<u8>,
     body: impl FnOnce() -> Result<(), Failure>,
 ) -> u32 {
+    // SAFETY: the caller's contract.
+    unsafe { guarded_status(error, || body().map(|()| STATUS_OK)) }
+}
+
+/// As [`guarded`], for a body that picks its success status.
+///
+/// # Safety
+/// `error` points at a live [`RVec<u8>`].
+pub(crate) unsafe fn guarded_status(
+    error: *mut RVec<u8>,
+    body: impl FnOnce() -> Result<u32, Failure>,
+) -> u32 {
     let (status, message) = match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(())) => return STATUS_OK,
+        Ok(Ok(status)) => return status,
         Ok(Err(failure)) => failure,
         Err(payload) => (STATUS_PANICKED, panic_message(payload)),
     };
@@ -170,10 +228,14 @@ pub unsafe extern "C" fn typed_shim<M: Method>(
     }
 }
 
-/// Decodes arguments in `encoding`; a failure is [`STATUS_BAD_INPUT`] naming the type.
-pub(crate) fn decode<T: DeserializeOwned>(encoding: u32, bytes: &[u8]) -> Result<T, Failure> {
-    let expected = || format!("expected {}", std::any::type_name::<T>());
-    match encoding {
+/// Decodes arguments in `encoding`; a failure is [`STATUS_BAD_INPUT`] naming the type
+/// `Named` (the arguments' type, of which `T` may be the borrowing form).
+pub(crate) fn decode<'de, T: Deserialize<'de>, Named: ?Sized>(
+    encoding: u32,
+    bytes: &'de [u8],
+) -> Result<T, Failure> {
+    let expected = || format!("expected {}", std::any::type_name::<Named>());
+    match encoding & ENCODING_MASK {
         ENCODING_MSGPACK => rmp_serde::from_slice(bytes)
             .map_err(|err| (STATUS_BAD_INPUT, format!("{}: {err}", expected()))),
         ENCODING_JSON => read_json(bytes, expected),
@@ -189,7 +251,7 @@ pub(crate) fn encode<T: Serialize>(
 ) -> Result<(), Failure> {
     let failed =
         |err: &dyn std::fmt::Display| (STATUS_FAILED, format!("cannot encode the result: {err}"));
-    match encoding {
+    match encoding & ENCODING_MASK {
         ENCODING_MSGPACK => {
             rmp_serde::encode::write_named(buffer, value).map_err(|err| failed(&err))
         }
@@ -230,12 +292,32 @@ pub unsafe extern "C" fn stable_shim<M: Method>(
 ) -> u32 {
     // SAFETY: the caller's contract: every pointer has the type named above.
     unsafe {
-        guarded(error, || {
+        guarded_status(error, || {
             let provider = &*(instance as *const M::Provider);
-            let args: M::Args = decode(encoding, input.as_bytes())?;
-            let value = M::call(provider, &args).map_err(|message| (STATUS_FAILED, message))?;
-            fill(output, encoding, &value)
+            let args = decode::<M::Wire<'_>, M::Args>(encoding, input.as_bytes())?;
+            let value = M::call_wire(provider, args).map_err(|message| (STATUS_FAILED, message))?;
+            let value = if encoding & OUTPUT_STRING != 0 {
+                match into_string(value) {
+                    Ok(text) => {
+                        put(output, text.into_bytes());
+                        return Ok(STATUS_OK_STRING);
+                    }
+                    Err(value) => value,
+                }
+            } else {
+                value
+            };
+            fill(output, encoding, &value).map(|()| STATUS_OK)
         })
+    }
+}
+
+/// `value` itself when `T` is `String`, else `value` back.
+fn into_string<T: 'static>(value: T) -> Result<String, T> {
+    let mut slot = Some(value);
+    match (&mut slot as &mut dyn Any).downcast_mut::<Option<String>>() {
+        Some(text) => Ok(text.take().unwrap_or_default()),
+        None => Err(slot.expect("only taken when it is a String")),
     }
 }
 
@@ -284,5 +366,41 @@ pub(crate) unsafe extern "C" fn data_shim(
             put(output, json);
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::*;
+
+    #[test]
+    fn string_arguments_decode_borrowed_from_messagepack_and_escaped_json_owned() {
+        let bytes = rmp_serde::to_vec_named(&("Ada".to_string(), 7u64)).unwrap();
+        let (name, n) =
+            decode::<(WireStr<'_>, u64), (String, u64)>(ENCODING_MSGPACK, &bytes).unwrap();
+        assert!(matches!(name.0, Cow::Borrowed("Ada")), "{name:?}");
+        assert_eq!(n, 7);
+
+        let text = br#"["A\"da", 7]"#;
+        let (name, n) = decode::<(WireStr<'_>, u64), (String, u64)>(ENCODING_JSON, text).unwrap();
+        assert!(
+            matches!(&name.0, Cow::Owned(owned) if owned == "A\"da"),
+            "{name:?}"
+        );
+        assert_eq!(n, 7);
+    }
+
+    #[test]
+    fn a_wire_decoding_failure_names_the_arguments_type() {
+        let bytes = rmp_serde::to_vec_named(&(7u64, 7u64)).unwrap();
+        let (status, message) =
+            decode::<(WireStr<'_>, u64), (String, u64)>(ENCODING_MSGPACK, &bytes).unwrap_err();
+        assert_eq!(status, STATUS_BAD_INPUT);
+        assert!(
+            message.starts_with("expected (alloc::string::String, u64): "),
+            "{message}"
+        );
     }
 }

@@ -453,7 +453,12 @@ pub(crate) unsafe extern "C" fn bridge_call(
         let input = unsafe { input.as_bytes() };
         function.isolated.request(
             wire::CALL,
-            &[function.provider, function.function, encoding],
+            // Without flags: the child's answer crosses as bytes and is re-read here.
+            &[
+                function.provider,
+                function.function,
+                encoding & crate::abi::ENCODING_MASK,
+            ],
             input,
         )
     }));

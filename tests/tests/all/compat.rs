@@ -66,6 +66,19 @@ fn exercise(registry: &Registry) -> Value {
         .function::<(i64, i64), i64>("math", "scale")
         .apply(&(3, 4))
         .map_err(|err| err.to_string());
+    // `String` results, handed over whole on the stable path (`tag`, `label`).
+    let tagged = registry
+        .function::<(String, u64), String>("math", "tag")
+        .apply(&("Ada \"Lovelace\" é".to_string(), 7))
+        .unwrap();
+    let labels = registry
+        .function::<(), String>("math", "label")
+        .apply(&())
+        .unwrap();
+    let motto = registry
+        .function::<(), std::borrow::Cow<'static, str>>("probe", "motto")
+        .apply(&())
+        .unwrap();
     let by_name = registry
         .apply_json("math", "value", &json!(5), Opts::new().ignore_errors())
         .unwrap()
@@ -94,6 +107,9 @@ fn exercise(registry: &Registry) -> Value {
         "any": any,
         "all": all,
         "scaled": scaled,
+        "tagged": tagged,
+        "labels": labels,
+        "motto": motto,
         "by_name": by_name,
         "data": data,
         "notified": !notifications.is_empty(),
@@ -136,6 +152,15 @@ fn run(library: &Path, expected_path: CallPath) -> Value {
         .load_with_config(&path, &config(dir.path()))
         .unwrap();
     assert_eq!(info.call_path, expected_path, "{}", info.build);
+    if expected_path == CallPath::Stable {
+        // A `String` asked of a provider answering a `Cow<str>` (the same serde shape, which
+        // the stable path accepts): encoded, not handed over, and read back the same.
+        let motto = registry.function::<(), String>("probe", "motto");
+        assert_eq!(
+            motto.apply(&()).unwrap(),
+            ["static text from the plugin's own memory"]
+        );
+    }
     let results = exercise(&registry);
     registry.stop_processes();
     results
@@ -200,6 +225,9 @@ fn a_plugin_built_against_an_epi_patch_release_loads_on_the_stable_path() {
     let native = run(&testplug(), CallPath::Native);
     let stable = run(&patched, CallPath::Stable);
     assert_eq!(native, stable);
+    assert_eq!(stable["tagged"], json!(vec!["Ada \"Lovelace\" é"; 3]));
+    assert_eq!(stable["labels"], json!(["a", "b", "c"]));
+    assert_eq!(stable["motto"], json!(["static text from the plugin's own memory"]));
 }
 
 #[test]
