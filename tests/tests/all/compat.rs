@@ -227,7 +227,10 @@ fn a_plugin_built_against_an_epi_patch_release_loads_on_the_stable_path() {
     assert_eq!(native, stable);
     assert_eq!(stable["tagged"], json!(vec!["Ada \"Lovelace\" é"; 3]));
     assert_eq!(stable["labels"], json!(["a", "b", "c"]));
-    assert_eq!(stable["motto"], json!(["static text from the plugin's own memory"]));
+    assert_eq!(
+        stable["motto"],
+        json!(["static text from the plugin's own memory"])
+    );
 }
 
 #[test]
