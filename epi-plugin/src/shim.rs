@@ -393,6 +393,14 @@ mod tests {
     }
 
     #[test]
+    fn only_a_string_result_is_handed_over_as_one() {
+        assert_eq!(into_string("text".to_string()), Ok("text".to_string()));
+        assert_eq!(into_string(7u64), Err(7));
+        let borrowed: Cow<'static, str> = Cow::Borrowed("text");
+        assert_eq!(into_string(borrowed.clone()), Err(borrowed));
+    }
+
+    #[test]
     fn a_wire_decoding_failure_names_the_arguments_type() {
         let bytes = rmp_serde::to_vec_named(&(7u64, 7u64)).unwrap();
         let (status, message) =
