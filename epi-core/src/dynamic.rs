@@ -87,6 +87,7 @@ fn call_json(provider: &ProviderCall, input: &[u8]) -> Result<Vec<u8>, ProviderE
             StrRef::bytes(input),
             &mut output,
             &mut error,
+            std::ptr::null_mut(),
         )
     };
     epi_plugin::running::leave(previous);

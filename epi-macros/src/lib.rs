@@ -110,7 +110,8 @@ fn parameter(ty: &Type, access: Tokens) -> syn::Result<(Tokens, Tokens)> {
 }
 
 /// How a parameter of type `ty` is decoded on the stable path (`Method::Wire`) and passed
-/// from `access` (owned there, so values move): a `&str` borrows from the encoded bytes.
+/// from `access` (a place behind a shared reference, so values are cloned, as in `call`): a
+/// `&str` borrows from the encoded bytes.
 fn wire_parameter(ty: &Type, access: Tokens) -> (Tokens, Tokens) {
     match ty {
         Type::Reference(reference) => match &*reference.elem {
@@ -123,7 +124,7 @@ fn wire_parameter(ty: &Type, access: Tokens) -> (Tokens, Tokens) {
             }
             other => (quote!(#other), quote!(&#access)),
         },
-        other => (quote!(#other), access),
+        other => (quote!(#other), quote!(::std::clone::Clone::clone(&#access))),
     }
 }
 
@@ -202,7 +203,7 @@ fn expand(block: &mut ItemImpl) -> syn::Result<Tokens> {
                 0 => (quote!(()), Vec::new(), quote!(()), Vec::new()),
                 1 => {
                     let (stored, pass) = parameter(params[0], quote!((*args)))?;
-                    let (wire, wire_pass) = wire_parameter(params[0], quote!(args));
+                    let (wire, wire_pass) = wire_parameter(params[0], quote!((*args)));
                     (stored, vec![pass], wire, vec![wire_pass])
                 }
                 _ => {
@@ -262,7 +263,7 @@ fn expand(block: &mut ItemImpl) -> syn::Result<Tokens> {
                 #[allow(unused_variables, clippy::unit_arg)]
                 fn call_wire(
                     provider: &Self::Provider,
-                    args: Self::Wire<'_>,
+                    args: &Self::Wire<'_>,
                 ) -> ::std::result::Result<Self::Output, ::std::string::String> {
                     #wire_body
                 }

@@ -503,14 +503,33 @@ pub type TypedCallFn = unsafe extern "C" fn(
 /// * `output`: a buffer (possibly with spare capacity) the shim clears and fills with the
 ///   encoded result on [`STATUS_OK`], or replaces with the result string's own buffer on
 ///   [`STATUS_OK_STRING`];
-/// * `error`: an empty buffer replaced by the message (UTF-8) on any other status.
+/// * `error`: an empty buffer replaced by the message (UTF-8) on any other status;
+/// * `scratch`: null, or the caller's [`ArgsScratch`] for this call (since ABI 3).
 pub type StableCallFn = unsafe extern "C" fn(
     instance: *const c_void,
     encoding: u32,
     input: StrRef,
     output: *mut RVec<u8>,
     error: *mut RVec<u8>,
+    scratch: *mut ArgsScratch,
 ) -> u32;
+
+/// The arguments of a stable call as a shim decoded them, which the caller keeps for the next
+/// provider of the same call, so that a plugin with several providers of one function decodes
+/// them once. Since ABI 3.
+///
+/// The caller lends it only with the same `input` bytes (alive and unchanged while `value`
+/// is set), to one entry point at a time: the one that filled it (an entry point decodes what
+/// it reads; the caller compares entry points, not types). A shim finding `value` null may
+/// fill both fields; the caller calls `drop(value)` when the call ends, before the plugin can
+/// be unloaded, or before lending the scratch to another entry point.
+#[repr(C)]
+pub struct ArgsScratch {
+    /// The decoded arguments, or null.
+    pub value: *mut c_void,
+    /// Releases `value`.
+    pub drop: Option<DropFn>,
+}
 
 /// Call of one function of a plugin object with JSON: JSON text in, JSON text out.
 ///

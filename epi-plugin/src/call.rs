@@ -14,19 +14,20 @@
 //! that its entries describe live providers.
 
 use std::any::{Any, TypeId};
+use std::cell::UnsafeCell;
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::abi::{
-    CallCounters, ProviderEntry, RVec, StrRef, TypeRef, COUNT_LATENCY, ENCODING_MSGPACK,
-    LATENCY_SAMPLE_EVERY, OUTPUT_STRING, STATUS_ABSENT, STATUS_BAD_INPUT, STATUS_FAILED, STATUS_OK,
-    STATUS_OK_STRING, STATUS_PANICKED,
+    ArgsScratch, CallCounters, ProviderEntry, RVec, StableCallFn, StrRef, TypeRef, COUNT_LATENCY,
+    ENCODING_MSGPACK, LATENCY_SAMPLE_EVERY, OUTPUT_STRING, STATUS_ABSENT, STATUS_BAD_INPUT,
+    STATUS_FAILED, STATUS_OK, STATUS_OK_STRING, STATUS_PANICKED,
 };
 use crate::error::{Error, Failure, ProviderError, ProviderFailure};
 use crate::opts::{ApplyOpts, DecideOpts, PipeOpts};
@@ -247,14 +248,18 @@ where
 /// A call's arguments, encoded on first need (stable-path providers), once per call.
 pub struct Args<'a, A> {
     value: &'a A,
+    /// Declared before `encoded`, so dropped first: what it holds borrows those bytes.
+    scratch: Option<Scratch>,
     encoded: OnceLock<Result<Vec<u8>, String>>,
 }
 
 impl<'a, A: Serialize> Args<'a, A> {
-    /// The arguments of one call.
-    pub fn new(value: &'a A) -> Self {
+    /// The arguments of one call to `providers` providers (with more than one, a plugin on
+    /// the stable path decodes them once for all of its providers that share an entry point).
+    pub fn new(value: &'a A, providers: usize) -> Self {
         Args {
             value,
+            scratch: (providers > 1).then(Scratch::default),
             encoded: OnceLock::new(),
         }
     }
@@ -267,6 +272,88 @@ impl<'a, A: Serialize> Args<'a, A> {
             Ok(bytes) => Ok(bytes),
             Err(reason) => Err(reason),
         }
+    }
+}
+
+/// The decoded arguments a call keeps for the stable entry point that filled it
+/// ([`ArgsScratch`]).
+struct Scratch {
+    /// Held while one thread lends the slot to a shim: in a concurrent call the other threads'
+    /// shims decode for themselves.
+    busy: AtomicBool,
+    /// The entry point that filled `slot` (as an address), and the slot.
+    filled: UnsafeCell<(usize, ArgsScratch)>,
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Scratch {
+            busy: AtomicBool::new(false),
+            filled: UnsafeCell::new((
+                0,
+                ArgsScratch {
+                    value: std::ptr::null_mut(),
+                    drop: None,
+                },
+            )),
+        }
+    }
+}
+
+// SAFETY: `filled` is only touched by the thread that set `busy` (`lend`), or through
+// `&mut self` (drop).
+unsafe impl Sync for Scratch {}
+
+impl Scratch {
+    /// The slot for a call of `entry` with the call's bytes, emptied first if another entry
+    /// point filled it; `None` while another thread holds it.
+    fn lend(&self, entry: StableCallFn) -> Option<Lent<'_>> {
+        if self.busy.swap(true, Ordering::Acquire) {
+            return None;
+        }
+        // SAFETY: `busy` was taken just above: no other thread touches `filled` until `Lent`
+        // gives it back.
+        let (owner, slot) = unsafe { &mut *self.filled.get() };
+        if *owner != entry as usize {
+            // SAFETY: filled by a shim of a plugin mapped while this call runs.
+            unsafe { empty(slot) };
+            *owner = entry as usize;
+        }
+        Some(Lent {
+            scratch: self,
+            slot,
+        })
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // SAFETY: the call is ending; its plugins are still mapped (the table is pinned
+        // around every call) and the bytes the value borrows are dropped after this.
+        unsafe { empty(&mut self.filled.get_mut().1) }
+    }
+}
+
+/// Releases what `slot` holds.
+///
+/// # Safety
+/// The plugin whose shim filled `slot` is mapped.
+unsafe fn empty(slot: &mut ArgsScratch) {
+    if let Some(drop) = slot.drop.take() {
+        // SAFETY: the caller's contract; `value` came with `drop` from the same shim.
+        unsafe { drop(std::mem::replace(&mut slot.value, std::ptr::null_mut())) }
+    }
+}
+
+/// A [`Scratch`] lent to one shim call; gives it back when dropped.
+struct Lent<'s> {
+    scratch: &'s Scratch,
+    slot: &'s mut ArgsScratch,
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        self.scratch.busy.store(false, Ordering::Release);
     }
 }
 
@@ -382,8 +469,17 @@ impl<'s, A: Serialize, O: DeserializeOwned + 'static> Typed<'s, A, O> {
             (RVec::from_vec(OUTPUT.take()), ENCODING_MSGPACK)
         };
         let mut error = RVec::new();
+        let mut lent = args
+            .scratch
+            .as_ref()
+            .and_then(|scratch| scratch.lend(provider.stable));
+        let scratch = lent.as_mut().map_or(std::ptr::null_mut(), |lent| {
+            &mut *lent.slot as *mut ArgsScratch
+        });
         // SAFETY: the stable shim takes any bytes and fills the buffers through the shared
-        // allocator; the plugin is mapped while the list lives; it catches panics.
+        // allocator; the plugin is mapped while the list lives; it catches panics. The
+        // scratch, when lent, was filled by this entry point from these same bytes, or is
+        // empty.
         let status = unsafe {
             (provider.stable)(
                 provider.instance,
@@ -391,8 +487,10 @@ impl<'s, A: Serialize, O: DeserializeOwned + 'static> Typed<'s, A, O> {
                 StrRef::bytes(input),
                 &mut result,
                 &mut error,
+                scratch,
             )
         };
+        drop(lent);
         let result = take_bytes(result);
         let decoded = match status {
             STATUS_OK => {
@@ -493,7 +591,7 @@ pub fn apply<A: Argument, O: Output>(
     checked: Checked<'_, A, O>,
     args: &A,
 ) -> Result<Vec<O>, Error> {
-    let args = Args::new(args);
+    let args = Args::new(args, checked.list.len());
     let mut values = Vec::with_capacity(checked.list.len());
     for typed in checked.iter() {
         match typed.call(&args) {
@@ -514,7 +612,7 @@ pub fn apply_with<A: Argument, O: Output>(
     args: &A,
     opts: ApplyOpts,
 ) -> Result<Vec<Result<O, ProviderError>>, Error> {
-    let args = Args::new(args);
+    let args = Args::new(args, list.len());
     call_each(
         pool,
         list,
@@ -580,7 +678,7 @@ pub fn apply_answers<A: Argument, O: Output>(
     args: &A,
     opts: ApplyOpts,
 ) -> Result<Vec<Answer<O>>, Error> {
-    let args = Args::new(args);
+    let args = Args::new(args, list.len());
     call_each(
         pool,
         list,
@@ -685,7 +783,7 @@ pub fn truth<A: Argument>(
     // `any` looks for a `true`, `all` for a `false`.
     let wanted = fold == Truth::Any;
     let mut found = false;
-    let args = Args::new(args);
+    let args = Args::new(args, list.len());
     for index in 0..list.len() {
         match checked_call::<A, bool>(list, checked, index, &args) {
             Ok(value) => found |= value == wanted,
@@ -745,7 +843,7 @@ fn decide_at<A: Argument, T: DeserializeOwned + 'static>(
     args: &A,
     opts: DecideOpts,
 ) -> Result<Option<(usize, T)>, Error> {
-    let args = Args::new(args);
+    let args = Args::new(args, list.len());
     let mut output = MaybeUninit::<Decision<T>>::uninit();
     for (index, provider) in list.list.iter().enumerate() {
         let answered = match checked {
@@ -784,7 +882,7 @@ pub fn pipe<T: Argument + Send>(
 ) -> Result<T, Error> {
     let mut value = input;
     for index in 0..list.len() {
-        match checked_call::<T, T>(list, checked, index, &Args::new(&value)) {
+        match checked_call::<T, T>(list, checked, index, &Args::new(&value, 1)) {
             Ok(next) => value = next,
             Err(err) if err.failure.is_absent() => {}
             Err(_) if opts.ignore_errors => {}

@@ -130,6 +130,7 @@ unsafe extern "C" fn stable_shim(
     input: StrRef,
     output: *mut RVec<u8>,
     error: *mut RVec<u8>,
+    _scratch: *mut crate::abi::ArgsScratch,
 ) -> u32 {
     // SAFETY: the caller's contract.
     unsafe {

@@ -11,8 +11,8 @@ use serde::Serialize;
 
 use crate::abi::manifest::{FunctionManifest, TypeDesc};
 use crate::abi::{
-    FunctionTable, RVec, StrRef, ENCODING_JSON, ENCODING_MASK, ENCODING_MSGPACK, OUTPUT_STRING,
-    STATUS_BAD_INPUT, STATUS_FAILED, STATUS_OK, STATUS_OK_STRING, STATUS_PANICKED,
+    ArgsScratch, FunctionTable, RVec, StrRef, ENCODING_JSON, ENCODING_MASK, ENCODING_MSGPACK,
+    OUTPUT_STRING, STATUS_BAD_INPUT, STATUS_FAILED, STATUS_OK, STATUS_OK_STRING, STATUS_PANICKED,
 };
 
 /// One public method of a provider, described by `#[epi::provider]`.
@@ -35,7 +35,7 @@ pub trait Method: 'static {
     /// Calls the method; an `Err` carries the error's `Display` text.
     fn call(provider: &Self::Provider, args: &Self::Args) -> Result<Self::Output, String>;
     /// Calls the method with decoded stable-path arguments.
-    fn call_wire(provider: &Self::Provider, args: Self::Wire<'_>) -> Result<Self::Output, String>;
+    fn call_wire(provider: &Self::Provider, args: &Self::Wire<'_>) -> Result<Self::Output, String>;
 }
 
 /// A `&str` argument as the stable path decodes it: borrowed from the encoded bytes when the
@@ -289,12 +289,31 @@ pub unsafe extern "C" fn stable_shim<M: Method>(
     input: StrRef,
     output: *mut RVec<u8>,
     error: *mut RVec<u8>,
+    scratch: *mut ArgsScratch,
 ) -> u32 {
     // SAFETY: the caller's contract: every pointer has the type named above.
     unsafe {
         guarded_status(error, || {
             let provider = &*(instance as *const M::Provider);
-            let args = decode::<M::Wire<'_>, M::Args>(encoding, input.as_bytes())?;
+            let bytes = input.as_bytes();
+            let decoded;
+            let args: &M::Wire<'_> = match scratch.as_mut() {
+                None => {
+                    decoded = decode::<M::Wire<'_>, M::Args>(encoding, bytes)?;
+                    &decoded
+                }
+                // Filled by this entry point from these bytes (the caller's contract).
+                Some(scratch) if !scratch.value.is_null() => {
+                    &*(scratch.value as *const M::Wire<'_>)
+                }
+                Some(scratch) => {
+                    let boxed = Box::new(decode::<M::Wire<'_>, M::Args>(encoding, bytes)?);
+                    let raw = Box::into_raw(boxed);
+                    scratch.value = raw as *mut c_void;
+                    scratch.drop = Some(drop_shim::<M::Wire<'static>>);
+                    &*raw
+                }
+            };
             let value = M::call_wire(provider, args).map_err(|message| (STATUS_FAILED, message))?;
             let value = if encoding & OUTPUT_STRING != 0 {
                 match into_string(value) {

@@ -275,6 +275,7 @@ fn call(entry: *const ProviderCall, encoding: u32, input: &[u8]) -> (u32, Vec<u8
             StrRef::bytes(input),
             &mut output,
             &mut error,
+            std::ptr::null_mut(),
         )
     };
     epi_plugin::running::leave(previous);

@@ -445,6 +445,7 @@ pub(crate) unsafe extern "C" fn bridge_call(
     input: StrRef,
     output: *mut RVec<u8>,
     error: *mut RVec<u8>,
+    _scratch: *mut crate::abi::ArgsScratch,
 ) -> u32 {
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         // SAFETY: the caller's contract.
