@@ -21,7 +21,7 @@
 //! needed.
 
 use std::collections::BTreeMap;
-use std::fmt::{self, Write as _};
+use std::fmt;
 
 use serde::de::{
     self, DeserializeOwned, DeserializeSeed, EnumAccess, IntoDeserializer, MapAccess, SeqAccess,
@@ -40,7 +40,12 @@ const MAX_DEPTH: usize = 64;
 
 /// The canonical serde shape of `T` (see the module docs).
 pub fn shape_of<T: DeserializeOwned>() -> String {
-    trace::<T>().unwrap_or_else(|_| format!("name:{}", std::any::type_name::<T>()))
+    // The generic part is only the call of `T`'s `Deserialize`: the passes, the rendering and
+    // the fallback are shared by every type (a plugin probes each of its argument and output
+    // types).
+    trace(std::any::type_name::<T>(), &mut |probe| {
+        T::deserialize(probe).map(drop)
+    })
 }
 
 /// Whether two shapes were rendered by the same version of this module (otherwise only the
@@ -50,22 +55,27 @@ pub fn same_format(a: &str, b: &str) -> bool {
     format(a) == format(b)
 }
 
-fn trace<T: DeserializeOwned>() -> Result<String, Untraceable> {
+/// Runs `pass` until every variant of every enum was explored; the shape, or `"name:"` and
+/// `name` when the type cannot be traced.
+fn trace(name: &str, pass: &mut dyn FnMut(Probe<'_>) -> Result<(), Untraceable>) -> String {
     let mut tracer = Tracer::default();
     let mut root = String::new();
     for _ in 0..MAX_PASSES {
         root.clear();
         tracer.depth = 0;
         tracer.explored_this_pass = false;
-        T::deserialize(Probe {
+        let traced = pass(Probe {
             tracer: &mut tracer,
             out: &mut root,
-        })?;
+        });
+        if traced.is_err() {
+            break;
+        }
         if !tracer.explored_this_pass && tracer.complete() {
-            return Ok(tracer.render(&root));
+            return tracer.render(&root);
         }
     }
-    Err(Untraceable("too many enum variants to explore".into()))
+    format!("name:{name}")
 }
 
 /// Why a type cannot be traced (never shown: the shape falls back to the type's name).
@@ -162,6 +172,53 @@ impl Tracer {
         self.depth -= 1;
     }
 
+    /// Enters the container `name`: the start of its shape text.
+    fn open(&mut self, name: &'static str, kind: &str) -> Result<String, Untraceable> {
+        self.enter(name)?;
+        Ok(format!("{kind} {name}"))
+    }
+
+    /// Leaves the container `name`; when traced, records `shape` and refers to it in `out`.
+    fn close(&mut self, name: &'static str, shape: String, out: &mut String, traced: bool) {
+        self.leave();
+        if traced {
+            self.containers.insert(name, shape);
+            out.push_str(name);
+        }
+    }
+
+    /// Enters the enum `name`: the index of the variant to visit in this pass.
+    fn open_enum(
+        &mut self,
+        name: &'static str,
+        variants: &'static [&'static str],
+    ) -> Result<usize, Untraceable> {
+        if variants.is_empty() {
+            return Err(Untraceable(format!("{name} has no variants")));
+        }
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(Untraceable("nested too deeply".into()));
+        }
+        self.pick_variant(name, variants.len())
+    }
+
+    /// Leaves the enum `name` entered by [`Tracer::open_enum`].
+    fn close_enum(
+        &mut self,
+        name: &'static str,
+        index: usize,
+        shape: String,
+        out: &mut String,
+        traced: bool,
+    ) {
+        self.depth -= 1;
+        self.close_variant(name, index, traced.then_some(shape));
+        if traced {
+            out.push_str(name);
+        }
+    }
+
     /// The variant of enum `name` to visit now: the first unexplored one not being traced,
     /// else the first explored one not being traced.
     fn pick_variant(&mut self, name: &'static str, count: usize) -> Result<usize, Untraceable> {
@@ -215,18 +272,22 @@ impl<'t> Probe<'t> {
         kind: &str,
         body: impl FnOnce(Probe<'_>) -> Result<V, Untraceable>,
     ) -> Result<V, Untraceable> {
-        self.tracer.enter(name)?;
-        let mut shape = format!("{kind} {name}");
+        let mut shape = self.tracer.open(name, kind)?;
         let value = body(Probe {
             tracer: self.tracer,
             out: &mut shape,
         });
-        self.tracer.leave();
-        let value = value?;
-        self.tracer.containers.insert(name, shape);
-        self.out.push_str(name);
-        Ok(value)
+        self.tracer.close(name, shape, self.out, value.is_ok());
+        value
     }
+}
+
+/// Writes `open`, the shapes joined by commas, and `close` (not generic: shared by every
+/// visitor).
+fn write_items(out: &mut String, open: &str, items: &[String], close: &str) {
+    out.push_str(open);
+    out.push_str(&items.join(","));
+    out.push_str(close);
 }
 
 macro_rules! primitive {
@@ -282,7 +343,7 @@ impl<'de> de::Deserializer<'de> for Probe<'_> {
     fn deserialize_option<V: Visitor<'de>>(mut self, visitor: V) -> Result<V::Value, Untraceable> {
         let mut inner = String::new();
         let value = visitor.visit_some(self.reborrow(&mut inner))?;
-        write!(self.out, "option<{inner}>").ok();
+        write_items(self.out, "option<", &[inner], ">");
         Ok(value)
     }
 
@@ -317,12 +378,7 @@ impl<'de> de::Deserializer<'de> for Probe<'_> {
             names: None,
             shapes: &mut items,
         })?;
-        write!(
-            self.out,
-            "seq<{}>",
-            items.first().map_or("", String::as_str)
-        )
-        .ok();
+        write_items(self.out, "seq<", &items, ">");
         Ok(value)
     }
 
@@ -338,7 +394,7 @@ impl<'de> de::Deserializer<'de> for Probe<'_> {
             names: None,
             shapes: &mut items,
         })?;
-        write!(self.out, "({})", items.join(",")).ok();
+        write_items(self.out, "(", &items, ")");
         Ok(value)
     }
 
@@ -356,7 +412,7 @@ impl<'de> de::Deserializer<'de> for Probe<'_> {
                 names: None,
                 shapes: &mut items,
             })?;
-            write!(probe.out, "({})", items.join(",")).ok();
+            write_items(probe.out, "(", &items, ")");
             Ok(value)
         })
     }
@@ -370,7 +426,7 @@ impl<'de> de::Deserializer<'de> for Probe<'_> {
             value: &mut value_shape,
             state: 0,
         })?;
-        write!(self.out, "map<{key},{value_shape}>").ok();
+        write_items(self.out, "map<", &[key, value_shape], ">");
         Ok(value)
     }
 
@@ -388,7 +444,7 @@ impl<'de> de::Deserializer<'de> for Probe<'_> {
                 names: Some(fields),
                 shapes: &mut items,
             })?;
-            write!(probe.out, "{{{}}}", items.join(",")).ok();
+            write_items(probe.out, "{", &items, "}");
             Ok(value)
         })
     }
@@ -399,26 +455,16 @@ impl<'de> de::Deserializer<'de> for Probe<'_> {
         variants: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, Untraceable> {
-        if variants.is_empty() {
-            return Err(Untraceable(format!("{name} has no variants")));
-        }
-        self.tracer.depth += 1;
-        if self.tracer.depth > MAX_DEPTH {
-            return Err(Untraceable("nested too deeply".into()));
-        }
-        let index = self.tracer.pick_variant(name, variants.len())?;
+        let index = self.tracer.open_enum(name, variants)?;
         let mut shape = String::new();
         let value = visitor.visit_enum(Variant {
             tracer: self.tracer,
             name: variants[index],
             shape: &mut shape,
         });
-        self.tracer.depth -= 1;
         self.tracer
-            .close_variant(name, index, value.is_ok().then_some(shape));
-        let value = value?;
-        self.out.push_str(name);
-        Ok(value)
+            .close_enum(name, index, shape, self.out, value.is_ok());
+        value
     }
 }
 
@@ -431,15 +477,11 @@ struct Elements<'t> {
     shapes: &'t mut Vec<String>,
 }
 
-impl<'de> SeqAccess<'de> for Elements<'_> {
-    type Error = Untraceable;
-
-    fn next_element_seed<S: DeserializeSeed<'de>>(
-        &mut self,
-        seed: S,
-    ) -> Result<Option<S::Value>, Untraceable> {
+impl Elements<'_> {
+    /// The start of the next element's shape (its field name, in a struct), if any is left.
+    fn next_shape(&mut self) -> Option<String> {
         if self.remaining == 0 {
-            return Ok(None);
+            return None;
         }
         self.remaining -= 1;
         let mut shape = String::new();
@@ -447,6 +489,20 @@ impl<'de> SeqAccess<'de> for Elements<'_> {
             shape.push_str(names[self.shapes.len()]);
             shape.push(':');
         }
+        Some(shape)
+    }
+}
+
+impl<'de> SeqAccess<'de> for Elements<'_> {
+    type Error = Untraceable;
+
+    fn next_element_seed<S: DeserializeSeed<'de>>(
+        &mut self,
+        seed: S,
+    ) -> Result<Option<S::Value>, Untraceable> {
+        let Some(mut shape) = self.next_shape() else {
+            return Ok(None);
+        };
         let value = seed.deserialize(Probe {
             tracer: self.probe,
             out: &mut shape,
@@ -536,7 +592,7 @@ impl<'de> VariantAccess<'de> for Variant<'_> {
             tracer: self.tracer,
             out: &mut inner,
         })?;
-        write!(self.shape, "({inner})").ok();
+        write_items(self.shape, "(", &[inner], ")");
         Ok(value)
     }
 
@@ -552,7 +608,7 @@ impl<'de> VariantAccess<'de> for Variant<'_> {
             names: None,
             shapes: &mut items,
         })?;
-        write!(self.shape, "({})", items.join(",")).ok();
+        write_items(self.shape, "(", &items, ")");
         Ok(value)
     }
 
@@ -568,7 +624,7 @@ impl<'de> VariantAccess<'de> for Variant<'_> {
             names: Some(fields),
             shapes: &mut items,
         })?;
-        write!(self.shape, "{{{}}}", items.join(",")).ok();
+        write_items(self.shape, "{", &items, "}");
         Ok(value)
     }
 }
