@@ -4,7 +4,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use crate::common::*;
 use epi::abi::{ABI_MAJOR, ABI_MINOR, BUILD_INFO, MAGIC, TARGET};
-use epi::{CallPath, DecideOpts, Decision, LoadError};
+use epi::{ApplyOpts, CallPath, DecideOpts, Decision, LoadError};
 use serde_json::json;
 
 #[test]
@@ -487,4 +487,42 @@ fn unsafe_free_euid() -> u32 {
         .and_then(|ids| ids.split_whitespace().nth(1))
         .and_then(|id| id.parse().ok())
         .unwrap()
+}
+
+#[test]
+fn stable_path_plugins_decode_a_calls_arguments_once_each_and_answer_every_provider() {
+    // Two stable-path copies of the test plugin around a native one: the arguments of one call
+    // are decoded by the first provider of each stable copy and read by its next ones.
+    let stable = as_other_compiler(library_bytes("epi-plugin-testplug"));
+    let dir = plugin_dir();
+    let registry = registry(&["one", "native", "two"]);
+    for app in ["one", "two"] {
+        let path = write_file(dir.path(), &format!("{app}.so"), &stable);
+        let providers = json!([{"label": format!("{app}-a"), "add": 1}, {"label": format!("{app}-b"), "add": 2}]);
+        let info = registry
+            .load_with_config(&path, &json!({"app": app, "providers": providers}))
+            .unwrap();
+        assert_eq!(info.call_path, CallPath::Stable);
+    }
+    load_testplug(&registry, "native", json!([{"label": "native", "add": 3}]));
+
+    let tag = registry.function::<(String, u64), String>("math", "tag");
+    assert_eq!(tag.apply(&("Ada".into(), 7)).unwrap(), ["Ada"; 5]);
+    assert_eq!(tag.apply(&("Grace".into(), 8)).unwrap(), [""; 5]);
+    let concurrent: Vec<String> = tag
+        .apply_with(&("Ada".into(), 9), ApplyOpts::new().concurrent())
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(concurrent, ["Ada"; 5]);
+    // A value parameter and a reference parameter, read from the kept arguments.
+    let scale = registry.function::<(i64, i64), i64>("math", "scale");
+    assert_eq!(scale.apply(&(3, 4)).unwrap(), [13, 14, 15, 13, 14]);
+    // No arguments at all.
+    let label = registry.function::<(), String>("math", "label");
+    assert_eq!(
+        label.apply(&()).unwrap(),
+        ["one-a", "one-b", "native", "two-a", "two-b"]
+    );
 }
