@@ -14,11 +14,11 @@
 //! that its entries describe live providers.
 
 use std::any::{Any, TypeId};
-use std::cell::UnsafeCell;
+use std::cell::{Cell, UnsafeCell};
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use serde::de::DeserializeOwned;
@@ -259,7 +259,7 @@ impl<'a, A: Serialize> Args<'a, A> {
     pub fn new(value: &'a A, providers: usize) -> Self {
         Args {
             value,
-            scratch: (providers > 1).then(Scratch::default),
+            scratch: (providers > 1).then(Scratch::new),
             encoded: OnceLock::new(),
         }
     }
@@ -276,19 +276,23 @@ impl<'a, A: Serialize> Args<'a, A> {
 }
 
 /// The decoded arguments a call keeps for the stable entry point that filled it
-/// ([`ArgsScratch`]).
+/// ([`ArgsScratch`]). Only the thread that made the call lends it (in a concurrent call the
+/// other threads' shims decode for themselves), one shim call at a time.
 struct Scratch {
-    /// Held while one thread lends the slot to a shim: in a concurrent call the other threads'
-    /// shims decode for themselves.
-    busy: AtomicBool,
+    /// The thread that made the call ([`thread_mark`]).
+    thread: usize,
+    /// Set while the slot is lent (a provider that waits on a concurrent call of its own can
+    /// run another provider of this call on this thread, which must not get it then).
+    busy: Cell<bool>,
     /// The entry point that filled `slot` (as an address), and the slot.
     filled: UnsafeCell<(usize, ArgsScratch)>,
 }
 
-impl Default for Scratch {
-    fn default() -> Self {
+impl Scratch {
+    fn new() -> Self {
         Scratch {
-            busy: AtomicBool::new(false),
+            thread: thread_mark(),
+            busy: Cell::new(false),
             filled: UnsafeCell::new((
                 0,
                 ArgsScratch {
@@ -298,21 +302,16 @@ impl Default for Scratch {
             )),
         }
     }
-}
 
-// SAFETY: `filled` is only touched by the thread that set `busy` (`lend`), or through
-// `&mut self` (drop).
-unsafe impl Sync for Scratch {}
-
-impl Scratch {
     /// The slot for a call of `entry` with the call's bytes, emptied first if another entry
-    /// point filled it; `None` while another thread holds it.
+    /// point filled it; `None` on another thread, or while it is lent.
+    #[inline]
     fn lend(&self, entry: StableCallFn) -> Option<Lent<'_>> {
-        if self.busy.swap(true, Ordering::Acquire) {
+        if self.thread != thread_mark() || self.busy.replace(true) {
             return None;
         }
-        // SAFETY: `busy` was taken just above: no other thread touches `filled` until `Lent`
-        // gives it back.
+        // SAFETY: on the thread that owns the scratch, not lent (checked just above): nothing
+        // else touches `filled` until `Lent` gives it back.
         let (owner, slot) = unsafe { &mut *self.filled.get() };
         if *owner != entry as usize {
             // SAFETY: filled by a shim of a plugin mapped while this call runs.
@@ -324,6 +323,19 @@ impl Scratch {
             slot,
         })
     }
+}
+
+// SAFETY: `busy` and `filled` are only touched on the thread `thread` names (`lend`, and the
+// `Lent` it returns), or through `&mut self` (drop); other threads read `thread` only.
+unsafe impl Sync for Scratch {}
+
+/// An address unique to the calling thread while it lives.
+#[inline]
+fn thread_mark() -> usize {
+    thread_local! {
+        static MARK: u8 = const { 0 };
+    }
+    MARK.with(|mark| mark as *const u8 as usize)
 }
 
 impl Drop for Scratch {
@@ -353,7 +365,7 @@ struct Lent<'s> {
 
 impl Drop for Lent<'_> {
     fn drop(&mut self) {
-        self.scratch.busy.store(false, Ordering::Release);
+        self.scratch.busy.set(false);
     }
 }
 
