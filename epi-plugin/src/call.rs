@@ -248,9 +248,17 @@ where
 /// A call's arguments, encoded on first need (stable-path providers), once per call.
 pub struct Args<'a, A> {
     value: &'a A,
-    /// Declared before `encoded`, so dropped first: what it holds borrows those bytes.
-    scratch: Option<Scratch>,
+    /// The thread making the call ([`thread_mark`]), when stable calls keep the decoded
+    /// arguments for the next provider; 0 when they do not.
+    keeper: usize,
+    /// Made by the first stable call that keeps them (a call on the native path never pays
+    /// for it). Declared before `encoded`, so dropped first: what it holds borrows those
+    /// bytes.
+    scratch: OnceLock<Scratch>,
     encoded: OnceLock<Result<Vec<u8>, String>>,
+    /// Shared with the threads of a concurrent call, never sent: it is dropped on the thread
+    /// that made it, with the scratch.
+    _not_send: PhantomData<std::sync::MutexGuard<'static, ()>>,
 }
 
 impl<'a, A: Serialize> Args<'a, A> {
@@ -259,8 +267,10 @@ impl<'a, A: Serialize> Args<'a, A> {
     pub fn new(value: &'a A, providers: usize) -> Self {
         Args {
             value,
-            scratch: (providers > 1).then(Scratch::new),
+            keeper: if providers > 1 { thread_mark() } else { 0 },
+            scratch: OnceLock::new(),
             encoded: OnceLock::new(),
+            _not_send: PhantomData,
         }
     }
 
@@ -276,11 +286,9 @@ impl<'a, A: Serialize> Args<'a, A> {
 }
 
 /// The decoded arguments a call keeps for the stable entry point that filled it
-/// ([`ArgsScratch`]). Only the thread that made the call lends it (in a concurrent call the
-/// other threads' shims decode for themselves), one shim call at a time.
+/// ([`ArgsScratch`]). Made, lent and dropped only on the thread that makes the call (in a
+/// concurrent call the other threads' shims decode for themselves), to one shim call at a time.
 struct Scratch {
-    /// The thread that made the call ([`thread_mark`]).
-    thread: usize,
     /// Set while the slot is lent (a provider that waits on a concurrent call of its own can
     /// run another provider of this call on this thread, which must not get it then).
     busy: Cell<bool>,
@@ -291,7 +299,6 @@ struct Scratch {
 impl Scratch {
     fn new() -> Self {
         Scratch {
-            thread: thread_mark(),
             busy: Cell::new(false),
             filled: UnsafeCell::new((
                 0,
@@ -304,14 +311,14 @@ impl Scratch {
     }
 
     /// The slot for a call of `entry` with the call's bytes, emptied first if another entry
-    /// point filled it; `None` on another thread, or while it is lent.
+    /// point filled it; `None` while it is lent. Only on the thread that made the call.
     #[inline]
     fn lend(&self, entry: StableCallFn) -> Option<Lent<'_>> {
-        if self.thread != thread_mark() || self.busy.replace(true) {
+        if self.busy.replace(true) {
             return None;
         }
-        // SAFETY: on the thread that owns the scratch, not lent (checked just above): nothing
-        // else touches `filled` until `Lent` gives it back.
+        // SAFETY: on the thread that made the call (the caller checks), not lent (checked just
+        // above): nothing else touches `filled` until `Lent` gives it back.
         let (owner, slot) = unsafe { &mut *self.filled.get() };
         if *owner != entry as usize {
             // SAFETY: filled by a shim of a plugin mapped while this call runs.
@@ -325,9 +332,12 @@ impl Scratch {
     }
 }
 
-// SAFETY: `busy` and `filled` are only touched on the thread `thread` names (`lend`, and the
-// `Lent` it returns), or through `&mut self` (drop); other threads read `thread` only.
+// SAFETY: a `Scratch` is made, lent and dropped only on the thread that makes the call
+// (`Args::keeper`): other threads holding the `Args` never touch it.
 unsafe impl Sync for Scratch {}
+// SAFETY: as `Sync`: it never leaves the thread that made it (the `Args` holding it is not
+// `Send`).
+unsafe impl Send for Scratch {}
 
 /// An address unique to the calling thread while it lives.
 #[inline]
@@ -387,7 +397,7 @@ pub fn take_bytes(buffer: RVec<u8>) -> Vec<u8> {
 impl<'s, A: Serialize, O: DeserializeOwned + 'static> Typed<'s, A, O> {
     /// Calls the provider, leaving its output in `output` (initialised on `Ok`), so a caller
     /// can inspect it in place instead of moving it.
-    #[inline]
+    #[inline(always)]
     pub fn call_into(
         self,
         args: &Args<'_, A>,
@@ -481,10 +491,11 @@ impl<'s, A: Serialize, O: DeserializeOwned + 'static> Typed<'s, A, O> {
             (RVec::from_vec(OUTPUT.take()), ENCODING_MSGPACK)
         };
         let mut error = RVec::new();
-        let mut lent = args
-            .scratch
-            .as_ref()
-            .and_then(|scratch| scratch.lend(provider.stable));
+        let mut lent = if args.keeper == thread_mark() {
+            args.scratch.get_or_init(Scratch::new).lend(provider.stable)
+        } else {
+            None
+        };
         let scratch = lent.as_mut().map_or(std::ptr::null_mut(), |lent| {
             &mut *lent.slot as *mut ArgsScratch
         });
@@ -531,7 +542,7 @@ impl<'s, A: Serialize, O: DeserializeOwned + 'static> Typed<'s, A, O> {
     }
 
     /// Calls the provider and returns its output.
-    #[inline]
+    #[inline(always)]
     pub fn call(self, args: &Args<'_, A>) -> Result<O, ProviderError> {
         let mut output = MaybeUninit::<O>::uninit();
         self.call_into(args, &mut output)?;
