@@ -11,32 +11,7 @@ use std::time::Instant;
 use epi::{DecideOpts, Decision, Registry, RegistryConfig};
 use serde_json::json;
 
-trait Provide: Send + Sync {
-    fn inc(&self, x: &u64) -> u64;
-    fn tag(&self, name: &str, n: u64) -> String;
-    fn pass(&self, x: &u64) -> Decision<u64>;
-}
-
-/// The test plugin's `inc` and `pass` bodies.
-struct Native {
-    add: i64,
-}
-
-impl Provide for Native {
-    fn tag(&self, name: &str, n: u64) -> String {
-        if n % 2 == 1 {
-            name.to_owned()
-        } else {
-            String::new()
-        }
-    }
-    fn inc(&self, x: &u64) -> u64 {
-        x.wrapping_add(self.add as u64)
-    }
-    fn pass(&self, _x: &u64) -> Decision<u64> {
-        Decision::NoDecision
-    }
-}
+mod native;
 
 /// Median nanoseconds per call of `body` over 7 runs of a calibrated batch (~100 ms each).
 fn time(mut body: impl FnMut()) -> f64 {
@@ -120,19 +95,12 @@ fn main() {
         }
         let registry = registry(count);
         let inc = registry.function::<u64, u64>("math", "inc");
-        let native: Vec<Box<dyn Provide>> = (0..count)
-            .map(|_| Box::new(Native { add: 1 }) as Box<dyn Provide>)
-            .collect();
+        let native = native::providers(count);
         let epi_ns = time(|| {
             black_box(inc.apply(black_box(&41)).unwrap());
         });
         let native_ns = time(|| {
-            let providers = black_box(&native);
-            let mut out = Vec::with_capacity(providers.len());
-            for provider in providers {
-                out.push(provider.inc(black_box(&41)));
-            }
-            black_box(out);
+            black_box(native::apply(&native));
         });
         rows.push(json!({"workload": format!("apply, {count} providers"), "epi_ns": epi_ns, "native_ns": native_ns}));
     }
@@ -144,9 +112,7 @@ fn main() {
     // MessagePack).
     for count in [1usize, 10] {
         let args = ("Ada".to_string(), 7u64);
-        let native: Vec<Box<dyn Provide>> = (0..count)
-            .map(|_| Box::new(Native { add: 1 }) as Box<dyn Provide>)
-            .collect();
+        let native = native::providers(count);
         let native_ns = time(|| {
             let providers = black_box(&native);
             let mut out = Vec::with_capacity(providers.len());
@@ -182,21 +148,12 @@ fn main() {
 fn decide_row() -> serde_json::Value {
     let ten = registry(10);
     let pass = ten.function::<u64, Decision<u64>>("math", "pass");
-    let native: Vec<Box<dyn Provide>> = (0..10)
-        .map(|_| Box::new(Native { add: 1 }) as Box<dyn Provide>)
-        .collect();
+    let native = native::providers(10);
     let epi_ns = time(|| {
         black_box(pass.decide(black_box(&41), DecideOpts::new()).unwrap());
     });
     let native_ns = time(|| {
-        let mut decision = Decision::NoDecision;
-        for provider in black_box(&native) {
-            if let Decision::Decided(value) = provider.pass(black_box(&41)) {
-                decision = Decision::Decided(value);
-                break;
-            }
-        }
-        black_box(decision);
+        black_box(native::decide(&native));
     });
     json!({"workload": "decide, 10 providers, none decides", "epi_ns": epi_ns, "native_ns": native_ns})
 }

@@ -17,22 +17,7 @@ use std::hint::black_box;
 use epi::{DecideOpts, Decision, LoadProbe, PipeOpts, Registry, RegistryConfig};
 use serde_json::json;
 
-/// The test plugin's `inc` and `pass`, natively.
-trait Provide: Send + Sync {
-    fn inc(&self, x: &u64) -> u64;
-    fn pass(&self, x: &u64) -> Decision<u64>;
-}
-
-struct Native;
-
-impl Provide for Native {
-    fn inc(&self, x: &u64) -> u64 {
-        x + 1
-    }
-    fn pass(&self, _x: &u64) -> Decision<u64> {
-        Decision::NoDecision
-    }
-}
+mod native;
 
 fn main() {
     let args: Vec<String> = std::env::args()
@@ -71,9 +56,7 @@ fn main() {
         .expect("load the test plugin");
     let inc = registry.function::<u64, u64>("math", "inc");
     let pass = registry.function::<u64, Decision<u64>>("math", "pass");
-    let native: Vec<Box<dyn Provide>> = (0..providers)
-        .map(|_| Box::new(Native) as Box<dyn Provide>)
-        .collect();
+    let native = native::providers(providers);
     for kind in kinds {
         for _ in 0..calls {
             match kind {
@@ -82,31 +65,9 @@ fn main() {
                     pass.decide(black_box(&41), DecideOpts::new()).unwrap(),
                 )),
                 "pipe" => drop(black_box(inc.pipe(black_box(41), PipeOpts::new()).unwrap())),
-                "native-apply" => {
-                    let list = black_box(&native);
-                    let mut out = Vec::with_capacity(list.len());
-                    for provider in list {
-                        out.push(provider.inc(black_box(&41)));
-                    }
-                    black_box(out);
-                }
-                "native-decide" => {
-                    let mut decision = Decision::NoDecision;
-                    for provider in black_box(&native) {
-                        if let Decision::Decided(value) = provider.pass(black_box(&41)) {
-                            decision = Decision::Decided(value);
-                            break;
-                        }
-                    }
-                    black_box(decision);
-                }
-                "native-pipe" => {
-                    let mut value = black_box(41u64);
-                    for provider in black_box(&native) {
-                        value = provider.inc(&value);
-                    }
-                    black_box(value);
-                }
+                "native-apply" => drop(black_box(native::apply(&native))),
+                "native-decide" => drop(black_box(native::decide(&native))),
+                "native-pipe" => drop(black_box(native::pipe(&native))),
                 other => panic!("unknown kind {other}: one of {all:?}"),
             }
         }
