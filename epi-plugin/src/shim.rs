@@ -282,7 +282,9 @@ pub(crate) unsafe fn fill<T: Serialize>(
 /// for calls by name).
 ///
 /// # Safety
-/// `instance` is an `M::Provider`, `input` live bytes, `output` and `error` live buffers.
+/// `instance` is an `M::Provider`, `input` live bytes, `output` and `error` live buffers;
+/// `scratch` is null or an [`ArgsScratch`] that is empty or was filled by this same entry point
+/// from the same, still live `input` (see [`ArgsScratch`]).
 pub unsafe extern "C" fn stable_shim<M: Method>(
     instance: *const c_void,
     encoding: u32,
