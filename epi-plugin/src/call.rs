@@ -13,7 +13,7 @@
 //! immutable list before. A [`Providers`] list can only be made unsafely, by whoever vouches
 //! that its entries describe live providers.
 
-use std::any::{Any, TypeId};
+use std::any::TypeId;
 use std::cell::{Cell, UnsafeCell};
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -528,7 +528,7 @@ impl<'s, A: Serialize, O: DeserializeOwned + 'static> Typed<'s, A, O> {
             STATUS_OK_STRING => String::from_utf8(result)
                 .map_err(|err| provider_error(provider, Failure::BadOutput(err.to_string())))
                 .and_then(|text| {
-                    from_string(text).ok_or_else(|| {
+                    crate::shim::same_type::<String, O>(text).map_err(|_| {
                         provider_error(
                             provider,
                             Failure::BadOutput("a string answered for another type".into()),
@@ -549,14 +549,6 @@ impl<'s, A: Serialize, O: DeserializeOwned + 'static> Typed<'s, A, O> {
         // SAFETY: `call_into` returned OK, so the output is initialised.
         Ok(unsafe { output.assume_init() })
     }
-}
-
-/// `text` as an `O`, when `O` is `String`.
-fn from_string<O: 'static>(text: String) -> Option<O> {
-    let mut slot = Some(text);
-    (&mut slot as &mut dyn Any)
-        .downcast_mut::<Option<O>>()
-        .and_then(Option::take)
 }
 
 /// Builds the error for a status other than OK, counting it.

@@ -318,7 +318,7 @@ pub unsafe extern "C" fn stable_shim<M: Method>(
             };
             let value = M::call_wire(provider, args).map_err(|message| (STATUS_FAILED, message))?;
             let value = if encoding & OUTPUT_STRING != 0 {
-                match into_string(value) {
+                match same_type::<_, String>(value) {
                     Ok(text) => {
                         put(output, text.into_bytes());
                         return Ok(STATUS_OK_STRING);
@@ -333,12 +333,13 @@ pub unsafe extern "C" fn stable_shim<M: Method>(
     }
 }
 
-/// `value` itself when `T` is `String`, else `value` back.
-fn into_string<T: 'static>(value: T) -> Result<String, T> {
+/// `value` as a `U` when `T` is `U`, else `value` back: a `String` result handed over on the
+/// stable path (by the shim, and taken back by the caller as its output type).
+pub(crate) fn same_type<T: 'static, U: 'static>(value: T) -> Result<U, T> {
     let mut slot = Some(value);
-    match (&mut slot as &mut dyn Any).downcast_mut::<Option<String>>() {
-        Some(text) => Ok(text.take().unwrap_or_default()),
-        None => Err(slot.expect("only taken when it is a String")),
+    match (&mut slot as &mut dyn Any).downcast_mut::<Option<U>>() {
+        Some(same) => Ok(same.take().expect("filled just above")),
+        None => Err(slot.expect("only taken when the types are the same")),
     }
 }
 
@@ -415,10 +416,13 @@ mod tests {
 
     #[test]
     fn only_a_string_result_is_handed_over_as_one() {
-        assert_eq!(into_string("text".to_string()), Ok("text".to_string()));
-        assert_eq!(into_string(7u64), Err(7));
+        assert_eq!(
+            same_type::<_, String>("text".to_string()),
+            Ok("text".to_string())
+        );
+        assert_eq!(same_type::<_, String>(7u64), Err(7));
         let borrowed: Cow<'static, str> = Cow::Borrowed("text");
-        assert_eq!(into_string(borrowed.clone()), Err(borrowed));
+        assert_eq!(same_type::<_, String>(borrowed.clone()), Err(borrowed));
     }
 
     #[test]
