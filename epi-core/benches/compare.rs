@@ -108,8 +108,7 @@ fn main() {
         rows.push(decide_row());
     }
     // `tag((String, u64)) -> String` on both call paths: the native path (same build) and the
-    // stable path (the same library announcing another rustc, so its values cross as
-    // MessagePack).
+    // stable path (the same library announcing another rustc, so its values cross as JSON).
     for count in [1usize, 10] {
         let args = ("Ada".to_string(), 7u64);
         let native = native::providers(count);

@@ -16,9 +16,9 @@
 //! - **native**: the plugin's [`PluginEntry::build_info`] equals the host's (same rustc
 //!   release and commit, same target, same epi version). Arguments and outputs cross by pointer
 //!   in Rust layout through [`TypedCallFn`], checked per function by name, size and alignment.
-//! - **stable**: any other compatible plugin. Arguments and outputs cross as MessagePack through
+//! - **stable**: any other compatible plugin. Arguments and outputs cross as JSON through
 //!   [`StableCallFn`], checked per function by their [`manifest::TypeDesc::shape`]. Calls by
-//!   name use the same entry point with JSON.
+//!   name use the same entry point.
 //!
 //! Every function pointer in this module points at a shim that catches panics before they reach
 //! the boundary and reports them as [`STATUS_PANICKED`].
@@ -27,7 +27,7 @@ use std::ffi::c_void;
 use std::marker::PhantomData;
 
 /// Major version of this contract: a host loads only plugins with the same major version.
-pub const ABI_MAJOR: u32 = 3;
+pub const ABI_MAJOR: u32 = 4;
 
 /// Minor version: additions a newer host or plugin can detect. Plugins of any minor version of
 /// the same major load.
@@ -72,14 +72,14 @@ pub const STATUS_ABSENT: u32 = 7;
 /// Since ABI 3.
 pub const STATUS_OK_STRING: u32 = 8;
 
-/// Values as JSON text: calls by name, and everything descriptive.
+/// Values as JSON text: every stable call (typed and by name), and everything descriptive.
+/// (ABI 3 encoded typed calls as MessagePack, encoding 1; since ABI 4 a plugin carries one
+/// codec, JSON, which it needs for its manifest, data and configuration anyway: MessagePack's
+/// per-type code was a sixth of a small plugin library.)
 pub const ENCODING_JSON: u32 = 0;
-/// Values as MessagePack with named struct fields (as `rmp_serde::to_vec_named` writes them):
-/// typed calls on the stable path.
-pub const ENCODING_MSGPACK: u32 = 1;
 /// The bits of a stable call's `encoding` that name the encoding; the others are flags.
 pub const ENCODING_MASK: u32 = 0xff;
-/// Flag of a stable call's `encoding` (with [`ENCODING_MSGPACK`]): the caller's output type is
+/// Flag of a stable call's `encoding`: the caller's output type is
 /// `String`. A function whose output type is `String` too hands its string over instead of
 /// encoding it and returns [`STATUS_OK_STRING`]; any other answers as without the flag. It
 /// saves the caller decoding (and allocating) a copy. Since ABI 3.
@@ -497,8 +497,8 @@ pub type TypedCallFn = unsafe extern "C" fn(
 /// Stable call of one provider function: encoded arguments in, encoded result out.
 ///
 /// * `instance`: the provider object;
-/// * `encoding`: [`ENCODING_JSON`] or [`ENCODING_MSGPACK`], for both input and output,
-///   possibly with the flag [`OUTPUT_STRING`];
+/// * `encoding`: [`ENCODING_JSON`], for both input and output, possibly with the flag
+///   [`OUTPUT_STRING`];
 /// * `input`: the encoded arguments;
 /// * `output`: a buffer (possibly with spare capacity) the shim clears and fills with the
 ///   encoded result on [`STATUS_OK`], or replaces with the result string's own buffer on
@@ -575,7 +575,7 @@ pub struct FunctionTable {
     pub instance: *const c_void,
     /// Native call (same build only).
     pub typed: TypedCallFn,
-    /// Stable call (MessagePack), also used for calls by name (JSON).
+    /// Stable call (JSON): typed calls from another build, and calls by name.
     pub stable: StableCallFn,
 }
 

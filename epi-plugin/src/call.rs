@@ -26,7 +26,7 @@ use serde::Serialize;
 
 use crate::abi::{
     ArgsScratch, CallCounters, ProviderEntry, RVec, StableCallFn, StrRef, TypeRef, COUNT_LATENCY,
-    ENCODING_MSGPACK, LATENCY_SAMPLE_EVERY, OUTPUT_STRING, STATUS_ABSENT, STATUS_BAD_INPUT,
+    ENCODING_JSON, LATENCY_SAMPLE_EVERY, OUTPUT_STRING, STATUS_ABSENT, STATUS_BAD_INPUT,
     STATUS_FAILED, STATUS_OK, STATUS_OK_STRING, STATUS_PANICKED,
 };
 use crate::error::{Error, Failure, ProviderError, ProviderFailure};
@@ -277,7 +277,7 @@ impl<'a, A: Serialize> Args<'a, A> {
     fn encoded(&self) -> Result<&[u8], &str> {
         match self
             .encoded
-            .get_or_init(|| rmp_serde::to_vec_named(self.value).map_err(|err| err.to_string()))
+            .get_or_init(|| serde_json::to_vec(self.value).map_err(|err| err.to_string()))
         {
             Ok(bytes) => Ok(bytes),
             Err(reason) => Err(reason),
@@ -468,7 +468,7 @@ impl<'s, A: Serialize, O: DeserializeOwned + 'static> Typed<'s, A, O> {
         }
     }
 
-    /// The stable path: arguments and output as MessagePack; a `String` output is handed over
+    /// The stable path: arguments and output as JSON; a `String` output is handed over
     /// as it is when the provider's is a `String` too ([`OUTPUT_STRING`]).
     #[inline(never)]
     fn call_stable(
@@ -486,9 +486,9 @@ impl<'s, A: Serialize, O: DeserializeOwned + 'static> Typed<'s, A, O> {
         let wants_string = TypeId::of::<O>() == TypeId::of::<String>();
         // A handed-over string replaces the buffer: lend an empty one then.
         let (mut result, encoding) = if wants_string {
-            (RVec::new(), ENCODING_MSGPACK | OUTPUT_STRING)
+            (RVec::new(), ENCODING_JSON | OUTPUT_STRING)
         } else {
-            (RVec::from_vec(OUTPUT.take()), ENCODING_MSGPACK)
+            (RVec::from_vec(OUTPUT.take()), ENCODING_JSON)
         };
         let mut error = RVec::new();
         let mut lent = if args.keeper == thread_mark() {
@@ -517,7 +517,7 @@ impl<'s, A: Serialize, O: DeserializeOwned + 'static> Typed<'s, A, O> {
         let result = take_bytes(result);
         let decoded = match status {
             STATUS_OK => {
-                let decoded = rmp_serde::from_slice(&result)
+                let decoded = serde_json::from_slice(&result)
                     .map_err(|err| provider_error(provider, Failure::BadOutput(err.to_string())));
                 // Keep the buffer for the next call unless a large result made it large.
                 if result.capacity() <= MAX_KEPT_OUTPUT {

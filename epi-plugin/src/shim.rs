@@ -11,8 +11,8 @@ use serde::Serialize;
 
 use crate::abi::manifest::{FunctionManifest, TypeDesc};
 use crate::abi::{
-    ArgsScratch, FunctionTable, RVec, StrRef, ENCODING_JSON, ENCODING_MASK, ENCODING_MSGPACK,
-    OUTPUT_STRING, STATUS_BAD_INPUT, STATUS_FAILED, STATUS_OK, STATUS_OK_STRING, STATUS_PANICKED,
+    ArgsScratch, FunctionTable, RVec, StrRef, ENCODING_JSON, ENCODING_MASK, OUTPUT_STRING,
+    STATUS_BAD_INPUT, STATUS_FAILED, STATUS_OK, STATUS_OK_STRING, STATUS_PANICKED,
 };
 
 /// One public method of a provider, described by `#[epi::provider]`.
@@ -39,8 +39,7 @@ pub trait Method: 'static {
 }
 
 /// A `&str` argument as the stable path decodes it: borrowed from the encoded bytes when the
-/// encoding holds it verbatim (always in MessagePack), owned otherwise (a JSON string with
-/// escapes).
+/// JSON text holds it verbatim (no escapes), owned otherwise.
 #[derive(Debug)]
 pub struct WireStr<'de>(std::borrow::Cow<'de, str>);
 
@@ -236,8 +235,6 @@ pub(crate) fn decode<'de, T: Deserialize<'de>, Named: ?Sized>(
 ) -> Result<T, Failure> {
     let expected = || format!("expected {}", std::any::type_name::<Named>());
     match encoding & ENCODING_MASK {
-        ENCODING_MSGPACK => rmp_serde::from_slice(bytes)
-            .map_err(|err| (STATUS_BAD_INPUT, format!("{}: {err}", expected()))),
         ENCODING_JSON => read_json(bytes, expected),
         other => Err((STATUS_BAD_INPUT, format!("unknown encoding {other}"))),
     }
@@ -252,10 +249,8 @@ pub(crate) fn encode<T: Serialize>(
     let failed =
         |err: &dyn std::fmt::Display| (STATUS_FAILED, format!("cannot encode the result: {err}"));
     match encoding & ENCODING_MASK {
-        ENCODING_MSGPACK => {
-            rmp_serde::encode::write_named(buffer, value).map_err(|err| failed(&err))
-        }
-        _ => serde_json::to_writer(buffer, value).map_err(|err| failed(&err)),
+        ENCODING_JSON => serde_json::to_writer(buffer, value).map_err(|err| failed(&err)),
+        other => Err((STATUS_BAD_INPUT, format!("unknown encoding {other}"))),
     }
 }
 
@@ -278,8 +273,8 @@ pub(crate) unsafe fn fill<T: Serialize>(
     }
 }
 
-/// Stable call shim of `M`: arguments and output encoded (MessagePack for typed calls, JSON
-/// for calls by name).
+/// Stable call shim of `M`: arguments and output as JSON (typed calls from another build, and
+/// calls by name).
 ///
 /// # Safety
 /// `instance` is an `M::Provider`, `input` live bytes, `output` and `error` live buffers;
@@ -398,10 +393,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn string_arguments_decode_borrowed_from_messagepack_and_escaped_json_owned() {
-        let bytes = rmp_serde::to_vec_named(&("Ada".to_string(), 7u64)).unwrap();
-        let (name, n) =
-            decode::<(WireStr<'_>, u64), (String, u64)>(ENCODING_MSGPACK, &bytes).unwrap();
+    fn string_arguments_decode_borrowed_and_escaped_ones_owned() {
+        let bytes = serde_json::to_vec(&("Ada".to_string(), 7u64)).unwrap();
+        let (name, n) = decode::<(WireStr<'_>, u64), (String, u64)>(ENCODING_JSON, &bytes).unwrap();
         assert!(matches!(name.0, Cow::Borrowed("Ada")), "{name:?}");
         assert_eq!(n, 7);
 
@@ -427,9 +421,9 @@ mod tests {
 
     #[test]
     fn a_wire_decoding_failure_names_the_arguments_type() {
-        let bytes = rmp_serde::to_vec_named(&(7u64, 7u64)).unwrap();
+        let bytes = serde_json::to_vec(&(7u64, 7u64)).unwrap();
         let (status, message) =
-            decode::<(WireStr<'_>, u64), (String, u64)>(ENCODING_MSGPACK, &bytes).unwrap_err();
+            decode::<(WireStr<'_>, u64), (String, u64)>(ENCODING_JSON, &bytes).unwrap_err();
         assert_eq!(status, STATUS_BAD_INPUT);
         assert!(
             message.starts_with("expected (alloc::string::String, u64): "),

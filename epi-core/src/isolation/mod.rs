@@ -7,7 +7,7 @@
 //! binary's `plugin-host` command) loads the file in a registry of its own and answers
 //! requests on a unix socket ([`wire`]). The host builds the plugin's providers from the
 //! child's description, with one entry point that sends each call over the socket: typed
-//! calls take the stable path (MessagePack), calls by name JSON, so the host's type checks
+//! calls take the stable path (JSON, as calls by name do), so the host's type checks
 //! apply as for any plugin built by another compiler. Notifications, state hand-over and data
 //! callbacks are forwarded too; the plugin's own processes run in the child.
 //!
