@@ -139,28 +139,55 @@ fn probe_forked(request: &Request, timeout: Duration) -> Answer {
     collect(pid, out_read, err_read, timeout)
 }
 
+/// A descriptor that becomes readable when the child `pid` ends (`pidfd_open`, Linux 5.3 and
+/// later); `None` where the kernel has none.
+fn exit_descriptor(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: `pidfd_open` takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: a non-negative result is a descriptor just opened for this process alone.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Milliseconds from now until `deadline`, rounded up, for `poll`.
+fn millis_until(deadline: Instant) -> i32 {
+    let left = deadline.saturating_duration_since(Instant::now());
+    i32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i32::MAX)
+}
+
 /// Reads the copy's pipes and waits for it, killing it after `timeout`.
+///
+/// It sleeps in `poll` until a pipe has data or closes, or the copy ends (its pidfd), or the
+/// deadline passes: never in fixed steps, and never spinning while the copy finishes exiting
+/// (on a busy machine a spinning server took the core the copy needed to end).
 fn collect(pid: i32, out: OwnedFd, err: OwnedFd, timeout: Duration) -> Answer {
-    let started = Instant::now();
+    let deadline = Instant::now() + timeout;
+    let exit = exit_descriptor(pid);
     // stdout, then stderr: each pipe while open, and what it gave.
     let mut pipes = [(Some(out), Vec::new()), (Some(err), Vec::new())];
     let mut status = None;
-    let mut ended_at: Option<Instant> = None;
+    // Once the copy ended: until when the pipes are still read (a library may leave a process
+    // of its own holding them).
+    let mut grace: Option<Instant> = None;
     let mut hung = false;
     loop {
         let mut polled: Vec<libc::pollfd> = pipes
             .iter()
             .filter_map(|(fd, _)| fd.as_ref())
+            .chain(exit.as_ref().filter(|_| status.is_none()))
             .map(|fd| libc::pollfd {
                 fd: fd.as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             })
             .collect();
-        if !polled.is_empty() {
-            // SAFETY: polls live descriptors, listed in a live array, for up to 5 ms.
-            unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, 5) };
-        }
+        let wait = match (grace, &exit) {
+            (Some(until), _) => millis_until(until),
+            (None, Some(_)) => millis_until(deadline),
+            // No pidfd: look at the copy again every millisecond.
+            (None, None) => millis_until(deadline).min(1),
+        };
+        // SAFETY: polls live descriptors listed in a live array (an empty one only sleeps).
+        unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, wait) };
         for (slot, kept) in pipes.iter_mut() {
             let Some(fd) = slot.as_ref() else { continue };
             let raw = fd.as_raw_fd();
@@ -185,17 +212,15 @@ fn collect(pid: i32, out: OwnedFd, err: OwnedFd, timeout: Duration) -> Answer {
             // SAFETY: asks about our own child without blocking.
             if unsafe { libc::waitpid(pid, &mut raw, libc::WNOHANG) } == pid {
                 status = Some(raw);
-                ended_at = Some(Instant::now());
+                grace = Some(Instant::now() + Duration::from_millis(50));
             }
         }
         let drained = pipes.iter().all(|(fd, _)| fd.is_none());
-        // A library may leave a process of its own holding the pipes: stop reading soon after
-        // the copy ended.
-        let grace_over = ended_at.is_some_and(|at| at.elapsed() > Duration::from_millis(50));
+        let grace_over = grace.is_some_and(|until| Instant::now() >= until);
         if status.is_some() && (drained || grace_over) {
             break;
         }
-        if status.is_none() && started.elapsed() > timeout {
+        if status.is_none() && Instant::now() >= deadline {
             let mut raw = 0;
             // SAFETY: kills and reaps our own child.
             unsafe {
