@@ -139,11 +139,14 @@ pub(crate) fn probe(
     };
     let stdout = child.stdout.take().map(|out| reader(out, usize::MAX));
     let stderr = child.stderr.take().map(|err| reader(err, MAX_STDERR));
-    let started = Instant::now();
+    let deadline = Instant::now() + timeout;
+    let exit = super::probe_server::exit_descriptor(child.id() as i32);
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
-            Ok(None) if started.elapsed() < timeout => std::thread::sleep(Duration::from_millis(1)),
+            Ok(None) if Instant::now() < deadline => {
+                super::probe_server::wait_for_exit(exit.as_ref(), deadline)
+            }
             Ok(None) => {
                 let _ = child.kill();
                 let _ = child.wait();

@@ -141,7 +141,7 @@ fn probe_forked(request: &Request, timeout: Duration) -> Answer {
 
 /// A descriptor that becomes readable when the child `pid` ends (`pidfd_open`, Linux 5.3 and
 /// later); `None` where the kernel has none.
-fn exit_descriptor(pid: i32) -> Option<OwnedFd> {
+pub(super) fn exit_descriptor(pid: i32) -> Option<OwnedFd> {
     // SAFETY: `pidfd_open` takes a pid and flags and returns a new descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     // SAFETY: a non-negative result is a descriptor just opened for this process alone.
@@ -152,6 +152,25 @@ fn exit_descriptor(pid: i32) -> Option<OwnedFd> {
 fn millis_until(deadline: Instant) -> i32 {
     let left = deadline.saturating_duration_since(Instant::now());
     i32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i32::MAX)
+}
+
+/// Sleeps until the child whose [`exit_descriptor`] is `exit` ends or `deadline` passes;
+/// without a descriptor, for a millisecond at most.
+pub(super) fn wait_for_exit(exit: Option<&OwnedFd>, deadline: Instant) {
+    let mut polled: Vec<libc::pollfd> = exit
+        .map(|fd| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .into_iter()
+        .collect();
+    let wait = match exit {
+        Some(_) => millis_until(deadline),
+        None => millis_until(deadline).min(1),
+    };
+    // SAFETY: polls a live descriptor listed in a live array (an empty one only sleeps).
+    unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, wait) };
 }
 
 /// Reads the copy's pipes and waits for it, killing it after `timeout`.
