@@ -8,10 +8,13 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use epi::{DecideOpts, Decision, Registry, RegistryConfig};
+use epi::{DecideOpts, Decision, LoadProbe};
 use serde_json::json;
 
 mod native;
+mod plugin;
+
+use plugin::{registry, stable_registry};
 
 /// Median nanoseconds per call of `body` over 7 runs of a calibrated batch (~100 ms each).
 fn time(mut body: impl FnMut()) -> f64 {
@@ -40,48 +43,6 @@ fn time(mut body: impl FnMut()) -> f64 {
     runs[3]
 }
 
-fn registry(count: usize) -> Registry {
-    let library = epi_testkit::plugin_library("epi-plugin-testplug");
-    let registry = Registry::new(RegistryConfig::default()).expect("registry");
-    let providers: Vec<_> = (0..count)
-        .map(|i| json!({"label": format!("p{i}"), "add": 1}))
-        .collect();
-    registry
-        .load_with_config(&library, &json!({"app": "bench", "providers": providers}))
-        .expect("load the test plugin");
-    registry
-}
-
-/// The test plugin with one byte of its rustc release changed in its build string: the loader
-/// takes it for another compiler's build and puts it on the stable path.
-fn stable_registry(count: usize) -> Registry {
-    let library = epi_testkit::plugin_library("epi-plugin-testplug");
-    let mut bytes = std::fs::read(&library).expect("read the test plugin");
-    let info = epi::abi::BUILD_INFO.as_bytes();
-    let at = epi::abi::BUILD_INFO
-        .find("rustc ")
-        .expect("rustc in the build string")
-        + 6;
-    let mut other = info.to_vec();
-    other[at] = if other[at] == b'9' { b'8' } else { b'9' };
-    let mut start = 0;
-    while let Some(found) = bytes[start..].windows(info.len()).position(|w| w == info) {
-        bytes[start + found..start + found + info.len()].copy_from_slice(&other);
-        start += found + info.len();
-    }
-    let dir = epi_testkit::plugin_dir().keep();
-    let path = epi_testkit::write_file(&dir, "stable.so", &bytes);
-    let registry = Registry::new(RegistryConfig::default()).expect("registry");
-    let providers: Vec<_> = (0..count)
-        .map(|i| json!({"label": format!("p{i}"), "add": 1}))
-        .collect();
-    let info = registry
-        .load_with_config(&path, &json!({"app": "bench", "providers": providers}))
-        .expect("load the test plugin");
-    assert_eq!(info.call_path, epi::CallPath::Stable);
-    registry
-}
-
 fn main() {
     let words: Vec<String> = std::env::args()
         .skip(1)
@@ -93,7 +54,7 @@ fn main() {
         if !wanted(&format!("apply, {count} providers")) {
             continue;
         }
-        let registry = registry(count);
+        let registry = registry(count, LoadProbe::Child);
         let inc = registry.function::<u64, u64>("math", "inc");
         let native = native::providers(count);
         let epi_ns = time(|| {
@@ -113,13 +74,7 @@ fn main() {
         let args = ("Ada".to_string(), 7u64);
         let native = native::providers(count);
         let native_ns = time(|| {
-            let providers = black_box(&native);
-            let mut out = Vec::with_capacity(providers.len());
-            for provider in providers {
-                let (name, n) = black_box(&args);
-                out.push(provider.tag(name, *n));
-            }
-            black_box(out);
+            black_box(native::tag(&native, &args));
         });
         for path in ["native", "stable"] {
             let workload = format!("tag, {count} providers, {path} path");
@@ -127,8 +82,8 @@ fn main() {
                 continue;
             }
             let registry = match path {
-                "native" => registry(count),
-                _ => stable_registry(count),
+                "native" => registry(count, LoadProbe::Child),
+                _ => stable_registry(count, LoadProbe::Child),
             };
             let tag = registry.function::<(String, u64), String>("math", "tag");
             assert_eq!(tag.apply(&args).unwrap(), vec!["Ada".to_string(); count]);
@@ -145,7 +100,7 @@ fn main() {
 
 /// `decide` over 10 providers none of which decides, beside the native loop.
 fn decide_row() -> serde_json::Value {
-    let ten = registry(10);
+    let ten = registry(10, LoadProbe::Child);
     let pass = ten.function::<u64, Decision<u64>>("math", "pass");
     let native = native::providers(10);
     let epi_ns = time(|| {

@@ -1,7 +1,7 @@
 //! A fixed number of calls of one kind, for counting instructions with callgrind (which this
 //! machine repeats exactly, unlike timings): `KIND N PROVIDERS`, KIND one of `apply`,
-//! `decide`, `pipe` through the test plugin and `native-apply`, `native-decide`,
-//! `native-pipe` through a `&dyn Trait` loop. The load probe is off so that valgrind can run
+//! `decide`, `pipe`, `tag` through the test plugin, `stable-tag` through it on the stable path,
+//! and `native-apply`, `native-decide`, `native-pipe`, `native-tag` through a `&dyn Trait` loop. The load probe is off so that valgrind can run
 //! it. The cost of one call is the difference between two counts over the difference of N:
 //!
 //! ```sh
@@ -14,10 +14,10 @@
 
 use std::hint::black_box;
 
-use epi::{DecideOpts, Decision, LoadProbe, PipeOpts, Registry, RegistryConfig};
-use serde_json::json;
+use epi::{DecideOpts, Decision, LoadProbe, PipeOpts};
 
 mod native;
+mod plugin;
 
 fn main() {
     let args: Vec<String> = std::env::args()
@@ -28,9 +28,12 @@ fn main() {
         "apply",
         "decide",
         "pipe",
+        "tag",
+        "stable-tag",
         "native-apply",
         "native-decide",
         "native-pipe",
+        "native-tag",
     ];
     let (kinds, calls, providers): (Vec<&str>, u64, usize) = match &args[..] {
         [kind, calls, providers] => (
@@ -40,22 +43,13 @@ fn main() {
         ),
         _ => (all.to_vec(), 1000, 10),
     };
-    let registry = Registry::new(RegistryConfig {
-        load_probe: LoadProbe::Off,
-        ..RegistryConfig::default()
-    })
-    .expect("registry");
-    let configs: Vec<_> = (0..providers)
-        .map(|i| json!({"label": format!("p{i}"), "add": 1}))
-        .collect();
-    registry
-        .load_with_config(
-            epi_testkit::plugin_library("epi-plugin-testplug"),
-            &json!({"app": "bench", "providers": configs}),
-        )
-        .expect("load the test plugin");
+    let registry = plugin::registry(providers, LoadProbe::Off);
+    let stable = plugin::stable_registry(providers, LoadProbe::Off);
     let inc = registry.function::<u64, u64>("math", "inc");
     let pass = registry.function::<u64, Decision<u64>>("math", "pass");
+    let tag = registry.function::<(String, u64), String>("math", "tag");
+    let stable_tag = stable.function::<(String, u64), String>("math", "tag");
+    let args = ("Ada".to_string(), 7u64);
     let native = native::providers(providers);
     for kind in kinds {
         for _ in 0..calls {
@@ -65,9 +59,12 @@ fn main() {
                     pass.decide(black_box(&41), DecideOpts::new()).unwrap(),
                 )),
                 "pipe" => drop(black_box(inc.pipe(black_box(41), PipeOpts::new()).unwrap())),
+                "tag" => drop(black_box(tag.apply(black_box(&args)).unwrap())),
+                "stable-tag" => drop(black_box(stable_tag.apply(black_box(&args)).unwrap())),
                 "native-apply" => drop(black_box(native::apply(&native))),
                 "native-decide" => drop(black_box(native::decide(&native))),
                 "native-pipe" => drop(black_box(native::pipe(&native))),
+                "native-tag" => drop(black_box(native::tag(&native, &args))),
                 other => panic!("unknown kind {other}: one of {all:?}"),
             }
         }

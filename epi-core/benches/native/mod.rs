@@ -8,7 +8,6 @@ use epi::Decision;
 /// The test plugin's provider functions, natively.
 pub trait Provide: Send + Sync {
     fn inc(&self, x: &u64) -> u64;
-    #[allow(dead_code)] // used by `compare` only
     fn tag(&self, name: &str, n: u64) -> String;
     fn pass(&self, x: &u64) -> Decision<u64>;
 }
@@ -59,6 +58,17 @@ pub fn decide(providers: &[Box<dyn Provide>]) -> Decision<u64> {
         }
     }
     Decision::NoDecision
+}
+
+/// `apply` of `tag`: every provider's result.
+pub fn tag(providers: &[Box<dyn Provide>], args: &(String, u64)) -> Vec<String> {
+    let providers = black_box(providers);
+    let mut out = Vec::with_capacity(providers.len());
+    for provider in providers {
+        let (name, n) = black_box(args);
+        out.push(provider.tag(name, *n));
+    }
+    out
 }
 
 /// `pipe` of `inc`: each output the next input.

@@ -1,0 +1,51 @@
+//! The test plugin as the comparison benches load it: on the native path (this build) or on
+//! the stable path (the same library announcing another rustc).
+
+use epi::{LoadProbe, Registry, RegistryConfig};
+use serde_json::json;
+
+/// A registry with the test plugin's `count` providers (each adding 1), loaded from `path`.
+fn load(path: &std::path::Path, count: usize, probe: LoadProbe) -> (Registry, epi::PluginInfo) {
+    let registry = Registry::new(RegistryConfig {
+        load_probe: probe,
+        ..RegistryConfig::default()
+    })
+    .expect("registry");
+    let providers: Vec<_> = (0..count)
+        .map(|i| json!({"label": format!("p{i}"), "add": 1}))
+        .collect();
+    let info = registry
+        .load_with_config(path, &json!({"app": "bench", "providers": providers}))
+        .expect("load the test plugin");
+    (registry, info)
+}
+
+/// The test plugin's `count` providers on the native path.
+pub fn registry(count: usize, probe: LoadProbe) -> Registry {
+    let library = epi_testkit::plugin_library("epi-plugin-testplug");
+    load(&library, count, probe).0
+}
+
+/// The test plugin with one byte of its rustc release changed in its build string: the loader
+/// takes it for another compiler's build and puts its `count` providers on the stable path.
+pub fn stable_registry(count: usize, probe: LoadProbe) -> Registry {
+    let library = epi_testkit::plugin_library("epi-plugin-testplug");
+    let mut bytes = std::fs::read(&library).expect("read the test plugin");
+    let info = epi::abi::BUILD_INFO.as_bytes();
+    let at = epi::abi::BUILD_INFO
+        .find("rustc ")
+        .expect("rustc in the build string")
+        + 6;
+    let mut other = info.to_vec();
+    other[at] = if other[at] == b'9' { b'8' } else { b'9' };
+    let mut start = 0;
+    while let Some(found) = bytes[start..].windows(info.len()).position(|w| w == info) {
+        bytes[start + found..start + found + info.len()].copy_from_slice(&other);
+        start += found + info.len();
+    }
+    let dir = epi_testkit::plugin_dir().keep();
+    let path = epi_testkit::write_file(&dir, "stable.so", &bytes);
+    let (registry, info) = load(&path, count, probe);
+    assert_eq!(info.call_path, epi::CallPath::Stable);
+    registry
+}
