@@ -918,3 +918,16 @@ pub fn pipe<T: Argument + Send>(
     }
     Ok(value)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::utf8;
+
+    #[test]
+    fn a_handed_over_string_is_checked_as_utf8_on_either_branch() {
+        assert_eq!(utf8(b"Ada".to_vec()).unwrap(), "Ada");
+        assert_eq!(utf8("Adé".as_bytes().to_vec()).unwrap(), "Adé");
+        assert!(utf8(vec![b'A', 0xff]).is_err());
+        assert!(utf8(vec![0xc3]).is_err());
+    }
+}
