@@ -136,6 +136,35 @@ pub fn write_file(dir: &Path, file_name: &str, bytes: &[u8]) -> PathBuf {
     target
 }
 
+/// Replaces every occurrence of `from` in `bytes` with `to` (same length); returns how many.
+pub fn patch(bytes: &mut [u8], from: &[u8], to: &[u8]) -> usize {
+    assert_eq!(from.len(), to.len());
+    let mut count = 0;
+    let mut at = 0;
+    while let Some(found) = bytes[at..].windows(from.len()).position(|w| w == from) {
+        let start = at + found;
+        bytes[start..start + to.len()].copy_from_slice(to);
+        count += 1;
+        at = start + to.len();
+    }
+    count
+}
+
+/// A plugin library's `bytes` with one byte of the rustc release in its build string
+/// (`build_info`, the host's `epi::abi::BUILD_INFO`) changed: the loader takes it for another
+/// compiler's build and puts it on the stable call path (same code, same results).
+pub fn as_other_compiler(mut bytes: Vec<u8>, build_info: &str) -> Vec<u8> {
+    let info = build_info.as_bytes();
+    let at = build_info
+        .find("rustc ")
+        .expect("rustc in the build string")
+        + 6;
+    let mut other = info.to_vec();
+    other[at] = if other[at] == b'9' { b'8' } else { b'9' };
+    assert!(patch(&mut bytes, info, &other) >= 1);
+    bytes
+}
+
 /// Where Debian's `rustc-web` and `cargo-web` packages install the second toolchain.
 pub const SECOND_RUSTC: &str = "/usr/bin/rustc";
 /// See [`SECOND_RUSTC`].

@@ -30,19 +30,10 @@ pub fn registry(count: usize, probe: LoadProbe) -> Registry {
 /// takes it for another compiler's build and puts its `count` providers on the stable path.
 pub fn stable_registry(count: usize, probe: LoadProbe) -> Registry {
     let library = epi_testkit::plugin_library("epi-plugin-testplug");
-    let mut bytes = std::fs::read(&library).expect("read the test plugin");
-    let info = epi::abi::BUILD_INFO.as_bytes();
-    let at = epi::abi::BUILD_INFO
-        .find("rustc ")
-        .expect("rustc in the build string")
-        + 6;
-    let mut other = info.to_vec();
-    other[at] = if other[at] == b'9' { b'8' } else { b'9' };
-    let mut start = 0;
-    while let Some(found) = bytes[start..].windows(info.len()).position(|w| w == info) {
-        bytes[start + found..start + found + info.len()].copy_from_slice(&other);
-        start += found + info.len();
-    }
+    let bytes = epi_testkit::as_other_compiler(
+        std::fs::read(&library).expect("read the test plugin"),
+        epi::abi::BUILD_INFO,
+    );
     let dir = epi_testkit::plugin_dir().keep();
     let path = epi_testkit::write_file(&dir, "stable.so", &bytes);
     let (registry, info) = load(&path, count, probe);

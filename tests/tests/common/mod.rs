@@ -8,7 +8,7 @@ use epi::{PluginInfo, Registry, RegistryConfig};
 use serde_json::{json, Value};
 
 #[allow(unused_imports)]
-pub use epi_testkit::{install, plugin_dir, plugin_library, write_file};
+pub use epi_testkit::{install, patch, plugin_dir, plugin_library, write_file};
 
 /// A registry with the given dispatch order.
 pub fn registry(order: &[&str]) -> Registry {
@@ -43,20 +43,6 @@ pub fn load_testplug_config(registry: &Registry, config: Value) -> PluginInfo {
 /// The bytes of a built plugin.
 pub fn library_bytes(crate_name: &str) -> Vec<u8> {
     std::fs::read(plugin_library(crate_name)).expect("read plugin")
-}
-
-/// Replaces every occurrence of `from` by `to` (same length) in `bytes`; returns how many.
-pub fn patch(bytes: &mut [u8], from: &[u8], to: &[u8]) -> usize {
-    assert_eq!(from.len(), to.len());
-    let mut count = 0;
-    let mut at = 0;
-    while let Some(found) = bytes[at..].windows(from.len()).position(|w| w == from) {
-        let start = at + found;
-        bytes[start..start + to.len()].copy_from_slice(to);
-        count += 1;
-        at = start + to.len();
-    }
-    count
 }
 
 /// Asserts the registry still loads and serves a good plugin.
@@ -154,14 +140,6 @@ pub fn publish_by_rename(path: &Path, bytes: &[u8]) {
 
 /// `bytes` with one byte of the rustc release in its build string changed: the loader takes it
 /// for another compiler's build and puts it on the stable call path (same code, same results).
-pub fn as_other_compiler(mut bytes: Vec<u8>) -> Vec<u8> {
-    let info = epi::abi::BUILD_INFO.as_bytes();
-    let at = epi::abi::BUILD_INFO
-        .find("rustc ")
-        .expect("rustc in the build string")
-        + 6;
-    let mut other = info.to_vec();
-    other[at] = if other[at] == b'9' { b'8' } else { b'9' };
-    assert!(patch(&mut bytes, info, &other) >= 1);
-    bytes
+pub fn as_other_compiler(bytes: Vec<u8>) -> Vec<u8> {
+    epi_testkit::as_other_compiler(bytes, epi::abi::BUILD_INFO)
 }
