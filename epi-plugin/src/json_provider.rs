@@ -139,7 +139,7 @@ unsafe extern "C" fn stable_shim(
             let args = decode::<Value, Value>(encoding, input.as_bytes())?;
             let value =
                 (function.handler)(&function.name, args).map_err(HandlerError::into_failure)?;
-            fill(output, encoding, &value)
+            fill(output, &value)
         })
     }
 }

@@ -240,36 +240,20 @@ pub(crate) fn decode<'de, T: Deserialize<'de>, Named: ?Sized>(
     }
 }
 
-/// Appends `value` in `encoding` to `buffer`.
-pub(crate) fn encode<T: Serialize>(
-    encoding: u32,
-    value: &T,
-    buffer: &mut Vec<u8>,
-) -> Result<(), Failure> {
-    let failed =
-        |err: &dyn std::fmt::Display| (STATUS_FAILED, format!("cannot encode the result: {err}"));
-    match encoding & ENCODING_MASK {
-        ENCODING_JSON => serde_json::to_writer(buffer, value).map_err(|err| failed(&err)),
-        other => Err((STATUS_BAD_INPUT, format!("unknown encoding {other}"))),
-    }
-}
-
-/// Clears the host's buffer `output` (its capacity is reused) and encodes `value` into it.
+/// Clears the host's buffer `output` (its capacity is reused) and writes `value` into it as
+/// JSON, the one encoding [`decode`] accepts (every caller decoded its input first).
 ///
 /// # Safety
 /// `output` points at a live buffer of the host's.
-pub(crate) unsafe fn fill<T: Serialize>(
-    output: *mut RVec<u8>,
-    encoding: u32,
-    value: &T,
-) -> Result<(), Failure> {
+pub(crate) unsafe fn fill<T: Serialize>(output: *mut RVec<u8>, value: &T) -> Result<(), Failure> {
     // SAFETY: the caller's contract; the buffer is taken and put back.
     unsafe {
         let mut buffer = std::ptr::replace(output, RVec::new()).into_vec();
         buffer.clear();
-        let encoded = encode(encoding, value, &mut buffer);
+        let written = serde_json::to_writer(&mut buffer, value)
+            .map_err(|err| (STATUS_FAILED, format!("cannot encode the result: {err}")));
         output.write(RVec::from_vec(buffer));
-        encoded
+        written
     }
 }
 
@@ -323,7 +307,7 @@ pub unsafe extern "C" fn stable_shim<M: Method>(
             } else {
                 value
             };
-            fill(output, encoding, &value).map(|()| STATUS_OK)
+            fill(output, &value).map(|()| STATUS_OK)
         })
     }
 }

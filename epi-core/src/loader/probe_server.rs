@@ -157,20 +157,17 @@ fn millis_until(deadline: Instant) -> i32 {
 /// Sleeps until the child whose [`exit_descriptor`] is `exit` ends or `deadline` passes;
 /// without a descriptor, for a millisecond at most.
 pub(super) fn wait_for_exit(exit: Option<&OwnedFd>, deadline: Instant) {
-    let mut polled: Vec<libc::pollfd> = exit
-        .map(|fd| libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .into_iter()
-        .collect();
+    let mut polled = [libc::pollfd {
+        fd: exit.map_or(-1, |fd| fd.as_raw_fd()),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
     let wait = match exit {
         Some(_) => millis_until(deadline),
         None => millis_until(deadline).min(1),
     };
-    // SAFETY: polls a live descriptor listed in a live array (an empty one only sleeps).
-    unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, wait) };
+    // SAFETY: polls a live array of one entry; a negative descriptor is ignored (only sleeps).
+    unsafe { libc::poll(polled.as_mut_ptr(), 1, wait) };
 }
 
 /// Reads the copy's pipes and waits for it, killing it after `timeout`.
