@@ -31,7 +31,7 @@ pub(crate) struct Dispatcher {
     /// Names to ids (shared with the data hub).
     pub(crate) interner: Arc<Mutex<Interner>>,
     /// Runs `concurrent` calls.
-    pub(crate) pool: rayon::ThreadPool,
+    pub(crate) pool: crate::pool::CallPool,
     /// How deeply calls from plugins may nest on one thread.
     pub(crate) max_depth: usize,
 }
@@ -583,34 +583,8 @@ impl Dispatcher {
 
 impl core::Pool for Dispatcher {
     fn run(&self, count: usize, task: &(dyn Fn(usize) + Sync)) {
-        run_shared(&self.pool, count, task);
+        self.pool.run(count, task);
     }
-}
-
-/// Runs `task(0)` .. `task(count - 1)` on `pool`'s threads and the calling thread together:
-/// each takes the next index until none is left (a caller outside the pool would otherwise
-/// only wait), then the call returns once every task returned.
-pub(crate) fn run_shared(pool: &rayon::ThreadPool, count: usize, task: &(dyn Fn(usize) + Sync)) {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let work = || loop {
-        let index = next.fetch_add(1, Ordering::Relaxed);
-        if index >= count {
-            break;
-        }
-        task(index);
-    };
-    let work = &work;
-    let helpers = pool
-        .current_num_threads()
-        .saturating_sub(1)
-        .max(1)
-        .min(count.saturating_sub(1));
-    pool.in_place_scope(|scope| {
-        for _ in 0..helpers {
-            scope.spawn(move |_| work());
-        }
-        work();
-    });
 }
 
 /// Calls by name share the dispatch core's error builders.

@@ -295,9 +295,9 @@ unsafe extern "C" fn run_concurrent(
         let task = Task(task);
         let task = &task;
         // SAFETY: the caller's contract: `run` takes the task from any thread until
-        // `run_shared` returns, which is before this function returns.
+        // `CallPool::run` returns, which is before this function returns.
         let each = move |index| unsafe { run(task.0, index) };
-        crate::dispatch::run_shared(&context.dispatcher.pool, count, &each);
+        context.dispatcher.pool.run(count, &each);
     })
 }
 

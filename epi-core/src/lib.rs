@@ -64,6 +64,7 @@ mod host_calls;
 mod ids;
 pub mod isolation;
 mod loader;
+mod pool;
 mod registry;
 mod snapshot;
 

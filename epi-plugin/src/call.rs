@@ -729,18 +729,36 @@ pub fn apply_answers<A: Argument, O: Output>(
 /// providers take together.
 const WORTH_A_POOL: std::time::Duration = std::time::Duration::from_micros(20);
 
+/// A call run on the calling thread because the list's providers were quick is timed again
+/// once in this many such calls (two clock reads cost as much as a few trivial providers).
+const RETIME_EVERY: u32 = 8;
+
+/// The list a thread last called concurrently, and how long its providers took.
+#[derive(Clone, Copy)]
+struct LastConcurrent {
+    /// The list's address.
+    list: usize,
+    /// How long its providers took together when last timed (running them, not waiting for
+    /// them), in nanoseconds.
+    took_ns: u64,
+    /// Calls run on this thread since that timing.
+    untimed: u32,
+}
+
 thread_local! {
-    /// The list this thread last called concurrently and how long its providers took
-    /// together (running them, not waiting for them), in nanoseconds.
-    static LAST_CONCURRENT: std::cell::Cell<(usize, u64)> = const { std::cell::Cell::new((0, u64::MAX)) };
+    /// This thread's last concurrent call.
+    static LAST_CONCURRENT: std::cell::Cell<LastConcurrent> = const {
+        std::cell::Cell::new(LastConcurrent { list: 0, took_ns: u64::MAX, untimed: 0 })
+    };
 }
 
 /// Runs `call(index)` for `0..count` over the provider list `list` (its address identifies
 /// it), concurrently where that pays; results in index order.
 ///
 /// The providers run on `pool` (and the calling thread), unless they took less than
-/// `WORTH_A_POOL` together the last time this thread called this list concurrently: then
-/// they run on the calling thread, one after another, and are timed again.
+/// `WORTH_A_POOL` together the last time this thread timed a concurrent call of this list:
+/// then they run on the calling thread, one after another, and are timed again every
+/// [`RETIME_EVERY`]th call.
 pub fn run_concurrent<R: Send>(
     pool: &dyn Pool,
     list: *const (),
@@ -748,12 +766,27 @@ pub fn run_concurrent<R: Send>(
     call: impl Fn(usize) -> R + Sync,
 ) -> Vec<R> {
     let key = list as usize;
-    let (last_key, last_ns) = LAST_CONCURRENT.with(std::cell::Cell::get);
-    if last_key == key && last_ns <= WORTH_A_POOL.as_nanos() as u64 {
+    let last = LAST_CONCURRENT.with(std::cell::Cell::get);
+    if last.list == key && last.took_ns <= WORTH_A_POOL.as_nanos() as u64 {
+        if last.untimed + 1 < RETIME_EVERY {
+            LAST_CONCURRENT.with(|cell| {
+                cell.set(LastConcurrent {
+                    untimed: last.untimed + 1,
+                    ..last
+                })
+            });
+            return (0..count).map(&call).collect();
+        }
         let started = std::time::Instant::now();
         let results: Vec<R> = (0..count).map(&call).collect();
-        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        LAST_CONCURRENT.with(|last| last.set((key, took)));
+        let took_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        LAST_CONCURRENT.with(|cell| {
+            cell.set(LastConcurrent {
+                list: key,
+                took_ns,
+                untimed: 0,
+            })
+        });
         return results;
     }
     let busy = std::sync::atomic::AtomicU64::new(0);
@@ -769,7 +802,13 @@ pub fn run_concurrent<R: Send>(
         let value = call(index);
         *slots[index].lock().unwrap_or_else(|e| e.into_inner()) = Some(value);
     });
-    LAST_CONCURRENT.with(|last| last.set((key, busy.load(Ordering::Relaxed))));
+    LAST_CONCURRENT.with(|cell| {
+        cell.set(LastConcurrent {
+            list: key,
+            took_ns: busy.load(Ordering::Relaxed),
+            untimed: 0,
+        })
+    });
     slots
         .into_iter()
         .map(|slot| {

@@ -41,7 +41,8 @@ pub struct RegistryConfig {
     pub order: Vec<String>,
     /// Priority per app name, overriding what the plugin declares (higher runs first).
     pub priorities: BTreeMap<String, i32>,
-    /// Worker threads for `concurrent` calls (default: the number of CPUs).
+    /// Threads a `concurrent` call runs on, the calling thread included (default: the number
+    /// of CPUs).
     pub concurrency: Option<usize>,
     /// Where private copies of plugin files are made (default: the system temp directory).
     pub runtime_dir: Option<PathBuf>,
@@ -282,11 +283,7 @@ impl Registry {
                 .map(usize::from)
                 .unwrap_or(2)
         });
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads.max(1))
-            .thread_name(|index| format!("epi-concurrent-{index}"))
-            .build()
-            .map_err(std::io::Error::other)?;
+        let pool = crate::pool::CallPool::new(threads)?;
         crate::fatal::install();
         let interner = Arc::new(Mutex::new(Interner::default()));
         let (data, data_worker) = DataHub::start(
