@@ -1,6 +1,6 @@
 //! A fixed number of calls of one kind, for counting instructions with callgrind (which this
 //! machine repeats exactly, unlike timings): `KIND N PROVIDERS`, KIND one of `apply`,
-//! `decide`, `pipe`, `tag` through the test plugin, `stable-tag` through it on the stable path,
+//! `ignore-errors` (apply with that option), `decide`, `pipe`, `tag` through the test plugin, `stable-tag` through it on the stable path,
 //! and `native-apply`, `native-decide`, `native-pipe`, `native-tag` through a `&dyn Trait` loop. The load probe is off so that valgrind can run
 //! it. The cost of one call is the difference between two counts over the difference of N:
 //!
@@ -14,7 +14,7 @@
 
 use std::hint::black_box;
 
-use epi::{DecideOpts, Decision, LoadProbe, PipeOpts};
+use epi::{ApplyOpts, DecideOpts, Decision, LoadProbe, PipeOpts};
 
 mod native;
 mod plugin;
@@ -26,6 +26,7 @@ fn main() {
         .collect();
     let all = [
         "apply",
+        "ignore-errors",
         "decide",
         "pipe",
         "tag",
@@ -57,6 +58,10 @@ fn main() {
                 "apply" => drop(black_box(inc.apply(black_box(&41)).unwrap())),
                 "decide" => drop(black_box(
                     pass.decide(black_box(&41), DecideOpts::new()).unwrap(),
+                )),
+                "ignore-errors" => drop(black_box(
+                    inc.apply_with(black_box(&41), ApplyOpts::new().ignore_errors())
+                        .unwrap(),
                 )),
                 "pipe" => drop(black_box(inc.pipe(black_box(41), PipeOpts::new()).unwrap())),
                 "tag" => drop(black_box(tag.apply(black_box(&args)).unwrap())),

@@ -11,7 +11,6 @@ use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 
@@ -27,7 +26,7 @@ use epi_plugin::Decision;
 /// concurrent calls. The registry publishes tables; handles only read them.
 pub(crate) struct Dispatcher {
     /// The current dispatch table.
-    pub(crate) current: ArcSwap<Snapshot>,
+    pub(crate) current: crate::published::Published<Snapshot>,
     /// Names to ids (shared with the data hub).
     pub(crate) interner: Arc<Mutex<Interner>>,
     /// Runs `concurrent` calls.
@@ -143,12 +142,12 @@ impl ServiceHandle {
 
     /// Whether a loaded plugin defines this service.
     pub fn is_declared(&self) -> bool {
-        self.shared.current.load().is_declared(self.id)
+        self.shared.current.pin().is_declared(self.id)
     }
 
     /// Whether any provider implements `function` (couch_epi's `is_configured`).
     pub fn is_configured(&self, function: &str) -> bool {
-        let snapshot = self.shared.current.load();
+        let snapshot = self.shared.current.pin();
         snapshot
             .providers_by_name(self.id, function)
             .is_some_and(|list| !list.is_empty())
@@ -167,7 +166,7 @@ impl ServiceHandle {
     /// The first error stops the call and is returned.
     pub fn apply<A: Argument, O: Output>(&self, function: &str, args: &A) -> Result<Vec<O>, Error> {
         let _span = tracing::trace_span!("epi.apply", service = %self.name, function).entered();
-        let snapshot = self.shared.current.load();
+        let snapshot = self.shared.current.pin();
         // Calls plugins make from inside this one read the same table.
         let _pinned = Pinned::new(&self.shared, &snapshot);
         let list = self.list(&snapshot, function)?;
@@ -185,7 +184,7 @@ impl ServiceHandle {
         opts: ApplyOpts,
     ) -> Result<Vec<Result<O, ProviderError>>, Error> {
         let _span = tracing::trace_span!("epi.apply", service = %self.name, function).entered();
-        let snapshot = self.shared.current.load();
+        let snapshot = self.shared.current.pin();
         // Calls plugins make from inside this one read the same table.
         let _pinned = Pinned::new(&self.shared, &snapshot);
         let list = self.list(&snapshot, function)?;
@@ -201,7 +200,7 @@ impl ServiceHandle {
         opts: DecideOpts,
     ) -> Result<Decision<T>, Error> {
         let _span = tracing::trace_span!("epi.decide", service = %self.name, function).entered();
-        let snapshot = self.shared.current.load();
+        let snapshot = self.shared.current.pin();
         // Calls plugins make from inside this one read the same table.
         let _pinned = Pinned::new(&self.shared, &snapshot);
         let list = self.list(&snapshot, function)?;
@@ -218,7 +217,7 @@ impl ServiceHandle {
         opts: PipeOpts,
     ) -> Result<T, Error> {
         let _span = tracing::trace_span!("epi.pipe", service = %self.name, function).entered();
-        let snapshot = self.shared.current.load();
+        let snapshot = self.shared.current.pin();
         // Calls plugins make from inside this one read the same table.
         let _pinned = Pinned::new(&self.shared, &snapshot);
         let list = self.list(&snapshot, function)?;
@@ -254,7 +253,7 @@ impl ServiceHandle {
         fold: core::Truth,
     ) -> Result<bool, Error> {
         let _span = tracing::trace_span!("epi.apply", service = %self.name, function).entered();
-        let snapshot = self.shared.current.load();
+        let snapshot = self.shared.current.pin();
         // Calls plugins make from inside this one read the same table.
         let _pinned = Pinned::new(&self.shared, &snapshot);
         let list = self.list(&snapshot, function)?;
@@ -276,7 +275,7 @@ impl<A, O> Function<A, O> {
 
     /// Whether any provider implements this function now.
     pub fn is_configured(&self) -> bool {
-        let snapshot = self.shared.current.load();
+        let snapshot = self.shared.current.pin();
         snapshot
             .providers(self.service, self.id)
             .is_some_and(|list| !list.is_empty())
@@ -376,7 +375,7 @@ impl<A: Argument, O: Output> Function<A, O> {
         let _span =
             tracing::trace_span!("epi.apply", service = %self.service_name, function = %self.name)
                 .entered();
-        let snapshot = self.shared.current.load();
+        let snapshot = self.shared.current.pin();
         // Calls plugins make from inside this one read the same table.
         let _pinned = Pinned::new(&self.shared, &snapshot);
         let (_, checked) = self.resolve(&snapshot, false)?;
@@ -392,7 +391,7 @@ impl<A: Argument, O: Output> Function<A, O> {
         let _span =
             tracing::trace_span!("epi.apply", service = %self.service_name, function = %self.name)
                 .entered();
-        let snapshot = self.shared.current.load();
+        let snapshot = self.shared.current.pin();
         // Calls plugins make from inside this one read the same table.
         let _pinned = Pinned::new(&self.shared, &snapshot);
         let (list, checked) = self.resolve(&snapshot, opts.ignore_errors)?;
@@ -405,7 +404,7 @@ impl<A: Argument, O: Output> Function<A, O> {
         let _span =
             tracing::trace_span!("epi.apply", service = %self.service_name, function = %self.name)
                 .entered();
-        let snapshot = self.shared.current.load();
+        let snapshot = self.shared.current.pin();
         // Calls plugins make from inside this one read the same table.
         let _pinned = Pinned::new(&self.shared, &snapshot);
         let (list, checked) = self.resolve(&snapshot, opts.ignore_errors)?;
@@ -428,7 +427,7 @@ impl<A: Argument> Function<A, bool> {
         let _span =
             tracing::trace_span!("epi.apply", service = %self.service_name, function = %self.name)
                 .entered();
-        let snapshot = self.shared.current.load();
+        let snapshot = self.shared.current.pin();
         // Calls plugins make from inside this one read the same table.
         let _pinned = Pinned::new(&self.shared, &snapshot);
         let (list, checked) = self.resolve(&snapshot, opts.ignore_errors)?;
@@ -442,7 +441,7 @@ impl<A: Argument, T: DeserializeOwned + Send + 'static> Function<A, Decision<T>>
         let _span =
             tracing::trace_span!("epi.decide", service = %self.service_name, function = %self.name)
                 .entered();
-        let snapshot = self.shared.current.load();
+        let snapshot = self.shared.current.pin();
         // Calls plugins make from inside this one read the same table.
         let _pinned = Pinned::new(&self.shared, &snapshot);
         let (list, checked) = self.resolve(&snapshot, opts.ignore_errors)?;
@@ -455,7 +454,7 @@ impl<A: Argument, T: DeserializeOwned + Send + 'static> Function<A, Decision<T>>
         let _span =
             tracing::trace_span!("epi.decide", service = %self.service_name, function = %self.name)
                 .entered();
-        let snapshot = self.shared.current.load();
+        let snapshot = self.shared.current.pin();
         // Calls plugins make from inside this one read the same table.
         let _pinned = Pinned::new(&self.shared, &snapshot);
         let (list, checked) = self.resolve(&snapshot, opts.ignore_errors)?;
@@ -469,7 +468,7 @@ impl<T: Argument + Send> Function<T, T> {
         let _span =
             tracing::trace_span!("epi.pipe", service = %self.service_name, function = %self.name)
                 .entered();
-        let snapshot = self.shared.current.load();
+        let snapshot = self.shared.current.pin();
         // Calls plugins make from inside this one read the same table.
         let _pinned = Pinned::new(&self.shared, &snapshot);
         let (list, checked) = self.resolve(&snapshot, opts.ignore_errors)?;
@@ -504,7 +503,7 @@ impl Dispatcher {
         function: &str,
         body: impl FnOnce(Providers<'_>) -> Result<R, Error>,
     ) -> Result<R, Error> {
-        let snapshot = self.current.load();
+        let snapshot = self.current.pin();
         let _pinned = Pinned::new(self, &snapshot);
         body(Self::named(&snapshot, service, function)?)
     }

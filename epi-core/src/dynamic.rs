@@ -118,7 +118,7 @@ impl Dispatcher {
         args: &Value,
         body: impl FnOnce(&[ProviderCall], Vec<u8>) -> Result<R, Error>,
     ) -> Result<R, Error> {
-        let snapshot = self.current.load();
+        let snapshot = self.current.pin();
         let list = snapshot
             .service_ids
             .get(service)

@@ -2,7 +2,7 @@
 //! ([`HOST_VTABLE`]) and the context naming the registry a plugin was loaded into.
 //!
 //! A typed call from a plugin (`epi::host::Function`) resolves its ids once, then per call
-//! `enter`s: the current dispatch table is pinned in a per-thread frame (an `arc-swap` guard,
+//! `enter`s: the current dispatch table is held in a per-thread frame (a counted reference,
 //! no lock, no allocation) and the plugin runs the shared dispatch core over the function's
 //! entries, then `leave`s. The frames also bound nesting: past the registry's maximum depth a
 //! call fails with the chain of calls in progress on the thread.
@@ -10,8 +10,6 @@
 use std::cell::RefCell;
 use std::ffi::c_void;
 use std::sync::Arc;
-
-use arc_swap::Guard;
 
 use crate::abi::manifest::ProviderManifest;
 use crate::abi::ProviderTable;
@@ -82,7 +80,7 @@ struct Frame {
     _pinned: Pinned,
     /// Keeps the dispatch table the plugin reads mapped until the call ends, unless a call
     /// further out on this thread holds it already.
-    _table: Option<Guard<Arc<Snapshot>>>,
+    _table: Option<Arc<Snapshot>>,
     ids: CallIds,
     dispatcher: *const Dispatcher,
 }
@@ -130,8 +128,8 @@ fn push(context: &CallContext, ids: CallIds) -> Result<*const Snapshot, String> 
         let (table, snapshot) = match Pinned::current(dispatcher) {
             Some(snapshot) => (None, snapshot),
             None => {
-                let table = dispatcher.current.load();
-                let snapshot = &**table as *const Snapshot;
+                let table = dispatcher.current.load_full();
+                let snapshot = Arc::as_ptr(&table);
                 (Some(table), snapshot)
             }
         };
@@ -171,10 +169,11 @@ fn pop() {
     } = frame;
     drop(pinned);
     if let Some(table) = table {
-        let table = Guard::into_inner(table);
         // SAFETY: a frame's dispatcher outlives the frame (the plugin's context holds it).
-        let current = unsafe { &*dispatcher }.current.load();
-        if !Arc::ptr_eq(&table, &current) {
+        if !unsafe { &*dispatcher }
+            .current
+            .is_current(Arc::as_ptr(&table))
+        {
             DEFERRED
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

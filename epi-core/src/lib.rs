@@ -65,6 +65,7 @@ mod ids;
 pub mod isolation;
 mod loader;
 mod pool;
+mod published;
 mod registry;
 mod snapshot;
 

@@ -42,7 +42,7 @@ pub(crate) struct ServiceSlot {
     pub(crate) functions: FxHashMap<Box<str>, FunctionId>,
 }
 
-/// An immutable view of every loaded plugin. Published with `arc-swap`.
+/// An immutable view of every loaded plugin. Published in a [`crate::published::Published`] cell.
 #[derive(Default)]
 pub(crate) struct Snapshot {
     /// Increases with every published snapshot.

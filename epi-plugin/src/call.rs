@@ -640,6 +640,19 @@ pub fn apply_with<A: Argument, O: Output>(
     opts: ApplyOpts,
 ) -> Result<Vec<Result<O, ProviderError>>, Error> {
     let args = Args::new(args, list.len());
+    if let (Some(checked), false) = (checked, opts.concurrent && list.len() > 1) {
+        // The common case, as `apply`'s loop: one pass over providers already checked.
+        let mut kept = Vec::with_capacity(list.len());
+        for typed in checked.iter() {
+            match typed.call(&args) {
+                Ok(value) => kept.push(Ok(value)),
+                Err(err) if err.failure.is_absent() => {}
+                Err(err) if opts.ignore_errors => kept.push(Err(err)),
+                Err(err) => return Err(err.into()),
+            }
+        }
+        return Ok(kept);
+    }
     call_each(
         pool,
         list,

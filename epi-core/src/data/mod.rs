@@ -1,7 +1,7 @@
 //! Data providers and subscriptions: configuration data plugins contribute under
 //! `(service, key)`, queried without a lock, with `notify` on real changes.
 //!
-//! [`DataHub`] owns the current [`table::DataTable`] (published with `arc-swap`) and the
+//! [`DataHub`] owns the current [`table::DataTable`] (in a [`crate::published::Published`] cell) and the
 //! mutable [`state::DataState`]. A background thread re-reads sources when they are due and
 //! when a watched file is written; the registry syncs the hub whenever plugins change.
 
@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 use parking_lot::Mutex;
@@ -42,7 +41,7 @@ enum Command {
 
 /// Owns the data table and the sources behind it.
 pub(crate) struct DataHub {
-    pub(crate) current: ArcSwap<DataTable>,
+    pub(crate) current: crate::published::Published<DataTable>,
     state: Mutex<DataState>,
     interner: Arc<Mutex<Interner>>,
     watcher: Mutex<Option<(notify::RecommendedWatcher, BTreeSet<PathBuf>)>>,
@@ -121,7 +120,7 @@ impl DataHub {
             }
         };
         let hub = Arc::new(DataHub {
-            current: ArcSwap::from_pointee(DataTable::default()),
+            current: crate::published::Published::new(Arc::new(DataTable::default())),
             state: Mutex::new(DataState::new(max_file_bytes)),
             interner,
             watcher: Mutex::new(watcher),
@@ -441,7 +440,7 @@ impl DataHandle {
     }
 
     fn with<R>(&self, empty: R, query: impl FnOnce(&table::ServiceData) -> R) -> R {
-        let table = self.hub.current.load();
+        let table = self.hub.current.pin();
         match table.service(self.service) {
             Some(data) => query(data),
             None => empty,
@@ -462,7 +461,7 @@ impl DataHandle {
     /// matching wildcard. Allocates nothing.
     #[inline]
     pub fn get_value(&self, source: &str, key: &str) -> Option<Arc<Value>> {
-        let table = self.hub.current.load();
+        let table = self.hub.current.pin();
         table.service(self.service)?.get_value(source, key).cloned()
     }
 

@@ -1,8 +1,8 @@
 //! The registry: loads, upgrades and unloads plugins and publishes a new [`Snapshot`] after
 //! each change.
 //!
-//! Writers are serialised by a mutex and never block callers: a call loads the current
-//! snapshot from an `ArcSwap` and keeps using it until it returns, so a plugin replaced or
+//! Writers are serialised by a mutex and never block callers: a call pins the current
+//! snapshot (`crate::published`) and keeps using it until it returns, so a plugin replaced or
 //! removed meanwhile stays mapped until its last call finished.
 //!
 //! `lifecycle` holds load, upgrade, unload and retirement; `watch` the plugin directory watcher.
@@ -20,7 +20,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
 use crate::data::{DataHandle, DataHub, DataStatus, DataWorker};
@@ -299,7 +298,7 @@ impl Registry {
             shared: Arc::new(Shared {
                 engine: Engine::new(config.engine, Arc::new(RealClock::default())),
                 dispatcher: Arc::new(Dispatcher {
-                    current: ArcSwap::from_pointee(Snapshot::default()),
+                    current: crate::published::Published::new(Arc::new(Snapshot::default())),
                     interner,
                     pool,
                     max_depth: config.max_call_depth.unwrap_or(DEFAULT_MAX_CALL_DEPTH),
@@ -329,7 +328,7 @@ impl Registry {
 
     /// Loaded plugins in dispatch order.
     pub fn plugins(&self) -> Vec<PluginInfo> {
-        let snapshot = self.shared.dispatcher.current.load();
+        let snapshot = self.shared.dispatcher.current.pin();
         snapshot
             .plugins
             .iter()
@@ -343,7 +342,7 @@ impl Registry {
 
     /// Every service named by a loaded plugin, sorted by name, with providers in call order.
     pub fn services(&self) -> Vec<ServiceInfo> {
-        let snapshot = self.shared.dispatcher.current.load();
+        let snapshot = self.shared.dispatcher.current.pin();
         let interner = self.shared.dispatcher.interner.lock();
         let mut services: Vec<ServiceInfo> = snapshot
             .services
@@ -441,7 +440,7 @@ impl Registry {
     /// Per provider function counters, sorted by service, function, then call order.
     pub fn counters(&self) -> Vec<ProviderCounters> {
         use std::sync::atomic::Ordering::Relaxed;
-        let snapshot = self.shared.dispatcher.current.load();
+        let snapshot = self.shared.dispatcher.current.pin();
         // Added providers' functions, known by their counters.
         let added: std::collections::HashSet<*const crate::abi::CallCounters> = snapshot
             .added
