@@ -22,6 +22,35 @@ pub use epi_plugin::call::{Answer, Argument, Output};
 pub use epi_plugin::opts::{ApplyOpts, DecideOpts, Opts, PipeOpts};
 use epi_plugin::Decision;
 
+/// The call's span, entered, when the `TRACE` level is on; otherwise `None` after one check of
+/// the level (a disabled `tracing` span costs about 30 instructions per call to make, enter
+/// and drop). For calls by name.
+macro_rules! call_span {
+    ($($span:tt)*) => {
+        if tracing::level_enabled!(tracing::Level::TRACE) {
+            Some(tracing::trace_span!($($span)*).entered())
+        } else {
+            None
+        }
+    };
+}
+
+/// Runs `$body` inside the call's span when the `TRACE` level is on, and without one after a
+/// single check of the level otherwise: the typed calls' hot path, which pays neither for a
+/// disabled span nor for dropping an `Option` of one.
+macro_rules! traced {
+    (($($span:tt)*), $body:block) => {
+        if tracing::level_enabled!(tracing::Level::TRACE) {
+            let _span = tracing::trace_span!($($span)*).entered();
+            $body
+        } else {
+            $body
+        }
+    };
+}
+
+pub(crate) use call_span;
+
 /// What handles call through: the current dispatch table, the ids of names, and the pool for
 /// concurrent calls. The registry publishes tables; handles only read them.
 pub(crate) struct Dispatcher {
@@ -165,13 +194,14 @@ impl ServiceHandle {
     /// Calls `function` of every provider in order and returns their results in that order.
     /// The first error stops the call and is returned.
     pub fn apply<A: Argument, O: Output>(&self, function: &str, args: &A) -> Result<Vec<O>, Error> {
-        let _span = tracing::trace_span!("epi.apply", service = %self.name, function).entered();
-        let snapshot = self.shared.current.pin();
-        // Calls plugins make from inside this one read the same table.
-        let _pinned = Pinned::new(&self.shared, &snapshot);
-        let list = self.list(&snapshot, function)?;
-        let checked = core::precheck::<A, O>(list, false)?.expect("checked without ignore_errors");
-        core::apply(checked, args)
+        traced!(("epi.apply", service = %self.name, function), {
+            let snapshot = self.shared.current.pin();
+            // Calls plugins make from inside this one read the same table.
+            let _pinned = Pinned::new(&self.shared, &snapshot);
+            let list = self.list(&snapshot, function)?;
+            let checked = core::precheck::<A, O>(list, false)?.expect("checked without ignore_errors");
+            core::apply(checked, args)
+        })
     }
 
     /// `apply` with options: with `ignore_errors` failures stay in the list as per-provider
@@ -183,13 +213,14 @@ impl ServiceHandle {
         args: &A,
         opts: ApplyOpts,
     ) -> Result<Vec<Result<O, ProviderError>>, Error> {
-        let _span = tracing::trace_span!("epi.apply", service = %self.name, function).entered();
-        let snapshot = self.shared.current.pin();
-        // Calls plugins make from inside this one read the same table.
-        let _pinned = Pinned::new(&self.shared, &snapshot);
-        let list = self.list(&snapshot, function)?;
-        let checked = core::precheck::<A, O>(list, opts.ignore_errors)?;
-        core::apply_with(&*self.shared, list, checked, args, opts)
+        traced!(("epi.apply", service = %self.name, function), {
+            let snapshot = self.shared.current.pin();
+            // Calls plugins make from inside this one read the same table.
+            let _pinned = Pinned::new(&self.shared, &snapshot);
+            let list = self.list(&snapshot, function)?;
+            let checked = core::precheck::<A, O>(list, opts.ignore_errors)?;
+            core::apply_with(&*self.shared, list, checked, args, opts)
+        })
     }
 
     /// Asks providers in order until one returns `Decided`; none → `NoDecision`.
@@ -199,13 +230,14 @@ impl ServiceHandle {
         args: &A,
         opts: DecideOpts,
     ) -> Result<Decision<T>, Error> {
-        let _span = tracing::trace_span!("epi.decide", service = %self.name, function).entered();
-        let snapshot = self.shared.current.pin();
-        // Calls plugins make from inside this one read the same table.
-        let _pinned = Pinned::new(&self.shared, &snapshot);
-        let list = self.list(&snapshot, function)?;
-        let checked = core::precheck::<A, Decision<T>>(list, opts.ignore_errors)?;
-        core::decide(list, checked, args, opts)
+        traced!(("epi.decide", service = %self.name, function), {
+            let snapshot = self.shared.current.pin();
+            // Calls plugins make from inside this one read the same table.
+            let _pinned = Pinned::new(&self.shared, &snapshot);
+            let list = self.list(&snapshot, function)?;
+            let checked = core::precheck::<A, Decision<T>>(list, opts.ignore_errors)?;
+            core::decide(list, checked, args, opts)
+        })
     }
 
     /// Passes `input` through every provider in order, each one's output the next one's input.
@@ -216,13 +248,14 @@ impl ServiceHandle {
         input: T,
         opts: PipeOpts,
     ) -> Result<T, Error> {
-        let _span = tracing::trace_span!("epi.pipe", service = %self.name, function).entered();
-        let snapshot = self.shared.current.pin();
-        // Calls plugins make from inside this one read the same table.
-        let _pinned = Pinned::new(&self.shared, &snapshot);
-        let list = self.list(&snapshot, function)?;
-        let checked = core::precheck::<T, T>(list, opts.ignore_errors)?;
-        core::pipe(list, checked, input, opts)
+        traced!(("epi.pipe", service = %self.name, function), {
+            let snapshot = self.shared.current.pin();
+            // Calls plugins make from inside this one read the same table.
+            let _pinned = Pinned::new(&self.shared, &snapshot);
+            let list = self.list(&snapshot, function)?;
+            let checked = core::precheck::<T, T>(list, opts.ignore_errors)?;
+            core::pipe(list, checked, input, opts)
+        })
     }
 
     /// True when some provider returned `true` (couch_epi's `any`).
@@ -252,13 +285,14 @@ impl ServiceHandle {
         opts: ApplyOpts,
         fold: core::Truth,
     ) -> Result<bool, Error> {
-        let _span = tracing::trace_span!("epi.apply", service = %self.name, function).entered();
-        let snapshot = self.shared.current.pin();
-        // Calls plugins make from inside this one read the same table.
-        let _pinned = Pinned::new(&self.shared, &snapshot);
-        let list = self.list(&snapshot, function)?;
-        let checked = core::precheck::<A, bool>(list, opts.ignore_errors)?;
-        core::truth(&*self.shared, list, checked, args, opts, fold)
+        traced!(("epi.apply", service = %self.name, function), {
+            let snapshot = self.shared.current.pin();
+            // Calls plugins make from inside this one read the same table.
+            let _pinned = Pinned::new(&self.shared, &snapshot);
+            let list = self.list(&snapshot, function)?;
+            let checked = core::precheck::<A, bool>(list, opts.ignore_errors)?;
+            core::truth(&*self.shared, list, checked, args, opts, fold)
+        })
     }
 }
 
@@ -372,14 +406,13 @@ impl<A: Argument, O: Output> Function<A, O> {
     /// Calls every provider in order; results in provider order; the first error stops the
     /// call and is returned.
     pub fn apply(&self, args: &A) -> Result<Vec<O>, Error> {
-        let _span =
-            tracing::trace_span!("epi.apply", service = %self.service_name, function = %self.name)
-                .entered();
-        let snapshot = self.shared.current.pin();
-        // Calls plugins make from inside this one read the same table.
-        let _pinned = Pinned::new(&self.shared, &snapshot);
-        let (_, checked) = self.resolve(&snapshot, false)?;
-        core::apply(checked.expect("checked without ignore_errors"), args)
+        traced!(("epi.apply", service = %self.service_name, function = %self.name), {
+            let snapshot = self.shared.current.pin();
+            // Calls plugins make from inside this one read the same table.
+            let _pinned = Pinned::new(&self.shared, &snapshot);
+            let (_, checked) = self.resolve(&snapshot, false)?;
+            core::apply(checked.expect("checked without ignore_errors"), args)
+        })
     }
 
     /// `apply` with options (see [`ServiceHandle::apply_with`]).
@@ -388,27 +421,25 @@ impl<A: Argument, O: Output> Function<A, O> {
         args: &A,
         opts: ApplyOpts,
     ) -> Result<Vec<Result<O, ProviderError>>, Error> {
-        let _span =
-            tracing::trace_span!("epi.apply", service = %self.service_name, function = %self.name)
-                .entered();
-        let snapshot = self.shared.current.pin();
-        // Calls plugins make from inside this one read the same table.
-        let _pinned = Pinned::new(&self.shared, &snapshot);
-        let (list, checked) = self.resolve(&snapshot, opts.ignore_errors)?;
-        core::apply_with(&*self.shared, list, checked, args, opts)
+        traced!(("epi.apply", service = %self.service_name, function = %self.name), {
+            let snapshot = self.shared.current.pin();
+            // Calls plugins make from inside this one read the same table.
+            let _pinned = Pinned::new(&self.shared, &snapshot);
+            let (list, checked) = self.resolve(&snapshot, opts.ignore_errors)?;
+            core::apply_with(&*self.shared, list, checked, args, opts)
+        })
     }
 
     /// `apply` with options, saying which provider gave each result: `(plugin, provider,
     /// result)` in provider order. Plain `apply` does not pay for the names.
     pub fn apply_answers(&self, args: &A, opts: ApplyOpts) -> Result<Vec<Answer<O>>, Error> {
-        let _span =
-            tracing::trace_span!("epi.apply", service = %self.service_name, function = %self.name)
-                .entered();
-        let snapshot = self.shared.current.pin();
-        // Calls plugins make from inside this one read the same table.
-        let _pinned = Pinned::new(&self.shared, &snapshot);
-        let (list, checked) = self.resolve(&snapshot, opts.ignore_errors)?;
-        core::apply_answers(&*self.shared, list, checked, args, opts)
+        traced!(("epi.apply", service = %self.service_name, function = %self.name), {
+            let snapshot = self.shared.current.pin();
+            // Calls plugins make from inside this one read the same table.
+            let _pinned = Pinned::new(&self.shared, &snapshot);
+            let (list, checked) = self.resolve(&snapshot, opts.ignore_errors)?;
+            core::apply_answers(&*self.shared, list, checked, args, opts)
+        })
     }
 }
 
@@ -424,55 +455,51 @@ impl<A: Argument> Function<A, bool> {
     }
 
     fn truth(&self, args: &A, opts: ApplyOpts, fold: core::Truth) -> Result<bool, Error> {
-        let _span =
-            tracing::trace_span!("epi.apply", service = %self.service_name, function = %self.name)
-                .entered();
-        let snapshot = self.shared.current.pin();
-        // Calls plugins make from inside this one read the same table.
-        let _pinned = Pinned::new(&self.shared, &snapshot);
-        let (list, checked) = self.resolve(&snapshot, opts.ignore_errors)?;
-        core::truth(&*self.shared, list, checked, args, opts, fold)
+        traced!(("epi.apply", service = %self.service_name, function = %self.name), {
+            let snapshot = self.shared.current.pin();
+            // Calls plugins make from inside this one read the same table.
+            let _pinned = Pinned::new(&self.shared, &snapshot);
+            let (list, checked) = self.resolve(&snapshot, opts.ignore_errors)?;
+            core::truth(&*self.shared, list, checked, args, opts, fold)
+        })
     }
 }
 
 impl<A: Argument, T: DeserializeOwned + Send + 'static> Function<A, Decision<T>> {
     /// Asks providers in order until one returns `Decided`; none → `NoDecision`.
     pub fn decide(&self, args: &A, opts: DecideOpts) -> Result<Decision<T>, Error> {
-        let _span =
-            tracing::trace_span!("epi.decide", service = %self.service_name, function = %self.name)
-                .entered();
-        let snapshot = self.shared.current.pin();
-        // Calls plugins make from inside this one read the same table.
-        let _pinned = Pinned::new(&self.shared, &snapshot);
-        let (list, checked) = self.resolve(&snapshot, opts.ignore_errors)?;
-        core::decide(list, checked, args, opts)
+        traced!(("epi.decide", service = %self.service_name, function = %self.name), {
+            let snapshot = self.shared.current.pin();
+            // Calls plugins make from inside this one read the same table.
+            let _pinned = Pinned::new(&self.shared, &snapshot);
+            let (list, checked) = self.resolve(&snapshot, opts.ignore_errors)?;
+            core::decide(list, checked, args, opts)
+        })
     }
 
     /// `decide`, saying who decided: the deciding provider's plugin and label with the value
     /// (`result` is always `Ok`), or `None` when no provider decided.
     pub fn decide_answer(&self, args: &A, opts: DecideOpts) -> Result<Option<Answer<T>>, Error> {
-        let _span =
-            tracing::trace_span!("epi.decide", service = %self.service_name, function = %self.name)
-                .entered();
-        let snapshot = self.shared.current.pin();
-        // Calls plugins make from inside this one read the same table.
-        let _pinned = Pinned::new(&self.shared, &snapshot);
-        let (list, checked) = self.resolve(&snapshot, opts.ignore_errors)?;
-        core::decide_answer(list, checked, args, opts)
+        traced!(("epi.decide", service = %self.service_name, function = %self.name), {
+            let snapshot = self.shared.current.pin();
+            // Calls plugins make from inside this one read the same table.
+            let _pinned = Pinned::new(&self.shared, &snapshot);
+            let (list, checked) = self.resolve(&snapshot, opts.ignore_errors)?;
+            core::decide_answer(list, checked, args, opts)
+        })
     }
 }
 
 impl<T: Argument + Send> Function<T, T> {
     /// Passes `input` through every provider in order (see [`ServiceHandle::pipe`]).
     pub fn pipe(&self, input: T, opts: PipeOpts) -> Result<T, Error> {
-        let _span =
-            tracing::trace_span!("epi.pipe", service = %self.service_name, function = %self.name)
-                .entered();
-        let snapshot = self.shared.current.pin();
-        // Calls plugins make from inside this one read the same table.
-        let _pinned = Pinned::new(&self.shared, &snapshot);
-        let (list, checked) = self.resolve(&snapshot, opts.ignore_errors)?;
-        core::pipe(list, checked, input, opts)
+        traced!(("epi.pipe", service = %self.service_name, function = %self.name), {
+            let snapshot = self.shared.current.pin();
+            // Calls plugins make from inside this one read the same table.
+            let _pinned = Pinned::new(&self.shared, &snapshot);
+            let (list, checked) = self.resolve(&snapshot, opts.ignore_errors)?;
+            core::pipe(list, checked, input, opts)
+        })
     }
 }
 
@@ -514,11 +541,12 @@ impl Dispatcher {
         function: &str,
         args: &A,
     ) -> Result<Vec<O>, Error> {
-        let _span = tracing::trace_span!("epi.apply", service, function).entered();
-        self.with_named(service, function, |list| {
-            let checked =
-                core::precheck::<A, O>(list, false)?.expect("checked without ignore_errors");
-            core::apply(checked, args)
+        traced!(("epi.apply", service, function), {
+            self.with_named(service, function, |list| {
+                let checked =
+                    core::precheck::<A, O>(list, false)?.expect("checked without ignore_errors");
+                core::apply(checked, args)
+            })
         })
     }
 
@@ -529,10 +557,11 @@ impl Dispatcher {
         args: &A,
         opts: ApplyOpts,
     ) -> Result<Vec<Result<O, ProviderError>>, Error> {
-        let _span = tracing::trace_span!("epi.apply", service, function).entered();
-        self.with_named(service, function, |list| {
-            let checked = core::precheck::<A, O>(list, opts.ignore_errors)?;
-            core::apply_with(self, list, checked, args, opts)
+        traced!(("epi.apply", service, function), {
+            self.with_named(service, function, |list| {
+                let checked = core::precheck::<A, O>(list, opts.ignore_errors)?;
+                core::apply_with(self, list, checked, args, opts)
+            })
         })
     }
 
@@ -543,10 +572,11 @@ impl Dispatcher {
         args: &A,
         opts: DecideOpts,
     ) -> Result<Decision<T>, Error> {
-        let _span = tracing::trace_span!("epi.decide", service, function).entered();
-        self.with_named(service, function, |list| {
-            let checked = core::precheck::<A, Decision<T>>(list, opts.ignore_errors)?;
-            core::decide(list, checked, args, opts)
+        traced!(("epi.decide", service, function), {
+            self.with_named(service, function, |list| {
+                let checked = core::precheck::<A, Decision<T>>(list, opts.ignore_errors)?;
+                core::decide(list, checked, args, opts)
+            })
         })
     }
 
@@ -557,10 +587,11 @@ impl Dispatcher {
         input: T,
         opts: PipeOpts,
     ) -> Result<T, Error> {
-        let _span = tracing::trace_span!("epi.pipe", service, function).entered();
-        self.with_named(service, function, |list| {
-            let checked = core::precheck::<T, T>(list, opts.ignore_errors)?;
-            core::pipe(list, checked, input, opts)
+        traced!(("epi.pipe", service, function), {
+            self.with_named(service, function, |list| {
+                let checked = core::precheck::<T, T>(list, opts.ignore_errors)?;
+                core::pipe(list, checked, input, opts)
+            })
         })
     }
 
@@ -572,10 +603,11 @@ impl Dispatcher {
         opts: ApplyOpts,
         fold: core::Truth,
     ) -> Result<bool, Error> {
-        let _span = tracing::trace_span!("epi.apply", service, function).entered();
-        self.with_named(service, function, |list| {
-            let checked = core::precheck::<A, bool>(list, opts.ignore_errors)?;
-            core::truth(self, list, checked, args, opts, fold)
+        traced!(("epi.apply", service, function), {
+            self.with_named(service, function, |list| {
+                let checked = core::precheck::<A, bool>(list, opts.ignore_errors)?;
+                core::truth(self, list, checked, args, opts, fold)
+            })
         })
     }
 }

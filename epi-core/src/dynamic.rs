@@ -4,7 +4,9 @@
 use serde_json::Value;
 
 use crate::abi::{RVec, StrRef, COUNT_LATENCY, ENCODING_JSON, LATENCY_SAMPLE_EVERY, STATUS_OK};
-use crate::dispatch::{failure, provider_error, run_concurrent, Dispatcher, Opts, PipeOpts};
+use crate::dispatch::{
+    call_span, failure, provider_error, run_concurrent, Dispatcher, Opts, PipeOpts,
+};
 use crate::error::{Error, Failure, ProviderError};
 use crate::loader::bytes;
 use crate::snapshot::{text, ProviderCall};
@@ -141,7 +143,7 @@ impl Dispatcher {
         args: &Value,
         opts: Opts,
     ) -> Result<Applied, Error> {
-        let _span = tracing::trace_span!("epi.apply_json", service, function).entered();
+        let _span = call_span!("epi.apply_json", service, function);
         if opts.pipe {
             let opts = opts.for_pipe()?;
             return self.providers_json(service, function, args, |list, input| {
@@ -196,7 +198,7 @@ impl Dispatcher {
         opts: Opts,
     ) -> Result<Decision<Value>, Error> {
         let opts = opts.for_decide()?;
-        let _span = tracing::trace_span!("epi.decide_json", service, function).entered();
+        let _span = call_span!("epi.decide_json", service, function);
         self.providers_json(service, function, args, |list, input| {
             for provider in list {
                 let answer = call_json(provider, &input)

@@ -17,7 +17,7 @@ use std::any::TypeId;
 use std::cell::{Cell, UnsafeCell};
 use std::collections::HashMap;
 use std::marker::PhantomData;
-use std::mem::MaybeUninit;
+use std::mem::{ManuallyDrop, MaybeUninit};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
@@ -251,35 +251,57 @@ pub struct Args<'a, A> {
     /// The thread making the call ([`thread_mark`]), when stable calls keep the decoded
     /// arguments for the next provider; 0 when they do not.
     keeper: usize,
-    /// Made by the first stable call that keeps them (a call on the native path never pays
-    /// for it). Declared before `encoded`, so dropped first: what it holds borrows those
-    /// bytes.
-    scratch: OnceLock<Scratch>,
-    encoded: OnceLock<Result<Vec<u8>, String>>,
+    /// Made by the first stable call (a call on the native path never pays for it, and its
+    /// `Args` drops one empty cell).
+    encoded: OnceLock<Encoded>,
     /// Shared with the threads of a concurrent call, never sent: it is dropped on the thread
     /// that made it, with the scratch.
     _not_send: PhantomData<std::sync::MutexGuard<'static, ()>>,
 }
 
+/// The arguments as JSON, and what a stable entry point decoded from them.
+struct Encoded {
+    /// Made by the first stable call that keeps the decoded arguments. Dropped before
+    /// `bytes`: what it holds borrows those bytes.
+    scratch: ManuallyDrop<OnceLock<Scratch>>,
+    bytes: ManuallyDrop<Result<Vec<u8>, String>>,
+}
+
+impl Drop for Encoded {
+    /// Out of line, so that dropping an `Args` no stable call encoded (every call on the
+    /// native path) stays one inlined check.
+    #[inline(never)]
+    #[cold]
+    fn drop(&mut self) {
+        // SAFETY: each field is dropped once, here, in the order the borrow needs.
+        unsafe {
+            ManuallyDrop::drop(&mut self.scratch);
+            ManuallyDrop::drop(&mut self.bytes);
+        }
+    }
+}
+
 impl<'a, A: Serialize> Args<'a, A> {
     /// The arguments of one call to `providers` providers (with more than one, a plugin on
     /// the stable path decodes them once for all of its providers that share an entry point).
+    #[inline]
     pub fn new(value: &'a A, providers: usize) -> Self {
         Args {
             value,
             keeper: if providers > 1 { thread_mark() } else { 0 },
-            scratch: OnceLock::new(),
             encoded: OnceLock::new(),
             _not_send: PhantomData,
         }
     }
 
-    fn encoded(&self) -> Result<&[u8], &str> {
-        match self
-            .encoded
-            .get_or_init(|| serde_json::to_vec(self.value).map_err(|err| err.to_string()))
-        {
-            Ok(bytes) => Ok(bytes),
+    /// The encoded arguments and the cell of their scratch.
+    fn encoded(&self) -> Result<(&[u8], &OnceLock<Scratch>), &str> {
+        let encoded = self.encoded.get_or_init(|| Encoded {
+            scratch: ManuallyDrop::new(OnceLock::new()),
+            bytes: ManuallyDrop::new(serde_json::to_vec(self.value).map_err(|err| err.to_string())),
+        });
+        match &*encoded.bytes {
+            Ok(bytes) => Ok((bytes, &encoded.scratch)),
             Err(reason) => Err(reason),
         }
     }
@@ -477,7 +499,7 @@ impl<'s, A: Serialize, O: DeserializeOwned + 'static> Typed<'s, A, O> {
         output: &mut MaybeUninit<O>,
     ) -> Result<(), ProviderError> {
         let provider = self.provider;
-        let input = args.encoded().map_err(|reason| {
+        let (input, scratch_cell) = args.encoded().map_err(|reason| {
             provider_error(
                 provider,
                 Failure::BadInput(format!("cannot encode the arguments: {reason}")),
@@ -492,7 +514,7 @@ impl<'s, A: Serialize, O: DeserializeOwned + 'static> Typed<'s, A, O> {
         };
         let mut error = RVec::new();
         let mut lent = if args.keeper == thread_mark() {
-            args.scratch.get_or_init(Scratch::new).lend(provider.stable)
+            scratch_cell.get_or_init(Scratch::new).lend(provider.stable)
         } else {
             None
         };
@@ -961,7 +983,15 @@ pub fn pipe<T: Argument + Send>(
 ) -> Result<T, Error> {
     let mut value = input;
     for index in 0..list.len() {
-        match checked_call::<T, T>(list, checked, index, &Args::new(&value, 1)) {
+        let next = {
+            let args = Args::new(&value, 1);
+            match checked {
+                // Inlined for providers already checked, as `apply`'s loop.
+                Some(checked) => checked.get(index).call(&args),
+                None => check::<T, T>(&list.list[index]).and_then(|typed| typed.call(&args)),
+            }
+        };
+        match next {
             Ok(next) => value = next,
             Err(err) if err.failure.is_absent() => {}
             Err(_) if opts.ignore_errors => {}
