@@ -636,6 +636,7 @@ fn checked_call<A: Argument, O: Output>(
 
 /// `apply` over providers whose types all match: results in provider order; the first error
 /// stops the call and is returned.
+#[inline(always)]
 pub fn apply<A: Argument, O: Output>(
     checked: Checked<'_, A, O>,
     args: &A,
@@ -908,6 +909,7 @@ pub fn all_true(results: &[Result<bool, ProviderError>]) -> bool {
 }
 
 /// Asks providers in order until one returns `Decided`; none → `NoDecision`.
+#[inline(always)]
 pub fn decide<A: Argument, T: DeserializeOwned + 'static>(
     list: Providers<'_>,
     checked: Option<Checked<'_, A, Decision<T>>>,
@@ -938,6 +940,7 @@ pub fn decide_answer<A: Argument, T: DeserializeOwned + 'static>(
 }
 
 /// The decision and the index of the provider that made it, if one did.
+#[inline(always)]
 fn decide_at<A: Argument, T: DeserializeOwned + 'static>(
     list: Providers<'_>,
     checked: Option<Checked<'_, A, Decision<T>>>,
@@ -975,6 +978,7 @@ fn decide_at<A: Argument, T: DeserializeOwned + 'static>(
 
 /// Passes `input` through every provider in order, each one's output the next one's input.
 /// No providers → `input` comes back unchanged.
+#[inline(always)]
 pub fn pipe<T: Argument + Send>(
     list: Providers<'_>,
     checked: Option<Checked<'_, T, T>>,

@@ -1,6 +1,7 @@
 //! Why a call failed: [`Error`] for the call as a whole, [`ProviderError`] for one provider.
 //! Shared by hosts and by plugins calling services through their host.
 
+use std::mem::ManuallyDrop;
 use std::sync::Arc;
 
 /// How one provider failed during a call.
@@ -53,8 +54,26 @@ impl std::fmt::Display for Failure {
 /// One pointer wide, so that `Result<T, ProviderError>` (a list `apply` returns with
 /// `ignore_errors`) is barely bigger than `T`: the details live behind it, and its fields read
 /// as a struct's (`err.plugin`, `err.failure`) through [`ProviderFailure`].
+///
+/// Dropping one calls out of line, so that dropping a list of results (most of them `Ok`)
+/// stays a tag check per element.
 #[derive(Clone, PartialEq, Eq)]
-pub struct ProviderError(Box<ProviderFailure>);
+pub struct ProviderError(ManuallyDrop<Box<ProviderFailure>>);
+
+impl Drop for ProviderError {
+    #[inline]
+    fn drop(&mut self) {
+        release(&mut self.0);
+    }
+}
+
+/// Drops an error's details.
+#[cold]
+#[inline(never)]
+fn release(details: &mut ManuallyDrop<Box<ProviderFailure>>) {
+    // SAFETY: called once, from `ProviderError::drop`; the details are not used after.
+    unsafe { ManuallyDrop::drop(details) }
+}
 
 /// What [`ProviderError`] holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,12 +93,14 @@ pub struct ProviderFailure {
 impl ProviderError {
     /// The error of `details`.
     pub fn new(details: ProviderFailure) -> Self {
-        ProviderError(Box::new(details))
+        ProviderError(ManuallyDrop::new(Box::new(details)))
     }
 
     /// The details, owned.
     pub fn into_details(self) -> ProviderFailure {
-        *self.0
+        let mut this = ManuallyDrop::new(self);
+        // SAFETY: `this` is never dropped, so the details are taken once.
+        *unsafe { ManuallyDrop::take(&mut this.0) }
     }
 }
 
@@ -117,7 +138,7 @@ impl std::fmt::Display for ProviderError {
             service,
             function,
             failure,
-        } = &*self.0;
+        } = &**self.0;
         write!(
             f,
             "plugin `{plugin}` provider `{provider}`: {service}.{function} {failure}"
