@@ -16,9 +16,11 @@
 //!   The writer's side takes it all where Linux offers `membarrier(PRIVATE_EXPEDITED)`, which
 //!   makes every running thread of the process pass a full fence: a reader then needs only a
 //!   compiler fence. Without it both sides use a `SeqCst` fence.
-//! - A reader that leaves while something is retired looks through the records too (the
-//!   same fence pairing covers its slot's clearing and its load of the flag), so a replaced
-//!   value is released when its last read ends, as an `Arc` would be.
+//! - A reader of a replaced value that leaves while something is retired looks through the
+//!   records too (the same fence pairing covers its slot's clearing and its load of the
+//!   flag), so a replaced value is released when its last read ends, as an `Arc` would be.
+//!   Readers of the current value never look, and no lock is held across a fence, so a
+//!   reader never waits for the writer's `membarrier`.
 //!
 //! A thread's record has [`SLOTS`] slots; a pin beyond them (pins nested that deeply on one
 //! thread) takes a reference count under the retired list's lock instead.
@@ -171,28 +173,37 @@ impl<T> Published<T> {
         let Some(slot) = free_slot() else {
             return self.pin_counted();
         };
+        let (value, retried) = self.protect(slot);
+        if retried && self.has_retired.load(Ordering::Acquire) {
+            // The slot held a value replaced meanwhile, which a writer may have seen and kept
+            // retired: look as a leaving reader of a replaced value would.
+            self.leave_slow();
+        }
         Pin {
             published: self,
-            value: self.protect(slot),
+            value,
             slot,
             _thread: PhantomData,
         }
     }
 
     /// Writes the current value into `slot` (a free slot of this thread's record) until the
-    /// value read after the write is still the current one, and returns it: held by the slot
-    /// from then on, it stays alive until the slot is cleared.
+    /// value read after the write is still the current one, and returns it (held by the slot
+    /// from then on, it stays alive until the slot is cleared), and whether it had to try
+    /// again.
     #[inline]
-    fn protect(&self, slot: &AtomicPtr<()>) -> *mut T {
+    fn protect(&self, slot: &AtomicPtr<()>) -> (*mut T, bool) {
         let mut value = self.current.load(Ordering::Acquire);
+        let mut retried = false;
         loop {
             slot.store(value.cast(), Ordering::Relaxed);
             light_fence();
             let again = self.current.load(Ordering::Acquire);
             if again == value {
-                return value;
+                return (value, retried);
             }
             value = again;
+            retried = true;
         }
     }
 
@@ -226,12 +237,14 @@ impl<T> Published<T> {
     }
 
     /// The current value, counted. Releases nothing, so it may be called on a thread that
-    /// must not release a replaced value (a plugin's own thread: see `host_calls`).
+    /// must not release a replaced value (a plugin's own thread: see `host_calls`); a value
+    /// its slot held for a moment while it was replaced is released by the next store or the
+    /// next pin of a replaced value to leave.
     pub(crate) fn load_full(&self) -> Arc<T> {
         let Some(slot) = free_slot() else {
             return self.load_locked();
         };
-        let value = self.protect(slot);
+        let (value, _) = self.protect(slot);
         // SAFETY: `slot` keeps the value, which came from `Arc::into_raw`, alive.
         let counted = unsafe {
             Arc::increment_strong_count(value);
@@ -242,22 +255,35 @@ impl<T> Published<T> {
     }
 
     /// Replaces the value; the old one is released once no pin holds it.
+    ///
+    /// No lock is held across a fence, so readers never wait for a `membarrier`: the fence
+    /// after the swap makes every slot holding the old value visible, and only when one
+    /// does is the flag set and a second fence made, after which a reader leaving that slot
+    /// either is seen by the look that follows or sees the flag and looks itself.
     pub(crate) fn store(&self, value: Arc<T>) {
         let old = self
             .current
             .swap(Arc::into_raw(value).cast_mut(), Ordering::AcqRel);
         // SAFETY: `old` came from `Arc::into_raw` and its count was `current`'s.
         let old = unsafe { Arc::from_raw(old) };
+        heavy_fence();
         let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
         retired.push(old);
-        self.has_retired.store(true, Ordering::SeqCst);
-        heavy_fence();
         let released = self.release_unheld(&mut retired);
+        let pending = !retired.is_empty();
+        if pending {
+            self.has_retired.store(true, Ordering::SeqCst);
+        }
         drop(retired);
         drop(released);
+        if pending {
+            heavy_fence();
+            self.leave_slow();
+        }
     }
 
-    /// Looks for retired values no pin holds, when a pin leaves while some are retired.
+    /// Looks for retired values no pin holds, when a pin of a replaced value leaves while
+    /// some are retired.
     #[cold]
     fn leave_slow(&self) {
         let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
@@ -325,8 +351,13 @@ impl<T> Drop for Pin<'_, T> {
         // SAFETY: the slot is a record's, and records are never freed.
         unsafe { &*self.slot }.store(ptr::null_mut(), Ordering::Release);
         light_fence();
-        if self.published.has_retired.load(Ordering::Relaxed) {
-            self.published.leave_slow();
+        // Only a pin of a replaced value can be the last one of a retired value (the flag is
+        // set after the swap, so a pin that sees it also sees the new value).
+        let published = self.published;
+        if published.has_retired.load(Ordering::Acquire)
+            && published.current.load(Ordering::Relaxed) != self.value
+        {
+            published.leave_slow();
         }
     }
 }
