@@ -24,9 +24,22 @@ use crate::metrics::http::HttpCounts;
 use crate::registry::open_registry;
 use crate::views;
 
-/// What every handler shares.
+/// What every handler shares, behind one `Arc`: axum clones the state for every request and
+/// extractor, and one count to move is cheaper than six (the clones and drops of six were
+/// 0.8% of a request's samples in the front door's profile).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The handlers' shared state itself.
+pub struct Shared {
     registry: Registry,
     handle: Arc<Function<HttpRequest, Decision<HttpResponse>>>,
     next_chunk: Arc<Function<u64, Decision<Option<Vec<u8>>>>>,
@@ -49,14 +62,14 @@ pub fn router(registry: Registry, max_body: usize) -> Router {
 /// The router with the admin routes behind `guard`.
 pub fn router_with(registry: Registry, max_body: usize, guard: AdminGuard) -> Router {
     let http_counts = Arc::new(HttpCounts::default());
-    let state = AppState {
+    let state = AppState(Arc::new(Shared {
         handle: Arc::new(registry.function(epi::http::SERVICE, epi::http::HANDLE)),
         next_chunk: Arc::new(registry.function(epi::http::SERVICE, epi::http::NEXT_CHUNK)),
         registry,
         max_body,
         console: Arc::default(),
         http_counts: http_counts.clone(),
-    };
+    }));
     let admin = Router::new()
         .route("/_epi/plugins", get(plugins))
         .route("/_epi/services", get(services))
