@@ -22,19 +22,6 @@ pub use epi_plugin::call::{Answer, Argument, Output};
 pub use epi_plugin::opts::{ApplyOpts, DecideOpts, Opts, PipeOpts};
 use epi_plugin::Decision;
 
-/// The call's span, entered, when the `TRACE` level is on; otherwise `None` after one check of
-/// the level (a disabled `tracing` span costs about 30 instructions per call to make, enter
-/// and drop). For calls by name.
-macro_rules! call_span {
-    ($($span:tt)*) => {
-        if tracing::level_enabled!(tracing::Level::TRACE) {
-            Some(tracing::trace_span!($($span)*).entered())
-        } else {
-            None
-        }
-    };
-}
-
 /// Runs `$body` inside the call's span when the `TRACE` level is on, and without one after a
 /// single check of the level otherwise: the typed calls' hot path, which pays neither for a
 /// disabled span nor for dropping an `Option` of one.
@@ -48,8 +35,6 @@ macro_rules! traced {
         }
     };
 }
-
-pub(crate) use call_span;
 
 /// What handles call through: the current dispatch table, the ids of names, and the pool for
 /// concurrent calls. The registry publishes tables; handles only read them.
