@@ -7,6 +7,8 @@
 
 mod common;
 
+use axum::extract::Request;
+use axum::ServiceExt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -69,7 +71,9 @@ fn main() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let app = epi_daemon::serve::router(registry.clone(), 1 << 20);
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        tokio::spawn(async move {
+            axum::serve(listener, ServiceExt::<Request>::into_make_service(app)).await
+        });
         address
     });
 
@@ -92,13 +96,7 @@ fn main() {
             epi::http::HANDLE,
         );
     let in_process = |path: &str| {
-        let request = epi::http::HttpRequest {
-            method: "GET".into(),
-            path: path.into(),
-            query: String::new(),
-            headers: Vec::new(),
-            body: Vec::new(),
-        };
+        let request = epi::http::HttpRequest::new("GET", path);
         let calls = 20_000;
         let started = Instant::now();
         for _ in 0..calls {

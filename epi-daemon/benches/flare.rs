@@ -9,6 +9,8 @@
 
 mod common;
 
+use axum::extract::Request;
+use axum::ServiceExt;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
@@ -104,7 +106,9 @@ fn run(store: &str, second: u16) -> (f64, f64, f64, f64) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let app = epi_daemon::serve::router(registry.clone(), 1 << 20);
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        tokio::spawn(async move {
+            axum::serve(listener, ServiceExt::<Request>::into_make_service(app)).await
+        });
         address
     });
     let mut client = Client::connect(address);

@@ -6,8 +6,9 @@
 
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::{Body, Bytes, HttpBody as _};
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -16,11 +17,13 @@ use epi::http::{HttpBody, HttpRequest, HttpResponse};
 use epi::{DecideOpts, Decision, Error, Function, Opts, Registry};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use smallvec::SmallVec;
+use tower::Layer;
 
 use crate::admin::{self, AdminGuard};
 use crate::config::{Config, HttpConfig};
 use crate::console::Console;
-use crate::metrics::http::HttpCounts;
+use crate::metrics::http::{CountLayer, CountService, HttpCounts};
 use crate::registry::open_registry;
 use crate::views;
 
@@ -53,14 +56,20 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (status, Json(json!({"error": message.to_string()}))).into_response()
 }
 
+/// The daemon's HTTP service: the router, with the status of every answer counted once in
+/// front of it (a layer on the router itself would wrap every route in one more boxed
+/// service, cloned and called per request). Serve it with hyper, or with `axum::serve`
+/// through `axum::ServiceExt::into_make_service`.
+pub type App = CountService<Router>;
+
 /// The router: admin routes, then everything else to the plugins; admin routes open to any
 /// caller (for hosts that embed the router; `epi serve` guards them, see [`router_with`]).
-pub fn router(registry: Registry, max_body: usize) -> Router {
+pub fn router(registry: Registry, max_body: usize) -> App {
     router_with(registry, max_body, AdminGuard::open())
 }
 
 /// The router with the admin routes behind `guard`.
-pub fn router_with(registry: Registry, max_body: usize, guard: AdminGuard) -> Router {
+pub fn router_with(registry: Registry, max_body: usize, guard: AdminGuard) -> App {
     let http_counts = Arc::new(HttpCounts::default());
     let state = AppState(Arc::new(Shared {
         handle: Arc::new(registry.function(epi::http::SERVICE, epi::http::HANDLE)),
@@ -93,7 +102,11 @@ pub fn router_with(registry: Registry, max_body: usize, guard: AdminGuard) -> Ro
         .route_layer(axum::middleware::from_fn_with_state(
             guard.clone(),
             admin::guard,
-        ));
+        ))
+        // The admin routes' extractors read this limit from the request's extensions; the
+        // plugins' requests are limited where their body is read, so they do without it (and
+        // without the extension map it allocates per request).
+        .layer(DefaultBodyLimit::max(max_body));
     // The console's page holds nothing of the daemon's: a browser can load it without the
     // token (it asks for one), and all it shows and does goes through the routes above.
     let page = Router::new()
@@ -102,16 +115,12 @@ pub fn router_with(registry: Registry, max_body: usize, guard: AdminGuard) -> Ro
             guard,
             admin::page_guard,
         ));
-    Router::new()
+    let router = Router::new()
         .merge(admin)
         .merge(page)
         .fallback(route_to_plugins)
-        .layer(DefaultBodyLimit::max(max_body))
-        .layer(axum::middleware::from_fn_with_state(
-            http_counts,
-            crate::metrics::http::count,
-        ))
-        .with_state(state)
+        .with_state(state);
+    CountLayer(http_counts).layer(router)
 }
 
 /// Runs the daemon until SIGINT or SIGTERM; SIGHUP reloads plugins and data.
@@ -147,7 +156,7 @@ pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error + Sen
 /// `max_connections` are served at once.
 async fn serve_connections(
     listener: tokio::net::TcpListener,
-    app: Router,
+    app: App,
     http: &HttpConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
@@ -246,6 +255,10 @@ async fn reload_on_hangup(registry: Registry) {
 /// Routes a request to the first plugin that decides it.
 async fn route_to_plugins(State(state): State<AppState>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
+    // A request without a body (most GETs) skips collecting one.
+    if body.is_end_stream() {
+        return decide_request(&state, &parts, &[]);
+    }
     let body = match axum::body::to_bytes(body, state.max_body).await {
         Ok(body) => body,
         Err(err) if is_length_limit(&err) => {
@@ -261,33 +274,54 @@ async fn route_to_plugins(State(state): State<AppState>, request: Request) -> Re
             )
         }
     };
-    let request = HttpRequest {
-        method: parts.method.to_string(),
-        path: parts.uri.path().to_owned(),
-        query: parts.uri.query().unwrap_or_default().to_owned(),
-        headers: parts
+    decide_request(&state, &parts, &body)
+}
+
+/// Lends the request to the plugins and answers with the first one's decision. Not `async`,
+/// so that the header list lives on the stack rather than in the request's future.
+fn decide_request(state: &AppState, parts: &Parts, body: &[u8]) -> Response {
+    // Header values are handed over as text, borrowed as they are; a value that is not UTF-8
+    // (rare: HTTP allows any octets) is replaced by a lossy copy.
+    let lossy: Vec<String>;
+    let mut headers: SmallVec<[(&str, &str); 16]> = SmallVec::new();
+    let mut all_text = true;
+    for (name, value) in &parts.headers {
+        let value = std::str::from_utf8(value.as_bytes()).unwrap_or_else(|_| {
+            all_text = false;
+            ""
+        });
+        headers.push((name.as_str(), value));
+    }
+    if !all_text {
+        lossy = parts
             .headers
-            .iter()
-            .map(|(name, value)| {
-                (
-                    name.as_str().to_owned(),
-                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
-        body: body.to_vec(),
-    };
+            .values()
+            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+            .collect();
+        for ((_, value), text) in headers.iter_mut().zip(&lossy) {
+            *value = text;
+        }
+    }
+    let (method, path) = (parts.method.as_str(), parts.uri.path());
     // A streamed body is pulled from the version that answered, through this table, even
     // when an upgrade replaces that version meanwhile.
     let table = state.handle.table();
-    match state.handle.decide_at(&table, &request, DecideOpts::new()) {
-        Ok(Decision::Decided(response)) => into_response(&state, response, table),
+    let decided = HttpRequest::lend(
+        method,
+        path,
+        parts.uri.query().unwrap_or_default(),
+        &headers,
+        body,
+        |request| state.handle.decide_at(&table, request, DecideOpts::new()),
+    );
+    match decided {
+        Ok(Decision::Decided(response)) => into_response(state, response, table),
         Ok(Decision::NoDecision) | Err(Error::UnknownService(_)) => error(
             StatusCode::NOT_FOUND,
-            format!("no plugin handles {} {}", request.method, request.path),
+            format!("no plugin handles {method} {path}"),
         ),
         Err(err) => {
-            tracing::warn!("{} {}: {err}", request.method, request.path);
+            tracing::warn!("{method} {path}: {err}");
             error(StatusCode::INTERNAL_SERVER_ERROR, err)
         }
     }

@@ -673,6 +673,42 @@ fn raw(daemon: &Daemon, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
+#[test]
+fn handlers_see_the_request_as_sent_lent_without_a_copy() {
+    let setup = setup("");
+    let daemon = start(&setup.config);
+    // Repeated headers in order, a value that is not UTF-8 (replaced lossily), a query and a
+    // body: what the hello plugin's echo route saw.
+    let answer = raw(
+        &daemon,
+        b"POST /hello-echo?a=1&b HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Twice: one\r\nX-Twice: two\r\n\
+          X-Bytes: caf\xe9\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    );
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a whole answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "{answer}");
+    let echo = json(body);
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(echo["path"], "/hello-echo");
+    assert_eq!(echo["query"], "a=1&b");
+    assert_eq!(echo["body"], json!(b"hello".to_vec()));
+    let headers: Vec<(String, String)> = serde_json::from_value(echo["headers"].clone()).unwrap();
+    let named = |name: &str| -> Vec<&str> {
+        headers
+            .iter()
+            .filter(|(candidate, _)| candidate == name)
+            .map(|(_, value)| value.as_str())
+            .collect()
+    };
+    assert_eq!(named("x-twice"), ["one", "two"]);
+    assert_eq!(named("x-bytes"), ["caf\u{fffd}"]);
+    assert_eq!(named("content-length"), ["5"]);
+    // A request without a body is lent an empty one.
+    let (status, body) = get(&daemon.url("/hello-echo"));
+    assert_eq!(status, 200);
+    assert_eq!(json(&body)["body"], json!([]));
+    assert_eq!(json(&body)["method"], "GET");
+}
+
 const APPLY: &str = r#"{"service": "greeting", "function": "greet", "args": "Ada"}"#;
 
 #[test]

@@ -31,10 +31,10 @@ fn accepted(job: &str, body: &Value) -> HttpResponse {
 }
 
 fn body_json(request: &HttpRequest) -> Result<Value, HttpResponse> {
-    if request.body.iter().all(u8::is_ascii_whitespace) {
+    if request.body().iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Null);
     }
-    serde_json::from_slice(&request.body)
+    serde_json::from_slice(request.body())
         .map_err(|err| error(400, format!("the body is not JSON: {err}")))
 }
 
@@ -51,7 +51,7 @@ fn body_object(request: &HttpRequest) -> Result<Map<String, Value>, HttpResponse
 
 /// Answers a request under the agent's prefix; other paths are left to other plugins.
 pub fn handle(agent: &Agent, request: &HttpRequest) -> Decision<HttpResponse> {
-    let Some(path) = request.path.strip_prefix(agent.config.prefix.as_str()) else {
+    let Some(path) = request.path().strip_prefix(agent.config.prefix.as_str()) else {
         return Decision::NoDecision;
     };
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
@@ -66,7 +66,7 @@ pub fn handle(agent: &Agent, request: &HttpRequest) -> Decision<HttpResponse> {
 }
 
 fn not_allowed(request: &HttpRequest) -> HttpResponse {
-    error(405, format!("{} is not allowed here", request.method))
+    error(405, format!("{} is not allowed here", request.method()))
 }
 
 fn route(
@@ -74,7 +74,7 @@ fn route(
     request: &HttpRequest,
     segments: &[&str],
 ) -> Result<HttpResponse, HttpResponse> {
-    let method = request.method.as_str();
+    let method = request.method();
     let internal = |err: String| error(500, err);
     match segments {
         ["metadata"] => match method {
@@ -166,7 +166,7 @@ fn route(
                 .ok_or_else(|| error(404, format!("no guest {id}")))?;
             guest_route(agent, request, id, guest, rest)
         }
-        _ => Err(error(404, format!("no route {}", request.path))),
+        _ => Err(error(404, format!("no route {}", request.path()))),
     }
 }
 
@@ -255,7 +255,7 @@ fn guest_route(
     guest: Value,
     rest: &[&str],
 ) -> Result<HttpResponse, HttpResponse> {
-    let method = request.method.as_str();
+    let method = request.method();
     match rest {
         [] => match method {
             "GET" => info(agent, "guest_get", Some((id, guest)), Value::Null),
@@ -316,7 +316,7 @@ fn guest_route(
         ["disks", disk, "snapshots", tail @ ..] => {
             snapshots(agent, request, id, guest, Some(disk), tail)
         }
-        _ => Err(error(404, format!("no route {}", request.path))),
+        _ => Err(error(404, format!("no route {}", request.path()))),
     }
 }
 
@@ -328,7 +328,7 @@ fn snapshots(
     disk: Option<&str>,
     tail: &[&str],
 ) -> Result<HttpResponse, HttpResponse> {
-    let method = request.method.as_str();
+    let method = request.method();
     let args = |name: Option<&str>| {
         let mut args = Map::new();
         if let Some(disk) = disk {
@@ -386,7 +386,7 @@ fn snapshots(
             "GET" => download(agent, id, guest, args(Some(name))),
             _ => Err(not_allowed(request)),
         },
-        _ => Err(error(404, format!("no route {}", request.path))),
+        _ => Err(error(404, format!("no route {}", request.path()))),
     }
 }
 

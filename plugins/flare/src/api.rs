@@ -31,12 +31,12 @@ fn not_allowed(request: &HttpRequest) -> HttpResponse {
     error(
         405,
         "method not allowed",
-        format!("{} is not allowed on {}", request.method, request.path),
+        format!("{} is not allowed on {}", request.method(), request.path()),
     )
 }
 
 fn body(request: &HttpRequest) -> Result<Value, HttpResponse> {
-    serde_json::from_slice(&request.body)
+    serde_json::from_slice(request.body())
         .map_err(|err| error(400, "invalid body", format!("the body is not JSON: {err}")))
 }
 
@@ -77,7 +77,7 @@ fn created(location: String, value: &Value) -> HttpResponse {
 
 /// Answers a request under flare's prefix; other paths are left to other plugins.
 pub fn handle(flare: &Flare, request: &HttpRequest) -> Decision<HttpResponse> {
-    let Some(path) = request.path.strip_prefix(flare.config.prefix.as_str()) else {
+    let Some(path) = request.path().strip_prefix(flare.config.prefix.as_str()) else {
         return Decision::NoDecision;
     };
     if let Some(document) = path.strip_prefix("/documents/") {
@@ -96,7 +96,7 @@ fn route(
     segments: &[&str],
 ) -> Result<HttpResponse, HttpResponse> {
     let prefix = &flare.config.prefix;
-    match (request.method.as_str(), segments) {
+    match (request.method(), segments) {
         ("POST", ["resources"]) => {
             let resource =
                 model::resource(&body(request)?, uuid::Uuid::new_v4().to_string()).map_err(bad)?;
@@ -199,7 +199,7 @@ fn route(
                 _ => Err(error(
                     404,
                     "not found",
-                    format!("no route {}", request.path),
+                    format!("no route {}", request.path()),
                 )),
             }
         }
@@ -218,7 +218,7 @@ fn route(
         _ => Err(error(
             404,
             "not found",
-            format!("no route {}", request.path),
+            format!("no route {}", request.path()),
         )),
     }
 }
@@ -228,12 +228,12 @@ fn documents(
     request: &HttpRequest,
     url: &str,
 ) -> Result<HttpResponse, HttpResponse> {
-    let url = if request.query.is_empty() {
+    let url = if request.query().is_empty() {
         url.to_owned()
     } else {
-        format!("{url}?{}", request.query)
+        format!("{url}?{}", request.query())
     };
-    match request.method.as_str() {
+    match request.method() {
         "PUT" => {
             let resources = flare.store.all_resources().map_err(internal)?;
             let resource = resources

@@ -51,7 +51,7 @@ pub struct FrenchWeb;
 impl FrenchWeb {
     /// Answers `/bonjour/{name}`; leaves every other request to other plugins.
     pub fn handle(&self, request: &HttpRequest) -> Decision<HttpResponse> {
-        match (request.method.as_str(), request.segments().as_slice()) {
+        match (request.method(), request.segments().as_slice()) {
             ("GET", ["bonjour", name]) => {
                 Decision::Decided(HttpResponse::text(format!("Bonjour, {name} !")))
             }

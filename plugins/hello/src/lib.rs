@@ -57,8 +57,8 @@ impl English {
     }
 }
 
-/// HTTP routes: `GET /hello/{name}` and `GET /hello-stream/{count}` (a streamed body of
-/// `count` lines).
+/// HTTP routes: `GET /hello/{name}`, `GET /hello-stream/{count}` (a streamed body of
+/// `count` lines) and `/hello-echo` (any method: the request as this handler sees it, as JSON).
 #[derive(Default)]
 pub struct Web {
     /// Open streams: id → lines still to send.
@@ -70,7 +70,11 @@ pub struct Web {
 impl Web {
     /// Answers the routes above; leaves every other request to other plugins.
     pub fn handle(&self, request: &HttpRequest) -> Decision<HttpResponse> {
-        if request.method != "GET" {
+        if request.path() == "/hello-echo" {
+            let echo = serde_json::to_value(request).unwrap_or_default();
+            return Decision::Decided(HttpResponse::json(200, &echo));
+        }
+        if request.method() != "GET" {
             return Decision::NoDecision;
         }
         match request.segments().as_slice() {

@@ -64,10 +64,10 @@ impl Web {
 impl Web {
     /// Answers `GET /provider/streams?url=...`; leaves every other request to other plugins.
     pub fn handle(&self, request: &HttpRequest) -> Decision<HttpResponse> {
-        if request.path != STREAMS_PATH {
+        if request.path() != STREAMS_PATH {
             return Decision::NoDecision;
         }
-        if request.method != "GET" {
+        if request.method() != "GET" {
             return Decision::Decided(error(405, "use GET"));
         }
         let Some(url) = request.query_param("url").map(percent_decode) else {
