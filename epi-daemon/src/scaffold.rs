@@ -2,7 +2,7 @@
 //!
 //! The crate depends on `epi-plugin` (under the name `epi`) and, for its test, on `epi-core`.
 //! By default both come from the epi sources this binary was built from, when they are still
-//! there, else from the registry (`version = "0.1"`); `--epi-path` names another checkout.
+//! there, else from the registry (`version = "0.2"`); `--epi-path` names another checkout.
 
 use std::path::{Path, PathBuf};
 
@@ -40,7 +40,7 @@ fn source(sources: Option<&Path>, package: &str) -> String {
             "package = \"{package}\", path = \"{}\"",
             root.join(package).display()
         ),
-        None => format!("package = \"{package}\", version = \"0.1\""),
+        None => format!("package = \"{package}\", version = \"0.2\""),
     }
 }
 

@@ -12,7 +12,7 @@
 //! crate-type = ["cdylib"]
 //!
 //! [dependencies]
-//! epi = { package = "epi-plugin", version = "0.1" }
+//! epi = { package = "epi-plugin", version = "0.2" }
 //! serde = { version = "1", features = ["derive"] }
 //! ```
 //!

@@ -258,7 +258,7 @@ fn rewrite_workspace(manifest: &str, plugin: &Path, root: &Path, version: &str) 
             continue;
         }
         out.push_str(&line.replace(
-            "version = \"0.1.0\" }",
+            &format!("version = \"{}\" }}", env!("CARGO_PKG_VERSION")),
             &format!("version = \"{version}\" }}"),
         ));
         out.push('\n');

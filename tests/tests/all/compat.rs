@@ -221,7 +221,7 @@ fn a_plugin_built_by_another_rustc_answers_as_the_same_toolchain_build() {
 
 #[test]
 fn a_plugin_built_against_an_epi_patch_release_loads_on_the_stable_path() {
-    let patched = build_against_epi_version("epi-plugin-testplug", "0.1.99");
+    let patched = build_against_epi_version("epi-plugin-testplug", "0.2.99");
     let native = run(&testplug(), CallPath::Native);
     let stable = run(&patched, CallPath::Stable);
     assert_eq!(native, stable);
@@ -235,13 +235,13 @@ fn a_plugin_built_against_an_epi_patch_release_loads_on_the_stable_path() {
 
 #[test]
 fn a_plugin_built_against_an_incompatible_epi_is_refused() {
-    let next = build_against_epi_version("epi-plugin-testplug", "0.2.0");
+    let next = build_against_epi_version("epi-plugin-testplug", "0.3.0");
     let registry = registry(&[]);
     let err = registry.load(&next).unwrap_err();
     match &err {
         LoadError::VersionMismatch {
             expected, found, ..
-        } => assert_eq!((expected.as_str(), found.as_str()), ("0.1.x", "0.2.0")),
+        } => assert_eq!((expected.as_str(), found.as_str()), ("0.2.x", "0.3.0")),
         other => panic!("expected a version mismatch, got {other}"),
     }
 }
