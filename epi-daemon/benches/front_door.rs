@@ -113,13 +113,31 @@ fn requests_per_second(address: SocketAddr) -> (f64, u64) {
     (requests as f64 / started.elapsed().as_secs_f64(), requests)
 }
 
+/// One server alone: a fixed number of requests from one client when `FRONT_DOOR_REQUESTS`
+/// says how many (for valgrind), else one window of the usual clients.
+fn drive_alone(which: &str, address: SocketAddr) {
+    if let Some(requests) = std::env::var("FRONT_DOOR_REQUESTS")
+        .ok()
+        .and_then(|requests| requests.parse().ok())
+    {
+        let (stop, done) = (Arc::default(), Arc::new(AtomicU64::new(0)));
+        client_for(address, requests, stop, done.clone());
+        println!("{which}: {} requests", done.load(Ordering::Relaxed));
+        return;
+    }
+    let (rate, cpu) = measure(address);
+    println!(
+        "{which} alone: {rate:.0} requests/s, {:.2} µs of CPU per request",
+        cpu.as_secs_f64() * 1e6
+    );
+}
+
 fn main() {
     let library = epi_testkit::plugin_library("epi-plugin-hello");
     // Valgrind cannot run the load probe's child (it refuses `pidfd_open`), so a counted run
     // loads without it; the requests do not go near it.
-    let counted = std::env::var_os("FRONT_DOOR_REQUESTS").is_some();
     let registry = Registry::new(RegistryConfig {
-        load_probe: if counted {
+        load_probe: if std::env::var_os("FRONT_DOOR_REQUESTS").is_some() {
             epi::LoadProbe::Off
         } else {
             RegistryConfig::default().load_probe
@@ -159,21 +177,7 @@ fn main() {
         } else {
             axum_address
         };
-        if let Some(requests) = std::env::var("FRONT_DOOR_REQUESTS")
-            .ok()
-            .and_then(|requests| requests.parse().ok())
-        {
-            let (stop, done) = (Arc::default(), Arc::new(AtomicU64::new(0)));
-            client_for(address, requests, stop, done.clone());
-            println!("{which}: {} requests", done.load(Ordering::Relaxed));
-            return;
-        }
-        let (rate, cpu) = measure(address);
-        println!(
-            "{which} alone: {rate:.0} requests/s, {:.2} µs of CPU per request",
-            cpu.as_secs_f64() * 1e6
-        );
-        return;
+        return drive_alone(&which, address);
     }
     let mut ratios = Vec::new();
     let (mut epi_sum, mut axum_sum) = (0.0, 0.0);

@@ -81,9 +81,12 @@ impl HttpRequest {
 
     /// This request with one more header.
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        let mut headers = self.owned_headers();
-        headers.push((name.into(), value.into()));
-        self.headers = Part::Owned(headers);
+        if let Part::Lent(_) = self.headers {
+            self.headers = Part::Owned(self.owned_headers());
+        }
+        if let Part::Owned(headers) = &mut self.headers {
+            headers.push((name.into(), value.into()));
+        }
         self
     }
 
