@@ -7,6 +7,10 @@
 //!   files are written and renamed in a directory nobody watches.
 //!
 //! `cargo bench -p epi-core --bench reload`
+//!
+//! `EPI_BENCH_RELOAD_CPU=<seconds>` runs only the storm instead (2 callers, a reload every
+//! 10 ms) and prints where the CPU went: each thread's and child process's CPU time per reload,
+//! and the hypervisor's steal.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -102,6 +106,35 @@ fn main() {
     registry.watch(dir.path()).unwrap();
     let mark = registry.function::<(), String>("probe", "mark");
 
+    if let Some(seconds) = std::env::var_os("EPI_BENCH_RELOAD_CPU") {
+        let seconds = seconds.to_str().and_then(|s| s.parse().ok());
+        let seconds = seconds.expect("EPI_BENCH_RELOAD_CPU: a number of seconds");
+        let steady_before = CpuTimes::now();
+        let steady = throughput(&registry, 2, |_| {
+            std::thread::sleep(Duration::from_secs(seconds))
+        });
+        let steady_steal = CpuTimes::now().steal - steady_before.steal;
+        let before = CpuTimes::now();
+        let until = Instant::now() + Duration::from_secs(seconds);
+        let mut reloads = 0;
+        let calls = throughput(&registry, 2, |_| {
+            while Instant::now() < until {
+                reloads += 1;
+                let staged = stage(dir.path(), &build(&base, offset, reloads));
+                std::fs::rename(&staged, &path).unwrap();
+                std::thread::sleep(RELOAD_EVERY);
+            }
+        });
+        CpuTimes::now().print_since(&before, reloads, calls);
+        println!(
+            "steady, the same time without reloads: {:.1} M calls/s (ratio {:.3}), steal {:.1}% of both cores (during the reloads: {:.1}%)",
+            steady / 1e6,
+            calls / steady,
+            CpuTimes::share(steady_steal, seconds),
+            CpuTimes::share(CpuTimes::now().steal - before.steal, seconds),
+        );
+        return;
+    }
     // Latency: rename into place, then call until the new build answers.
     let mut latencies = Vec::new();
     for version in 1..=UPGRADES {
@@ -191,4 +224,106 @@ fn main() {
         "\nretired versions: {} in all, {} still mapped\n",
         status.retired_total, status.retired_mapped
     );
+}
+
+/// CPU time (user + system) of this process's threads, of its child processes (with the
+/// children they reaped) and the machine's steal time, from /proc, in clock ticks.
+struct CpuTimes {
+    threads: std::collections::BTreeMap<u32, (String, u64)>,
+    children: std::collections::BTreeMap<u32, (String, u64)>,
+    steal: u64,
+}
+
+impl CpuTimes {
+    fn now() -> Self {
+        // `comm` is in parentheses and may hold spaces; the numbers follow the last `)`.
+        let read = |stat: &str| -> (String, u64, u64) {
+            let (head, tail) = stat.rsplit_once(')').unwrap();
+            let name = head.split_once('(').unwrap().1.to_owned();
+            let field = |at: usize| {
+                tail.split_whitespace()
+                    .nth(at)
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap()
+            };
+            (name, field(11) + field(12), field(13) + field(14))
+        };
+        let (mut threads, mut children) = (Default::default(), Default::default());
+        let map = |into: &mut std::collections::BTreeMap<_, _>, id: &str, name, ticks| {
+            into.insert(id.parse::<u32>().unwrap(), (name, ticks));
+        };
+        for task in std::fs::read_dir("/proc/self/task").unwrap() {
+            let task = task.unwrap().path();
+            let (name, own, _) = read(&std::fs::read_to_string(task.join("stat")).unwrap());
+            map(
+                &mut threads,
+                task.file_name().unwrap().to_str().unwrap(),
+                name,
+                own,
+            );
+            for child in std::fs::read_to_string(task.join("children"))
+                .unwrap_or_default()
+                .split_whitespace()
+            {
+                if let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) {
+                    let (name, own, reaped) = read(&stat);
+                    map(&mut children, child, name, own + reaped);
+                }
+            }
+        }
+        let stat = std::fs::read_to_string("/proc/stat").unwrap();
+        let steal = stat
+            .lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .nth(8)
+            .unwrap()
+            .parse()
+            .unwrap();
+        CpuTimes {
+            threads,
+            children,
+            steal,
+        }
+    }
+
+    /// The share of two cores' time over `seconds` that `ticks` are, in percent.
+    fn share(ticks: u64, seconds: u64) -> f64 {
+        ticks as f64 / Self::ticks_per_second() / (2 * seconds) as f64 * 100.0
+    }
+
+    fn ticks_per_second() -> f64 {
+        // SAFETY: sysconf reads a constant of the system.
+        (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+    }
+
+    /// Prints, per thread and child process that used CPU since `before`, its CPU per reload.
+    fn print_since(&self, before: &CpuTimes, reloads: u32, calls_per_second: f64) {
+        let per_reload =
+            |ticks: u64| ticks as f64 * 1e3 / Self::ticks_per_second() / reloads as f64;
+        println!(
+            "\n{reloads} reloads, 2 callers: {:.1} M calls/s\n",
+            calls_per_second / 1e6
+        );
+        println!("| who | CPU per reload |");
+        println!("|---|---|");
+        for (kind, now, then) in [
+            ("thread", &self.threads, &before.threads),
+            ("child process", &self.children, &before.children),
+        ] {
+            for (id, (name, ticks)) in now {
+                let spent = ticks - then.get(id).map_or(0, |(_, ticks)| *ticks);
+                if spent > 0 {
+                    println!("| {kind} `{name}` | {:.3} ms |", per_reload(spent));
+                }
+            }
+        }
+        println!(
+            "| steal (the hypervisor's, both cores) | {:.3} ms |",
+            per_reload(self.steal - before.steal)
+        );
+        println!("\n(the callers' threads have ended and are not listed)");
+    }
 }
