@@ -42,6 +42,26 @@ fn stage(dir: &Path, bytes: &[u8]) -> PathBuf {
     temp
 }
 
+/// For `length`, writes a new build (numbered from `version` on) every 10 ms and renames it
+/// over `counter.so` in `dir`, as an operator's upgrade does; returns how many it wrote.
+fn upgrade_every_10ms(
+    dir: &Path,
+    length: Duration,
+    build: impl Fn(u32) -> Vec<u8>,
+    version: &mut u32,
+) -> u32 {
+    let until = Instant::now() + length;
+    let mut written = 0;
+    while Instant::now() < until {
+        *version += 1;
+        let staged = stage(dir, &build(*version));
+        std::fs::rename(&staged, dir.join("counter.so")).unwrap();
+        written += 1;
+        std::thread::sleep(RELOAD_EVERY);
+    }
+    written
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -115,15 +135,14 @@ fn main() {
         });
         let steady_steal = CpuTimes::now().steal - steady_before.steal;
         let before = CpuTimes::now();
-        let until = Instant::now() + Duration::from_secs(seconds);
-        let mut reloads = 0;
+        let (mut reloads, mut version) = (0, 0);
         let calls = throughput(&registry, 2, |_| {
-            while Instant::now() < until {
-                reloads += 1;
-                let staged = stage(dir.path(), &build(&base, offset, reloads));
-                std::fs::rename(&staged, &path).unwrap();
-                std::thread::sleep(RELOAD_EVERY);
-            }
+            reloads = upgrade_every_10ms(
+                dir.path(),
+                Duration::from_secs(seconds),
+                |version| build(&base, offset, version),
+                &mut version,
+            );
         });
         CpuTimes::now().print_since(&before, reloads, calls);
         println!(
@@ -181,14 +200,12 @@ fn main() {
     let unwatched = epi_testkit::plugin_dir();
     let mut version = UPGRADES;
     let mut storm = |into: &Path, reloads: &mut u32| {
-        let until = Instant::now() + WINDOW;
-        while Instant::now() < until {
-            version += 1;
-            let staged = stage(into, &build(&base, offset, version));
-            std::fs::rename(&staged, into.join("counter.so")).unwrap();
-            *reloads += 1;
-            std::thread::sleep(RELOAD_EVERY);
-        }
+        *reloads += upgrade_every_10ms(
+            into,
+            WINDOW,
+            |version| build(&base, offset, version),
+            &mut version,
+        );
     };
     for threads in [1usize, 2] {
         let (mut ratios, mut write_ratios) = (Vec::new(), Vec::new());
