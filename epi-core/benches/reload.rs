@@ -42,19 +42,20 @@ fn stage(dir: &Path, bytes: &[u8]) -> PathBuf {
     temp
 }
 
-/// For `length`, writes a new build (numbered from `version` on) every 10 ms and renames it
-/// over `counter.so` in `dir`, as an operator's upgrade does; returns how many it wrote.
+/// For `length`, writes a new build of `base` (numbered from `version` on, the mark at
+/// `offset`) every 10 ms and renames it over `counter.so` in `dir`, as an operator's upgrade
+/// does; returns how many it wrote.
 fn upgrade_every_10ms(
     dir: &Path,
     length: Duration,
-    build: impl Fn(u32) -> Vec<u8>,
+    (base, offset): (&[u8], usize),
     version: &mut u32,
 ) -> u32 {
     let until = Instant::now() + length;
     let mut written = 0;
     while Instant::now() < until {
         *version += 1;
-        let staged = stage(dir, &build(*version));
+        let staged = stage(dir, &build(base, offset, *version));
         std::fs::rename(&staged, dir.join("counter.so")).unwrap();
         written += 1;
         std::thread::sleep(RELOAD_EVERY);
@@ -140,7 +141,7 @@ fn main() {
             reloads = upgrade_every_10ms(
                 dir.path(),
                 Duration::from_secs(seconds),
-                |version| build(&base, offset, version),
+                (&base, offset),
                 &mut version,
             );
         });
@@ -200,12 +201,7 @@ fn main() {
     let unwatched = epi_testkit::plugin_dir();
     let mut version = UPGRADES;
     let mut storm = |into: &Path, reloads: &mut u32| {
-        *reloads += upgrade_every_10ms(
-            into,
-            WINDOW,
-            |version| build(&base, offset, version),
-            &mut version,
-        );
+        *reloads += upgrade_every_10ms(into, WINDOW, (&base, offset), &mut version);
     };
     for threads in [1usize, 2] {
         let (mut ratios, mut write_ratios) = (Vec::new(), Vec::new());
